@@ -1,0 +1,295 @@
+"""Sans-IO incremental decoder for ``text/event-stream``.
+
+Implements WHATWG HTML, "Server-sent events", sections 9.2.5 (Parsing an
+event stream) and 9.2.6 (Interpreting an event stream):
+https://html.spec.whatwg.org/multipage/server-sent-events.html#parsing-an-event-stream
+
+The decoder works on bytes and decodes UTF-8 one line (or one data buffer) at a
+time. That is exactly the spec's streaming UTF-8 decode: CR and LF are ASCII and
+can never continue a multi-byte sequence, so a sequence cut by a line break is
+replaced by U+FFFD the same way either way, and a character split across two
+``feed()`` calls sits whole in the buffered partial line before it is decoded.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Generic, Literal, TypeVar, overload
+
+from ._errors import LimitExceeded, StateError
+from ._event import Comment, Event
+
+__all__ = ("DEFAULT_MAX_EVENT_SIZE", "Decoder")
+
+#: Default bound, in bytes, on one line and on one event's data buffer.
+DEFAULT_MAX_EVENT_SIZE: Final = 16 * 1024 * 1024
+
+_BOM: Final = b"\xef\xbb\xbf"
+_DATA_PREFIX: Final = b"data: "
+
+T = TypeVar("T", Event, "Event | Comment")
+
+
+class Decoder(Generic[T]):
+    """Turn chunks of an event stream into events, for any split of the input.
+
+    ``feed(chunk)`` returns every event the chunk completed, in order: an event
+    comes out of the call that delivers its terminating blank line, never
+    later. ``close()`` ends the stream; per the spec an event still being built
+    is dropped, and ``ended_mid_event`` tells whether there was one.
+
+    With ``comments=True``, :class:`Comment` items are returned too, in stream
+    order, so a relay can see heartbeats.
+
+    ``max_event_size`` bounds (in bytes) any single line and any event's data
+    buffer; past it ``feed`` raises :class:`LimitExceeded`. The decoder then
+    stays failed: every later call raises :class:`StateError`. Nothing else is
+    ever raised for content, since the spec gives every byte sequence a meaning.
+
+    Stream-level state the spec keeps on the EventSource is readable here:
+    ``last_event_id`` (set at each dispatch, even of an empty block) and
+    ``retry`` (the reconnection time in ms, None until a valid ``retry`` field).
+    """
+
+    __slots__ = (
+        "_block_retry",
+        "_bom_pending",
+        "_comments",
+        "_data",
+        "_data_size",
+        "_error",
+        "_event_type",
+        "_id_buffer",
+        "_line",
+        "_line_size",
+        "_max",
+        "_pending",
+        "_skip_lf",
+        "closed",
+        "last_event_id",
+        "retry",
+    )
+
+    @overload
+    def __init__(
+        self: Decoder[Event],
+        *,
+        comments: Literal[False] = False,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Decoder[Event | Comment],
+        *,
+        comments: Literal[True],
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Decoder[Event | Comment],
+        *,
+        comments: bool,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None: ...
+
+    def __init__(
+        self, *, comments: bool = False, max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    ) -> None:
+        if max_event_size < 1:
+            raise ValueError(f"max_event_size must be at least 1, got {max_event_size}")
+        self._comments = comments
+        self._max = max_event_size
+        #: The EventSource's last event ID string, updated at each dispatch.
+        self.last_event_id = ""
+        #: The EventSource's reconnection time in ms, once a valid retry field came.
+        self.retry: int | None = None
+        #: True once ``close()`` was called.
+        self.closed = False
+        self._error: LimitExceeded | None = None
+        # Bytes of the first line while they could still be a split BOM.
+        self._bom_pending: bytes | None = b""
+        # The previous chunk ended in CR: an LF opening this one belongs to it.
+        self._skip_lf = False
+        # The unterminated line: pieces kept as a list, so a long line fed one
+        # byte at a time costs one append per feed, never a rescan or a copy.
+        self._line: list[bytes] = []
+        self._line_size = 0
+        # The spec's buffers. The data buffer is kept as its lines (bytes),
+        # joined with LF and decoded once at dispatch.
+        self._data: list[bytes] = []
+        self._data_size = 0
+        self._event_type = b""
+        self._id_buffer = ""
+        self._block_retry: int | None = None
+        # A field other than a comment was seen since the last blank line.
+        self._pending = False
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between blocks: no partial line and no fields since the last blank line.
+
+        A relay may insert its own event or comment here without changing the
+        meaning of what it forwards.
+        """
+        return not self._line and not self._pending and not self._bom_pending
+
+    @property
+    def ended_mid_event(self) -> bool:
+        """True when the stream so far stops inside a line or an undispatched block."""
+        return not self.at_boundary
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[T]:
+        """Consume one chunk; return the events (and comments) it completed.
+
+        Raises :class:`LimitExceeded` when a line or an event's data passes
+        ``max_event_size``, and :class:`StateError` after ``close()`` or after
+        an earlier error.
+        """
+        self._check_usable()
+        chunk = bytes(data)
+        if not chunk:
+            return []
+        if self._bom_pending is not None:
+            # The spec's UTF-8 decode strips one leading BOM, even when it
+            # arrives a byte at a time; hold bytes until that is decided.
+            chunk = self._bom_pending + chunk
+            if len(chunk) < 3 and _BOM.startswith(chunk):
+                self._bom_pending = chunk
+                return []
+            self._bom_pending = None
+            if chunk.startswith(_BOM):
+                chunk = chunk[3:]
+                if not chunk:
+                    return []
+        if self._skip_lf:
+            # CRLF split across chunks: the line already ended at the CR.
+            self._skip_lf = False
+            if chunk[0] == 0x0A:
+                chunk = chunk[1:]
+                if not chunk:
+                    return []
+        if 0x0D in chunk:
+            # Normalise CRLF and lone CR to LF. A CR ending the chunk ends its
+            # line now (latency); the LF that may open the next chunk is dropped.
+            self._skip_lf = chunk[-1] == 0x0D
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = chunk.split(b"\n")
+        rest = lines.pop()
+        out: list[T] = []
+        if lines:
+            if self._line:
+                self._line.append(lines[0])
+                lines[0] = b"".join(self._line)
+                self._line.clear()
+                self._line_size = 0
+            if len(chunk) > self._max or len(lines[0]) > self._max:
+                # Only a chunk this large can hold a line over the bound.
+                longest = max(map(len, lines))
+                if longest > self._max:
+                    self._fail(LimitExceeded("line", longest, self._max, "max_event_size"))
+            self._process(lines, out)
+        if rest:
+            self._line_size += len(rest)
+            if self._line_size > self._max:
+                self._fail(LimitExceeded("line", self._line_size, self._max, "max_event_size"))
+            self._line.append(rest)
+        return out
+
+    def close(self) -> list[T]:
+        """End the stream. Returns [] : the spec drops an unterminated event.
+
+        Check ``ended_mid_event`` to learn whether the stream was cut inside an
+        event. The decoder cannot be fed afterwards (:class:`StateError`).
+        """
+        self._check_usable()
+        self.closed = True
+        return []
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise StateError(
+                f"this Decoder failed earlier ({self._error}); make a new Decoder"
+            ) from self._error
+        if self.closed:
+            raise StateError("this Decoder is closed; make a new Decoder for a new stream")
+
+    def _fail(self, error: LimitExceeded) -> None:
+        self._error = error
+        raise error
+
+    def _process(self, lines: list[bytes], out: list[T]) -> None:
+        # "Interpreting an event stream": one branch per kind of line.
+        for line in lines:
+            if not line:
+                # Empty line: dispatch the event.
+                self._dispatch(out)
+            elif line.startswith(_DATA_PREFIX):
+                # Fast path for the common "data: " field.
+                self._append_data(line[6:])
+            elif line[0] == 0x3A:
+                # Line starts with a colon: a comment.
+                if self._comments:
+                    text = line[2:] if line[1:2] == b" " else line[1:]
+                    out.append(Comment(text=text.decode("utf-8", "replace")))  # type: ignore[arg-type]
+            else:
+                colon = line.find(b":")
+                if colon < 0:
+                    # No colon: the whole line is the field name, the value is empty.
+                    self._field(line, b"")
+                else:
+                    # Collect the value after the colon, dropping one leading space.
+                    start = colon + 2 if line[colon + 1 : colon + 2] == b" " else colon + 1
+                    self._field(line[:colon], line[start:])
+
+    def _field(self, name: bytes, value: bytes) -> None:
+        # "Process the field": names compare as exact bytes, which is the same
+        # as comparing the decoded names (a U+FFFD never equals an ASCII name).
+        if name == b"data":
+            self._append_data(value)
+        elif name == b"event":
+            self._pending = True
+            self._event_type = value
+        elif name == b"id":
+            self._pending = True
+            # An id containing NUL is ignored entirely.
+            if 0 not in value:
+                self._id_buffer = value.decode("utf-8", "replace")
+        elif name == b"retry":
+            self._pending = True
+            # Only ASCII digits count (bytes.isdigit is ASCII-only); anything
+            # else, "+5", " 5" or an empty value, is ignored.
+            if value.isdigit():
+                self.retry = self._block_retry = int(value)
+        # Any other field name is ignored.
+
+    def _append_data(self, value: bytes) -> None:
+        self._pending = True
+        self._data_size += len(value) + 1
+        if self._data_size > self._max:
+            self._fail(LimitExceeded("event data", self._data_size, self._max, "max_event_size"))
+        self._data.append(value)
+
+    def _dispatch(self, out: list[T]) -> None:
+        # "Dispatch the event": the last event ID is set even for a block
+        # with no data; such a block dispatches nothing.
+        self.last_event_id = self._id_buffer
+        data = self._data
+        if data:
+            out.append(
+                Event(
+                    data=(data[0] if len(data) == 1 else b"\n".join(data)).decode(
+                        "utf-8", "replace"
+                    ),
+                    event=self._event_type.decode("utf-8", "replace")
+                    if self._event_type
+                    else "message",
+                    id=self._id_buffer,
+                    retry=self._block_retry,
+                )
+            )
+            self._data = []
+            self._data_size = 0
+        self._event_type = b""
+        self._block_retry = None
+        self._pending = False

@@ -1,0 +1,96 @@
+"""Encode events and comments as ``text/event-stream`` bytes.
+
+The encoder only writes what decodes back to the same event (line breaks in
+data normalised to LF), and refuses with :class:`EncodeError` what would not.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._errors import EncodeError
+from ._event import Event
+
+__all__ = ("encode", "encode_comment")
+
+_LINE_BREAKS: Final = ("\r", "\n")
+
+
+def _lines(text: str) -> list[str]:
+    # CRLF, lone CR and LF each end a line on the wire (str.splitlines would
+    # also split on U+2028, form feeds and others that SSE treats as text).
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.split("\n")
+
+
+def encode(event: Event, *, write_id: bool | None = None) -> bytes:
+    """Return the UTF-8 bytes of one event, blank line included.
+
+    Data with LF, CRLF or lone CR becomes one ``data:`` line per line, so the
+    client rebuilds it with LF; empty data still dispatches. The ``event``
+    line is omitted for "message" (and for "", which reads back as "message");
+    ``retry`` is written when not None.
+
+    ``id`` is written when non-empty. ``write_id=True`` writes it even when
+    empty (a bare ``id`` line resets the client's last event ID);
+    ``write_id=False`` never writes it.
+
+    Raises :class:`EncodeError` for an event type or id with a line break, an
+    id with NUL, or a negative retry: none of these would reach the client
+    intact.
+    """
+    parts: list[str] = []
+    name = event.event
+    if name != "message":
+        if "\r" in name or "\n" in name:
+            raise EncodeError(
+                f"event type {name!r} contains a line break, which would end the field "
+                "early; use a single-line event type"
+            )
+        if name:  # "" reads back as "message", as when the line is left out.
+            parts.append(f"event: {name}\n")
+    ident = event.id
+    if write_id or (write_id is None and ident):
+        if "\r" in ident or "\n" in ident:
+            raise EncodeError(
+                f"id {ident!r} contains a line break, which would end the field early; "
+                "use a single-line id"
+            )
+        if "\0" in ident:
+            raise EncodeError(
+                f"id {ident!r} contains NUL; clients ignore such an id, so it cannot be sent"
+            )
+        parts.append(f"id: {ident}\n" if ident else "id\n")
+    retry = event.retry
+    if retry is not None:
+        # bool is an int; True would write "retry: True".
+        if type(retry) is not int or retry < 0:
+            raise EncodeError(f"retry must be a non-negative int of milliseconds, got {retry!r}")
+        parts.append(f"retry: {retry}\n")
+    data = event.data
+    if "\n" in data or "\r" in data:
+        parts.extend(f"data: {line}\n" for line in _lines(data))
+    else:
+        parts.append(f"data: {data}\n")
+    parts.append("\n")
+    return _utf8("".join(parts))
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncodeError(
+            f"text contains {text[exc.start : exc.end]!r} at {exc.start}, a lone surrogate "
+            "that UTF-8 cannot carry; pass well-formed text"
+        ) from exc
+
+
+def encode_comment(text: str = "") -> bytes:
+    """Return a comment (``: text``), one comment line per line of ``text``.
+
+    Clients ignore comments; relays send them as heartbeats. The bytes end
+    with LF but no blank line, so they never complete an event.
+    """
+    return _utf8("".join(f": {line}\n" if line else ":\n" for line in _lines(text)))

@@ -1,0 +1,117 @@
+"""The whole ssekit exception tree.
+
+One root, :class:`SSEError`; below it, one family per party at fault (h11-style).
+Callers only ever need to catch ssekit types: the I/O layers translate anyio,
+``OSError`` and h11 exceptions into these, chained, at one place each.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "APIErrorEvent",
+    "ChunkError",
+    "ClientError",
+    "ConfigError",
+    "EncodeError",
+    "LimitExceeded",
+    "OpenAIStreamError",
+    "ProxyError",
+    "ResponseError",
+    "SSEError",
+    "StateError",
+    "StreamIncomplete",
+    "UpstreamError",
+)
+
+
+class SSEError(Exception):
+    """Root of every exception ssekit raises on purpose."""
+
+
+class StateError(SSEError, RuntimeError):
+    """The caller used an object in a state that does not allow it.
+
+    For example feeding a decoder after ``close()``, or after it raised.
+    """
+
+
+class LimitExceeded(SSEError):
+    """The peer sent more than a configured bound allows.
+
+    ``limit`` names the bound, ``size`` is how far the input got (at least
+    ``maximum + 1``), ``maximum`` is the configured value and ``setting`` the
+    parameter or option that raises it.
+    """
+
+    def __init__(self, limit: str, size: int, maximum: int, setting: str) -> None:
+        self.limit = limit
+        self.size = size
+        self.maximum = maximum
+        self.setting = setting
+        super().__init__(
+            f"{limit} reached {size} bytes, over the limit of {maximum} bytes; "
+            f"raise {setting} if such input is expected"
+        )
+
+
+class EncodeError(SSEError, ValueError):
+    """The caller asked the encoder for something SSE cannot carry intact."""
+
+
+class OpenAIStreamError(SSEError):
+    """An OpenAI-style stream did not carry a complete, well-formed answer."""
+
+
+class ChunkError(OpenAIStreamError):
+    """An event's data was not a JSON object (and not the ``[DONE]`` sentinel)."""
+
+
+class APIErrorEvent(OpenAIStreamError):
+    """The stream carried an error object instead of (or after) chunks.
+
+    ``error`` is the parsed ``error`` member (or the whole object).
+    """
+
+    def __init__(self, message: str, error: dict[str, object]) -> None:
+        self.error = error
+        super().__init__(message)
+
+
+class StreamIncomplete(OpenAIStreamError):
+    """The stream ended before the ``data: [DONE]`` sentinel: the answer was cut."""
+
+
+class ProxyError(SSEError):
+    """Root of the proxy's failures."""
+
+
+class UpstreamError(ProxyError):
+    """The upstream failed: connect, timeout, protocol, or cut mid-stream.
+
+    ``status`` is the HTTP status to answer with if the response head has not
+    gone out yet (502 for connect and protocol errors, 504 for timeouts).
+    """
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class ConfigError(ProxyError, ValueError):
+    """A command-line option or configuration value is invalid (CLI exit status 2)."""
+
+
+class ClientError(SSEError):
+    """Root of the SSE client's failures."""
+
+
+class ResponseError(ClientError):
+    """The server answered with something that is not an event stream.
+
+    ``status`` and ``body`` (the first bytes, decoded) say what came back.
+    """
+
+    def __init__(self, message: str, status: int, body: str = "") -> None:
+        self.status = status
+        self.body = body
+        super().__init__(message)

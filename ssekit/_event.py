@@ -1,0 +1,37 @@
+"""What the decoder produces and the encoder consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ("Comment", "Event")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One dispatched server-sent event.
+
+    ``event`` is the event type ("message" when the block named none), ``data``
+    the data buffer with its final LF removed, ``id`` the last event ID in
+    effect when the event was dispatched ("" when none), and ``retry`` the
+    reconnection time in milliseconds from a valid ``retry`` field in the same
+    block, else None.
+
+    Built by users with keywords: ``Event(data="hi")``.
+    """
+
+    data: str = ""
+    event: str = "message"
+    id: str = ""
+    retry: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Comment:
+    """A comment line (``:`` first), surfaced only by ``Decoder(comments=True)``.
+
+    ``text`` is what followed the colon, with one leading space removed, as
+    for field values; heartbeats are usually comments.
+    """
+
+    text: str = ""
