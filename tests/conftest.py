@@ -1,0 +1,33 @@
+"""Shared test set-up: hypothesis profiles and the anyio backend.
+
+Profiles: ``ci`` (bounded, derandomised, no deadline or database; hypothesis
+loads a profile named ``ci`` by itself when ``CI`` is set, so we own it),
+``dev`` (the default locally) and ``long`` (soak: ``HYPOTHESIS_PROFILE=long``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile(
+    "long", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
