@@ -28,6 +28,15 @@ _DATA_PREFIX: Final = b"data: "
 
 T = TypeVar("T", Event, "Event | Comment")
 
+# Events are frozen dataclasses; building them through their slot descriptors
+# skips the generated __init__ (a frozen dataclass sets each field through
+# object.__setattr__), which is most of the cost of a small event.
+_new_event = object.__new__
+_set_data = Event.__dict__["data"].__set__
+_set_type = Event.__dict__["event"].__set__
+_set_id = Event.__dict__["id"].__set__
+_set_retry = Event.__dict__["retry"].__set__
+
 
 class Decoder(Generic[T]):
     """Turn chunks of an event stream into events, for any split of the input.
@@ -146,8 +155,9 @@ class Decoder(Generic[T]):
         ``max_event_size``, and :class:`StateError` after ``close()`` or after
         an earlier error.
         """
-        self._check_usable()
-        chunk = bytes(data)
+        if self._error is not None or self.closed:
+            self._check_usable()
+        chunk = data if type(data) is bytes else bytes(data)
         if not chunk:
             return []
         if self._bom_pending is not None:
@@ -219,14 +229,45 @@ class Decoder(Generic[T]):
         raise error
 
     def _process(self, lines: list[bytes], out: list[T]) -> None:
-        # "Interpreting an event stream": one branch per kind of line.
+        # "Interpreting an event stream": one branch per kind of line. The
+        # data buffer and dispatch are inlined: this loop is the hot path.
+        data = self._data
         for line in lines:
             if not line:
-                # Empty line: dispatch the event.
-                self._dispatch(out)
+                # Empty line: dispatch the event. The last event ID is set
+                # even for a block without data, which dispatches nothing.
+                self.last_event_id = self._id_buffer
+                if data:
+                    event = _new_event(Event)
+                    _set_data(
+                        event,
+                        (data[0] if len(data) == 1 else b"\n".join(data)).decode(
+                            "utf-8", "replace"
+                        ),
+                    )
+                    _set_type(
+                        event,
+                        self._event_type.decode("utf-8", "replace")
+                        if self._event_type
+                        else "message",
+                    )
+                    _set_id(event, self._id_buffer)
+                    _set_retry(event, self._block_retry)
+                    out.append(event)
+                    data = self._data = []
+                    self._data_size = 0
+                self._event_type = b""
+                self._block_retry = None
+                self._pending = False
             elif line.startswith(_DATA_PREFIX):
-                # Fast path for the common "data: " field.
-                self._append_data(line[6:])
+                # Fast path for the common "data: " field (see _append_data).
+                self._pending = True
+                self._data_size += len(line) - 5
+                if self._data_size > self._max:
+                    self._fail(
+                        LimitExceeded("event data", self._data_size, self._max, "max_event_size")
+                    )
+                data.append(line[6:])
             elif line[0] == 0x3A:
                 # Line starts with a colon: a comment.
                 if self._comments:
@@ -269,27 +310,3 @@ class Decoder(Generic[T]):
         if self._data_size > self._max:
             self._fail(LimitExceeded("event data", self._data_size, self._max, "max_event_size"))
         self._data.append(value)
-
-    def _dispatch(self, out: list[T]) -> None:
-        # "Dispatch the event": the last event ID is set even for a block
-        # with no data; such a block dispatches nothing.
-        self.last_event_id = self._id_buffer
-        data = self._data
-        if data:
-            out.append(
-                Event(
-                    data=(data[0] if len(data) == 1 else b"\n".join(data)).decode(
-                        "utf-8", "replace"
-                    ),
-                    event=self._event_type.decode("utf-8", "replace")
-                    if self._event_type
-                    else "message",
-                    id=self._id_buffer,
-                    retry=self._block_retry,
-                )
-            )
-            self._data = []
-            self._data_size = 0
-        self._event_type = b""
-        self._block_retry = None
-        self._pending = False
