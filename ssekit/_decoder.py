@@ -69,7 +69,6 @@ class Decoder(Generic[T]):
         "_event_type",
         "_id_buffer",
         "_line",
-        "_line_size",
         "_max",
         "_pending",
         "_skip_lf",
@@ -120,10 +119,8 @@ class Decoder(Generic[T]):
         self._bom_pending: bytes | None = b""
         # The previous chunk ended in CR: an LF opening this one belongs to it.
         self._skip_lf = False
-        # The unterminated line: pieces kept as a list, so a long line fed one
-        # byte at a time costs one append per feed, never a rescan or a copy.
-        self._line: list[bytes] = []
-        self._line_size = 0
+        # The unterminated line (see _extend_line).
+        self._line = bytearray()
         # The spec's buffers. The data buffer is kept as its lines (bytes),
         # joined with LF and decoded once at dispatch.
         self._data: list[bytes] = []
@@ -184,15 +181,18 @@ class Decoder(Generic[T]):
             # line now (latency); the LF that may open the next chunk is dropped.
             self._skip_lf = chunk[-1] == 0x0D
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        elif 0x0A not in chunk:
+            # No line break: the whole chunk extends the partial line.
+            self._extend_line(chunk)
+            return []
         lines = chunk.split(b"\n")
         rest = lines.pop()
         out: list[T] = []
         if lines:
             if self._line:
-                self._line.append(lines[0])
-                lines[0] = b"".join(self._line)
-                self._line.clear()
-                self._line_size = 0
+                self._line += lines[0]
+                lines[0] = bytes(self._line)
+                self._line = bytearray()
             if len(chunk) > self._max or len(lines[0]) > self._max:
                 # Only a chunk this large can hold a line over the bound.
                 longest = max(map(len, lines))
@@ -200,11 +200,16 @@ class Decoder(Generic[T]):
                     self._fail(LimitExceeded("line", longest, self._max, "max_event_size"))
             self._process(lines, out)
         if rest:
-            self._line_size += len(rest)
-            if self._line_size > self._max:
-                self._fail(LimitExceeded("line", self._line_size, self._max, "max_event_size"))
-            self._line.append(rest)
+            self._extend_line(rest)
         return out
+
+    def _extend_line(self, piece: bytes) -> None:
+        # The partial line is one bytearray: appending is amortised O(len(piece))
+        # with no rescan, and memory stays the line's length (no per-piece objects).
+        size = len(self._line) + len(piece)
+        if size > self._max:
+            self._fail(LimitExceeded("line", size, self._max, "max_event_size"))
+        self._line += piece
 
     def close(self) -> list[T]:
         """End the stream. Returns [] : the spec drops an unterminated event.
