@@ -1,0 +1,154 @@
+"""Properties: split invariance, agreement with the spec oracle, bounds, encoder round trip."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import example, given
+from oracle import parse
+from splits import feed_at, feed_bytewise, feed_whole
+
+import ssekit
+from ssekit import Event
+
+NAMES = st.sampled_from(["data", "event", "id", "retry", "foo", "Data", "", "da ta"])
+VALUES = st.text(
+    alphabet=st.sampled_from(list("ab 1+٥\x00你好😀\ufeff\u2028:é")), max_size=8
+)
+ENDINGS = st.sampled_from([b"\n", b"\r\n", b"\r"])
+
+
+@st.composite
+def lines(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["field", "bare", "comment", "blank", "spaced"]))
+    end = draw(ENDINGS)
+    name = draw(NAMES).encode()
+    value = draw(VALUES).encode()
+    if kind == "field":
+        return name + b":" + value + end
+    if kind == "spaced":
+        return name + b":" + b" " * draw(st.integers(1, 2)) + value + end
+    if kind == "bare":
+        return name + end
+    if kind == "comment":
+        return b":" + value + end
+    return end
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> bytes:
+    bom = b"\xef\xbb\xbf" * draw(st.integers(0, 2))
+    body = b"".join(draw(st.lists(lines(), max_size=25)))
+    # Sometimes cut the last line short, or leave a raw byte soup tail.
+    tail = draw(st.sampled_from([b"", b"data: tail", b"\xe4\xbd", b"\r"]))
+    return bom + body + tail
+
+
+@st.composite
+def streams_and_cuts(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    stream = draw(streams())
+    return stream, draw(st.lists(st.integers(0, len(stream)), max_size=8))
+
+
+# -- hard cases, pinned --------------------------------------------------
+# CR and LF either side of a cut
+@example((b"data: x\r\n\r\n", [8]))
+@example((b"data: x\r\r", [8]))
+@example((b"data: x\n\r\n", [8, 9]))
+# a BOM and a 4-byte character split at every byte
+@example((b"\xef\xbb\xbfdata: \xf0\x9f\x98\x80\n\n", [1, 2, 3, 10, 11, 12]))
+# two BOMs
+@example((b"\xef\xbb\xbf\xef\xbb\xbfdata: x\n\n", [3]))
+# data without a colon; two spaces after the colon
+@example((b"data\n\ndata:  x\n\n", [5]))
+# retry with + or non-ASCII digits; an id with NUL; an id-only block
+@example(("retry: +5\nretry: ٥\nid: a\x00b\n\nid: 3\n\n".encode(), []))
+# a CR-only stream whose last CR ends the final chunk
+@example((b"data: 1\r\rdata: 2\r\r", [18]))
+@given(streams_and_cuts())
+def test_any_split_gives_the_oracles_events(case: tuple[bytes, list[int]]) -> None:
+    check_against_oracle(*case)
+
+
+def check_against_oracle(stream: bytes, cuts: list[int]) -> None:
+    expected = parse(stream)
+    for result in (feed_whole(stream), feed_bytewise(stream), feed_at(stream, cuts)):
+        assert result.error is None
+        assert list(result.items) == expected.items
+        assert result.last_event_id == expected.last_event_id
+        assert result.retry == expected.reconnection_time
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=8))
+def test_random_bytes_match_oracle_and_never_raise(stream: bytes, cuts: list[int]) -> None:
+    check_against_oracle(stream, cuts)
+
+
+@given(st.binary(max_size=200), st.lists(st.integers(0, 200), max_size=6), st.integers(1, 40))
+def test_only_limit_exceeded_is_raised_and_it_is_split_invariant(
+    stream: bytes, cuts: list[int], limit: int
+) -> None:
+    whole = feed_whole(stream, max_event_size=limit)
+    assert feed_at(stream, cuts, max_event_size=limit) == whole
+    assert feed_bytewise(stream, max_event_size=limit) == whole
+
+
+@given(st.integers(1, 5000), st.integers(1, 700))
+def test_endless_line_trips_the_limit_with_bounded_buffering(limit: int, chunk: int) -> None:
+    decoder = ssekit.Decoder(max_event_size=limit)
+    fed = 0
+    with pytest.raises(ssekit.LimitExceeded) as info:
+        for _ in range(limit // chunk + 2):
+            decoder.feed(b"x" * chunk)
+            fed += chunk
+    # It raised on the first chunk that took the line past the bound: what it
+    # held before that chunk was within the limit.
+    assert fed <= limit
+    assert fed + chunk > limit
+    assert info.value.size == fed + chunk
+
+
+texts = st.text(
+    alphabet=st.sampled_from(list("ab :\n\r你😀\x00\ufeff")) | st.characters(exclude_categories=["Cs"]),
+    max_size=20,
+)
+single_line = texts.filter(lambda s: "\n" not in s and "\r" not in s)
+
+
+@given(
+    st.builds(
+        Event,
+        data=texts,
+        event=single_line,
+        id=single_line.filter(lambda s: "\x00" not in s),
+        retry=st.none() | st.integers(0, 10**12),
+    ),
+    st.lists(st.integers(0, 200), max_size=6),
+)
+def test_encoded_events_decode_back_under_any_split(event: Event, cuts: list[int]) -> None:
+    wire = ssekit.encode(event)
+    expected = Event(
+        data=event.data.replace("\r\n", "\n").replace("\r", "\n"),
+        event=event.event or "message",
+        id=event.id,
+        retry=event.retry,
+    )
+    assert feed_at(wire, cuts).items == (expected,)
+    assert feed_bytewise(wire).items == (expected,)
+
+
+@given(texts, st.lists(st.integers(0, 100), max_size=4))
+def test_encoded_comments_decode_back_line_by_line(text: str, cuts: list[int]) -> None:
+    wire = ssekit.encode_comment(text)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    assert [c.text for c in feed_at(wire, cuts).items] == lines  # type: ignore[union-attr]
+
+
+@given(st.tuples(texts, st.sampled_from(["\n", "\r", "\r\n"]), texts).map("".join))
+def test_what_the_encoder_refuses_would_not_survive(text: str) -> None:
+    # An event type with a line break would end the field early on the wire.
+    with pytest.raises(ssekit.EncodeError):
+        ssekit.encode(Event(data="x", event=text))
+    raw = ("event: " + text + "\ndata: x\n\n").encode("utf-8", "surrogatepass")
+    decoded = feed_whole(raw).items
+    assert decoded != (Event(data="x", event=text),)

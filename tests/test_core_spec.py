@@ -1,0 +1,317 @@
+"""The WHATWG event-stream rules, one test each, and the spec's own examples under every cut.
+
+https://html.spec.whatwg.org/multipage/server-sent-events.html#parsing-an-event-stream
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+import ssekit
+from ssekit import Comment, Event
+from oracle import parse
+from splits import feed_at, feed_bytewise, feed_whole
+
+# The examples of the spec's "Interpreting an event stream" section, verbatim.
+SPEC_EXAMPLES = {
+    "stock": b"data: YHOO\ndata: +2\ndata: 10\n\n",
+    "first_second_third": (
+        b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\n"
+        b"data:  third event\n"
+    ),
+    "two_events_one_empty": b"data\n\ndata\ndata\n\ndata:\n",
+    "space_after_colon": b"data:test\n\ndata: test\n\n",
+    "event_types": b"event: add\ndata: 73857293\n\nevent: remove\ndata: 2153\n\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_EXAMPLES))
+def test_spec_example_matches_oracle_under_every_single_and_double_cut(name: str) -> None:
+    stream = SPEC_EXAMPLES[name]
+    expected = parse(stream)
+    for i, j in itertools.combinations_with_replacement(range(len(stream) + 1), 2):
+        result = feed_at(stream, (i, j))
+        assert list(result.items) == expected.items, (i, j)
+        assert result.last_event_id == expected.last_event_id
+        assert result.retry == expected.reconnection_time
+
+
+def test_stock_example_joins_data_lines_with_lf() -> None:
+    assert feed_whole(SPEC_EXAMPLES["stock"]).items == (Event(data="YHOO\n+2\n10"),)
+
+
+def test_first_second_third_example() -> None:
+    result = feed_whole(SPEC_EXAMPLES["first_second_third"])
+    assert result.items == (
+        Comment(text="test stream"),
+        Event(data="first event", id="1"),
+        Event(data="second event", id=""),
+    )
+    # The third block is never terminated, so it is not dispatched.
+    assert result.last_event_id == ""
+
+
+def test_empty_data_lines_dispatch_empty_and_newline_events() -> None:
+    assert feed_whole(SPEC_EXAMPLES["two_events_one_empty"]).items == (
+        Event(data=""),
+        Event(data="\n"),
+    )
+
+
+def test_exactly_one_space_after_the_colon_is_dropped() -> None:
+    assert feed_whole(b"data:test\n\ndata: test\n\ndata:  test\n\n").items == (
+        Event(data="test"),
+        Event(data="test"),
+        Event(data=" test"),
+    )
+
+
+def test_event_type_is_used_then_reset_after_dispatch() -> None:
+    assert feed_whole(b"event: add\ndata: 1\n\ndata: 2\n\n").items == (
+        Event(event="add", data="1"),
+        Event(data="2"),
+    )
+
+
+def test_empty_event_field_means_message() -> None:
+    assert feed_whole(b"event:\ndata: x\n\n").items == (Event(data="x"),)
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
+def test_every_line_ending_kind_ends_lines(ending: bytes) -> None:
+    stream = ending.join([b"id: 7", b"data: a", b"data: b", b"", b""])
+    assert feed_whole(stream).items == (Event(data="a\nb", id="7"),)
+
+
+def test_mixed_line_endings() -> None:
+    assert feed_whole(b"data: a\rdata: b\r\ndata: c\n\r\n").items == (Event(data="a\nb\nc"),)
+
+
+def test_cr_at_end_of_chunk_ends_the_line_now() -> None:
+    decoder = ssekit.Decoder()
+    assert decoder.feed(b"data: x\r") == []
+    # The blank line arrives as a lone CR: the event is due on this very call.
+    assert decoder.feed(b"\r") == [Event(data="x")]
+
+
+def test_lf_after_a_cr_in_the_next_chunk_is_not_a_blank_line() -> None:
+    decoder = ssekit.Decoder()
+    assert decoder.feed(b"data: x\r") == []
+    assert decoder.feed(b"\n") == []
+    assert decoder.feed(b"data: y\r\n\r\n") == [Event(data="x\ny")]
+
+
+def test_cr_only_stream_whose_last_cr_ends_the_final_chunk_dispatches_now() -> None:
+    decoder = ssekit.Decoder()
+    assert decoder.feed(b"data: 1\r\rdata: 2\r") == [Event(data="1")]
+    assert decoder.feed(b"\r") == [Event(data="2")]
+
+
+def test_each_event_comes_from_the_feed_that_delivers_its_blank_line() -> None:
+    stream = b"data: a\n\ndata: b\n\n"
+    decoder = ssekit.Decoder()
+    delivered = [decoder.feed(stream[i : i + 1]) for i in range(len(stream))]
+    assert delivered[8] == [Event(data="a")]
+    assert delivered[-1] == [Event(data="b")]
+    assert sum(map(len, delivered)) == 2
+
+
+def test_field_without_colon_has_empty_value() -> None:
+    assert feed_whole(b"data\n\n").items == (Event(data=""),)
+    assert feed_whole(b"id\n\n").last_event_id == ""
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert feed_whole(b"foo: bar\ndata: x\nDATA: y\n\n").items == (Event(data="x"),)
+
+
+def test_comments_are_ignored_by_default_and_surfaced_when_asked() -> None:
+    stream = b": hello\ndata: x\n:\n\n"
+    assert ssekit.Decoder().feed(stream) == [Event(data="x")]
+    assert ssekit.Decoder(comments=True).feed(stream) == [
+        Comment(text="hello"),
+        Comment(text=""),
+        Event(data="x"),
+    ]
+
+
+def test_unterminated_final_event_is_not_dispatched() -> None:
+    decoder = ssekit.Decoder()
+    assert decoder.feed(b"data: whole\n\ndata: cut") == [Event(data="whole")]
+    assert decoder.ended_mid_event
+    assert decoder.close() == []
+
+
+def test_block_terminated_by_one_line_break_is_not_dispatched_at_close() -> None:
+    decoder = ssekit.Decoder()
+    assert decoder.feed(b"data: almost\n") == []
+    assert decoder.ended_mid_event and not decoder.at_boundary
+    assert decoder.close() == []
+
+
+def test_at_boundary_between_blocks() -> None:
+    decoder = ssekit.Decoder()
+    assert decoder.at_boundary
+    decoder.feed(b"data: x\n")
+    assert not decoder.at_boundary
+    decoder.feed(b"\n: comment\n")
+    assert decoder.at_boundary
+
+
+def test_id_is_carried_by_later_events_until_changed() -> None:
+    assert feed_whole(b"id: 1\ndata: a\n\ndata: b\n\nid: 2\ndata: c\n\n").items == (
+        Event(data="a", id="1"),
+        Event(data="b", id="1"),
+        Event(data="c", id="2"),
+    )
+
+
+def test_empty_id_resets_the_last_event_id() -> None:
+    result = feed_whole(b"id: 1\ndata: a\n\nid\ndata: b\n\n")
+    assert result.items == (Event(data="a", id="1"), Event(data="b", id=""))
+    assert result.last_event_id == ""
+
+
+def test_id_containing_nul_is_ignored() -> None:
+    result = feed_whole(b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n")
+    assert result.items[1] == Event(data="b", id="1")
+
+
+def test_id_only_block_updates_last_event_id_but_dispatches_nothing() -> None:
+    decoder = ssekit.Decoder()
+    assert decoder.feed(b"id: 42\n\n") == []
+    assert decoder.last_event_id == "42"
+    assert decoder.feed(b"data: x\n\n") == [Event(data="x", id="42")]
+
+
+def test_last_event_id_changes_at_dispatch_not_when_the_field_arrives() -> None:
+    decoder = ssekit.Decoder()
+    decoder.feed(b"id: 5\ndata: x\n")
+    assert decoder.last_event_id == ""
+    decoder.feed(b"\n")
+    assert decoder.last_event_id == "5"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"0", 0),
+        (b"1500", 1500),
+        (b"007", 7),
+        (b"+5", None),
+        (b"-5", None),
+        (b" 5", None),  # a second space: the value is " 5"
+        (b"5 ", None),
+        (b"1.5", None),
+        (b"", None),
+        ("٥".encode(), None),  # ARABIC-INDIC DIGIT FIVE is a digit, but not ASCII
+        ("５".encode(), None),  # FULLWIDTH DIGIT FIVE
+    ],
+)
+def test_retry_counts_only_when_all_ascii_digits(value: bytes, expected: int | None) -> None:
+    result = feed_whole(b"retry: " + value + b"\ndata: x\n\n")
+    assert result.retry == expected
+    assert result.items == (Event(data="x", retry=expected),)
+
+
+def test_retry_in_a_block_without_data_still_sets_the_reconnection_time() -> None:
+    decoder = ssekit.Decoder()
+    assert decoder.feed(b"retry: 250\n\n") == []
+    assert decoder.retry == 250
+    assert decoder.feed(b"data: x\n\n") == [Event(data="x")]
+
+
+def test_leading_bom_is_stripped_once() -> None:
+    bom = b"\xef\xbb\xbf"
+    assert feed_whole(bom + b"data: x\n\n").items == (Event(data="x"),)
+    # A second BOM is not stripped: the line is "\ufeffdata: x", an unknown field.
+    assert feed_whole(bom + bom + b"data: x\n\n").items == ()
+    assert feed_whole(bom + b"data: " + bom + b"\n\n").items == (Event(data="\ufeff"),)
+
+
+def test_leading_bom_split_at_every_byte_is_stripped() -> None:
+    stream = b"\xef\xbb\xbfdata: x\n\n"
+    for cuts in itertools.combinations(range(1, 5), 2):
+        assert feed_at(stream, cuts).items == (Event(data="x"),), cuts
+    assert feed_bytewise(stream).items == (Event(data="x"),)
+
+
+def test_bom_prefix_that_is_not_a_bom_is_data() -> None:
+    # EF BB followed by something else is an invalid sequence, kept as U+FFFD.
+    assert feed_bytewise(b"\xef\xbbdata: x\n\ndata: y\n\n").items == (Event(data="y"),)
+    assert feed_bytewise(b"data: \xef\xbb\n\n").items == (Event(data="\ufffd"),)
+
+
+@pytest.mark.parametrize("text", ["你好", "😀", "é", "日本語テキスト"])
+def test_multibyte_character_split_at_every_byte_comes_out_whole(text: str) -> None:
+    stream = f"data: {text}\n\n".encode()
+    for cut in range(len(stream) + 1):
+        assert feed_at(stream, (cut,)).items == (Event(data=text),), cut
+
+
+def test_invalid_utf8_is_replaced_like_a_streaming_decoder() -> None:
+    stream = b"data: a\xffb\xe4\xbd\n\n"
+    expected = (Event(data="a\ufffdb\ufffd"),)
+    assert feed_whole(stream).items == expected
+    assert feed_bytewise(stream).items == expected
+
+
+def test_nul_in_data_is_kept() -> None:
+    assert feed_whole(b"data: a\x00b\n\n").items == (Event(data="a\x00b"),)
+
+
+def test_limit_on_a_long_line_raises_limit_exceeded_naming_the_setting() -> None:
+    decoder = ssekit.Decoder(max_event_size=64)
+    with pytest.raises(ssekit.LimitExceeded) as info:
+        for _ in range(100):
+            decoder.feed(b"x")
+    assert info.value.maximum == 64 and info.value.size == 65
+    assert "max_event_size" in str(info.value)
+
+
+def test_limit_on_event_data_spread_over_lines() -> None:
+    decoder = ssekit.Decoder(max_event_size=100)
+    with pytest.raises(ssekit.LimitExceeded, match="event data"):
+        decoder.feed(b"data: 0123456789\n" * 20)
+
+
+def test_limit_on_a_long_complete_line_in_one_chunk() -> None:
+    with pytest.raises(ssekit.LimitExceeded):
+        ssekit.Decoder(max_event_size=10).feed(b"id: " + b"9" * 20 + b"\n\n")
+
+
+def test_decoder_stays_failed_after_limit_exceeded() -> None:
+    decoder = ssekit.Decoder(max_event_size=4)
+    with pytest.raises(ssekit.LimitExceeded):
+        decoder.feed(b"data: too long\n\n")
+    with pytest.raises(ssekit.StateError, match="failed earlier"):
+        decoder.feed(b"\n")
+    with pytest.raises(ssekit.StateError):
+        decoder.close()
+
+
+def test_feeding_after_close_raises_state_error() -> None:
+    decoder = ssekit.Decoder()
+    decoder.close()
+    with pytest.raises(ssekit.StateError, match="closed"):
+        decoder.feed(b"data: x\n\n")
+
+
+def test_accepts_bytearray_and_memoryview() -> None:
+    decoder = ssekit.Decoder()
+    assert decoder.feed(bytearray(b"data: a\n")) == []
+    assert decoder.feed(memoryview(b"\ndata: b\n\n")) == [Event(data="a"), Event(data="b")]
+
+
+def test_empty_chunk_is_a_no_op_not_end_of_stream() -> None:
+    decoder = ssekit.Decoder()
+    decoder.feed(b"data: x\n")
+    assert decoder.feed(b"") == []
+    assert decoder.feed(b"\n") == [Event(data="x")]
+
+
+def test_invalid_max_event_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_event_size"):
+        ssekit.Decoder(max_event_size=0)
