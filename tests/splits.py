@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ def feed_at(stream: bytes, cuts: Iterable[int], *, max_event_size: int | None = 
     items: list[Event | Comment] = []
     bounds = [0, *sorted({c for c in cuts if 0 < c < len(stream)}), len(stream)]
     try:
-        for start, end in zip(bounds, bounds[1:], strict=False):
+        for start, end in itertools.pairwise(bounds):
             items.extend(decoder.feed(stream[start:end]))
         items.extend(decoder.close())
     except ssekit.LimitExceeded:

@@ -12,9 +12,7 @@ import ssekit
 from ssekit import Event
 
 NAMES = st.sampled_from(["data", "event", "id", "retry", "foo", "Data", "", "da ta"])
-VALUES = st.text(
-    alphabet=st.sampled_from(list("ab 1+٥\x00你好😀\ufeff\u2028:é")), max_size=8
-)
+VALUES = st.text(alphabet=st.sampled_from(list("ab 1+٥\x00你好😀\ufeff\u2028:é")), max_size=8)
 ENDINGS = st.sampled_from([b"\n", b"\r\n", b"\r"])
 
 
@@ -109,7 +107,8 @@ def test_endless_line_trips_the_limit_with_bounded_buffering(limit: int, chunk: 
 
 
 texts = st.text(
-    alphabet=st.sampled_from(list("ab :\n\r你😀\x00\ufeff")) | st.characters(exclude_categories=["Cs"]),
+    alphabet=st.sampled_from(list("ab :\n\r你😀\x00\ufeff"))
+    | st.characters(exclude_categories=["Cs"]),
     max_size=20,
 )
 single_line = texts.filter(lambda s: "\n" not in s and "\r" not in s)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from oracle import parse
+from splits import feed_at, feed_bytewise, feed_whole
 
 import ssekit
 from ssekit import Comment, Event
-from oracle import parse
-from splits import feed_at, feed_bytewise, feed_whole
 
 # The examples of the spec's "Interpreting an event stream" section, verbatim.
 SPEC_EXAMPLES = {
@@ -147,7 +147,8 @@ def test_unterminated_final_event_is_not_dispatched() -> None:
 def test_block_terminated_by_one_line_break_is_not_dispatched_at_close() -> None:
     decoder = ssekit.Decoder()
     assert decoder.feed(b"data: almost\n") == []
-    assert decoder.ended_mid_event and not decoder.at_boundary
+    assert decoder.ended_mid_event
+    assert not decoder.at_boundary
     assert decoder.close() == []
 
 
@@ -267,7 +268,8 @@ def test_limit_on_a_long_line_raises_limit_exceeded_naming_the_setting() -> None
     with pytest.raises(ssekit.LimitExceeded) as info:
         for _ in range(100):
             decoder.feed(b"x")
-    assert info.value.maximum == 64 and info.value.size == 65
+    assert info.value.maximum == 64
+    assert info.value.size == 65
     assert "max_event_size" in str(info.value)
 
 
