@@ -1,0 +1,154 @@
+"""Fuzz the decoder: split invariance, agreement with the spec oracle, bounded errors.
+
+    python fuzz/decode.py --replay                 # replay fuzz/corpus/ only
+    python fuzz/decode.py --replay --seconds 5     # replay, then a seeded mutation loop (CI)
+    python fuzz/decode.py --seconds 3600           # an hour of mutation
+    python fuzz/decode.py --atheris                # coverage-guided, when atheris is installed
+
+Exits non-zero on the first failure and saves the input to fuzz/corpus/crash-<sha>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "tests"))
+
+import itertools
+
+from oracle import parse  # noqa: E402
+
+import ssekit  # noqa: E402
+
+CORPUS = ROOT / "corpus"
+LIMIT = 64  # a small bound, so the limit paths are exercised too
+TOKENS = [
+    b"data",
+    b"event",
+    b"id",
+    b"retry",
+    b":",
+    b" ",
+    b"\n",
+    b"\r",
+    b"\r\n",
+    b"\xef\xbb\xbf",
+    b"\xe4\xbd\xa0",
+    b"\xf0\x9f\x98\x80",
+    b"\x00",
+    b"[DONE]",
+    b"123",
+    b"+1",
+]
+
+
+def cuts_from(data: bytes) -> list[int]:
+    """Cut points derived from the input itself, so a crash replays exactly."""
+    seed = int.from_bytes(hashlib.sha256(data).digest()[:8], "big")
+    rnd = random.Random(seed)
+    return sorted(rnd.sample(range(len(data) + 1), min(len(data) + 1, rnd.randint(0, 8))))
+
+
+def run(data: bytes, max_event_size: int | None = None) -> tuple[object, ...]:
+    kwargs = {} if max_event_size is None else {"max_event_size": max_event_size}
+    results = []
+    for cuts in ([], list(range(1, len(data))), cuts_from(data)):
+        decoder = ssekit.Decoder(comments=True, **kwargs)
+        items: list[object] = []
+        bounds = [0, *cuts, len(data)]
+        try:
+            for start, end in itertools.pairwise(bounds):
+                items.extend(decoder.feed(data[start:end]))
+            decoder.close()
+            results.append((items, decoder.last_event_id, decoder.retry))
+        except ssekit.LimitExceeded:
+            results.append("LimitExceeded")
+    return tuple(results)
+
+
+def check(data: bytes) -> None:
+    """Raise AssertionError when any invariant fails for ``data``."""
+    whole, bytewise, cut = run(data)
+    assert whole == bytewise == cut, "split invariance"
+    expected = parse(data)
+    assert whole == (expected.items, expected.last_event_id, expected.reconnection_time), "oracle"
+    bounded = run(data, LIMIT)
+    assert bounded[0] == bounded[1] == bounded[2], "split invariance with a limit"
+
+
+def mutate(rnd: random.Random, data: bytes) -> bytes:
+    buf = bytearray(data)
+    for _ in range(rnd.randint(1, 4)):
+        op = rnd.randrange(4)
+        pos = rnd.randint(0, len(buf))
+        if op == 0:
+            buf[pos:pos] = rnd.choice(TOKENS)
+        elif op == 1 and buf:
+            del buf[pos : pos + rnd.randint(1, 8)]
+        elif op == 2:
+            buf[pos:pos] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 4)))
+        else:
+            buf[pos:pos] = buf[: rnd.randint(0, 16)]
+    return bytes(buf[:4096])
+
+
+def save_crash(data: bytes) -> Path:
+    path = CORPUS / f"crash-{hashlib.sha256(data).hexdigest()[:16]}"
+    path.write_bytes(data)
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--replay", action="store_true", help="replay fuzz/corpus/ first")
+    parser.add_argument("--seconds", type=float, default=0, help="mutation loop time box")
+    parser.add_argument("--seed", type=int, default=20261122, help="mutation loop seed")
+    parser.add_argument("--atheris", action="store_true", help="run atheris (coverage-guided)")
+    args = parser.parse_args()
+
+    seeds = sorted(CORPUS.iterdir())
+    if args.replay:
+        for path in seeds:
+            try:
+                check(path.read_bytes())
+            except AssertionError as exc:
+                print(f"FAIL replaying {path.name}: {exc}", file=sys.stderr)
+                return 1
+        print(f"replayed {len(seeds)} corpus files: ok")
+
+    if args.atheris:
+        import atheris  # type: ignore[import-not-found]
+
+        atheris.Setup([sys.argv[0], str(CORPUS)], check)
+        atheris.Fuzz()
+        return 0
+
+    rnd = random.Random(args.seed)
+    pool = [p.read_bytes() for p in seeds] or [b"data: x\n\n"]
+    deadline = time.monotonic() + args.seconds
+    runs = 0
+    while time.monotonic() < deadline:
+        data = mutate(rnd, rnd.choice(pool))
+        try:
+            check(data)
+        except AssertionError as exc:
+            print(f"FAIL ({exc}); saved {save_crash(data)}", file=sys.stderr)
+            return 1
+        runs += 1
+        if runs % 50 == 0:
+            pool.append(data)
+    if args.seconds:
+        print(f"mutation loop: {runs} inputs in {args.seconds:g}s, seed {args.seed}: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
