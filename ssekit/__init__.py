@@ -26,6 +26,7 @@ from ._errors import (
 from ._event import Comment, Event
 from ._iterate import aiter_events, iter_events
 from ._openai import DONE, aiter_chunks, iter_chunks, join_deltas, parse_chunk
+from ._writer import ByteSink, EventWriter
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = (
     "DEFAULT_MAX_EVENT_SIZE",
     "DONE",
     "APIErrorEvent",
+    "ByteSink",
     "ChunkError",
     "ClientError",
     "Comment",
@@ -40,6 +42,7 @@ __all__ = (
     "Decoder",
     "EncodeError",
     "Event",
+    "EventWriter",
     "LimitExceeded",
     "OpenAIStreamError",
     "ProxyError",

@@ -1,0 +1,20 @@
+"""The ssekit reverse proxy (anyio + h11): forwards streams unchanged, handles faults.
+
+Importing this package imports anyio and h11; ``import ssekit`` does not.
+"""
+
+from ._config import Origin, ProxyConfig
+from ._mock import MockConfig, serve_mock
+from ._server import Proxy, serve
+from ._stats import Outcome, StreamStats
+
+__all__ = (
+    "MockConfig",
+    "Origin",
+    "Outcome",
+    "Proxy",
+    "ProxyConfig",
+    "StreamStats",
+    "serve",
+    "serve_mock",
+)

@@ -1,0 +1,117 @@
+"""Pure header rules: hop-by-hop stripping, Host and key injection, forwarding headers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from ._config import Origin
+
+__all__ = (
+    "HOP_BY_HOP",
+    "Headers",
+    "get_header",
+    "is_event_stream",
+    "request_headers",
+    "response_headers",
+)
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 7.6.1 (Connection and the fields it names), plus the classic
+# hop-by-hop set of RFC 2616 13.5.1 that intermediaries still must drop.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+VIA: Final = b"1.1 ssekit"
+
+
+def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of ``name`` (lower-case), or None."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    headers = list(headers)
+    named = {
+        token.strip().lower()
+        for key, value in headers
+        if key.lower() == b"connection"
+        for token in value.split(b",")
+    }
+    return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+
+
+def request_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+    *,
+    origin: Origin,
+    client_addr: str,
+    scheme: str = "http",
+    api_key: str | None = None,
+    strip_authorization: bool = False,
+) -> Headers:
+    """Headers to send upstream for a client's request.
+
+    Hop-by-hop fields go; ``Host`` becomes the upstream's; X-Forwarded-For,
+    -Proto, -Host and Via are added (appending to what a client sent).
+    ``api_key`` replaces the client's Authorization with ``Bearer <key>``;
+    ``strip_authorization`` drops the client's (its token was the proxy's own).
+    """
+    headers = _strip_hop_by_hop(headers)
+    host = get_header(headers, b"host") or b""
+    forwarded_for = get_header(headers, b"x-forwarded-for")
+    via = get_header(headers, b"via")
+    drop = {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via"}
+    if api_key is not None or strip_authorization:
+        drop.add(b"authorization")
+    out: Headers = [(b"host", origin.authority.encode("ascii"))]
+    out += [(k, v) for k, v in headers if k.lower() not in drop]
+    out.append(
+        (
+            b"x-forwarded-for",
+            forwarded_for + b", " + client_addr.encode() if forwarded_for else client_addr.encode(),
+        )
+    )
+    out.append((b"x-forwarded-proto", scheme.encode()))
+    if host:
+        out.append((b"x-forwarded-host", host))
+    out.append((b"via", via + b", " + VIA if via else VIA))
+    if api_key is not None:
+        out.append((b"authorization", b"Bearer " + api_key.encode()))
+    return out
+
+
+def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Headers to send the client for an upstream response: hop-by-hop gone, Via added.
+
+    Content-Type, Content-Length, Content-Encoding, Cache-Control and the rest
+    pass unchanged: the proxy neither adds nor removes compression.
+    """
+    headers = _strip_hop_by_hop(headers)
+    via = get_header(headers, b"via")
+    out = [(k, v) for k, v in headers if k.lower() != b"via"]
+    out.append((b"via", via + b", " + VIA if via else VIA))
+    content_type = get_header(headers, b"content-type") or b""
+    if is_event_stream(content_type) and get_header(headers, b"x-accel-buffering") is None:
+        # Tell a buffering relay in front of us (nginx) to pass the stream on live.
+        out.append((b"x-accel-buffering", b"no"))
+    return out
+
+
+def is_event_stream(content_type: bytes) -> bool:
+    """True for ``text/event-stream`` (parameters and case ignored)."""
+    return content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream"

@@ -1,0 +1,215 @@
+"""The built-in OpenAI-compatible mock upstream, for demos, tests and offline work.
+
+    POST /v1/chat/completions   {"stream": true} -> text/event-stream of chat.completion.chunk
+                                events (English and Chinese), then data: [DONE];
+                                otherwise one JSON chat.completion
+    GET  /v1/models             the one mock model
+    GET  /v1/events             numbered events with id: fields, resuming after Last-Event-ID;
+                                ?count=N (default 10), ?cut_after=K cuts the connection
+                                abruptly after K events
+    anything else               an error in OpenAI's shape (404, 405, 400)
+
+Request JSON may set "max_tokens" to cap the answer's token count. Events are
+written through :class:`ssekit.EventWriter`, one h11 chunk each, at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import anyio.abc
+import h11
+
+from .._event import Event
+from .._openai import DONE
+from .._writer import EventWriter
+from ._relay import error_body
+from ._server import ClientGone, _Client
+
+__all__ = ("TOKENS", "MockConfig", "mock_text", "serve_mock")
+
+#: The answer's tokens, cycled: English and Chinese, so multi-byte text is exercised.
+TOKENS: Final = (
+    "Hello", "!", " I", " am", " the", " ssekit", " mock", ".", " 你好", "，", "世界", "！",
+    " Streaming", " works", " 很", "好", "。", " 😀",
+)  # fmt: skip
+MAX_BODY: Final = 1 << 20
+
+
+def mock_text(tokens: int) -> str:
+    """The text a streamed or plain answer of ``tokens`` tokens carries."""
+    return "".join(TOKENS[i % len(TOKENS)] for i in range(tokens))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MockConfig:
+    """Where the mock listens, and the shape of its answers."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9000
+    tokens: int = 40
+    delay: float = 0.05
+    model: str = "ssekit-mock"
+
+
+class _ChunkSink:
+    """Adapts an h11 response body to the EventWriter's byte sink: one chunk per send."""
+
+    def __init__(self, client: _Client) -> None:
+        self._client = client
+
+    async def send(self, item: bytes, /) -> None:
+        await self._client.send(h11.Data(data=item))
+
+    async def aclose(self) -> None:
+        await self._client.send(h11.EndOfMessage())
+
+
+def _error(status: int, message: str) -> bytes:
+    return error_body(status, message)
+
+
+async def serve_mock(
+    config: MockConfig,
+    *,
+    task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the mock until cancelled; reports the bound ``(host, port)``."""
+    listener = await anyio.create_tcp_listener(
+        local_host=config.listen_host, local_port=config.listen_port
+    )
+    address = listener.extra(anyio.abc.SocketAttribute.local_address)
+    async with listener, anyio.create_task_group() as tg:
+        task_status.started((str(address[0]), int(address[1])))
+        await listener.serve(lambda stream: _connection(stream, config), tg)
+
+
+async def _connection(stream: anyio.abc.SocketStream, config: MockConfig) -> None:
+    client = _Client(stream, 64 * 1024)
+    try:
+        while True:
+            event = await client.next_event()
+            if not isinstance(event, h11.Request):
+                return
+            body = b""
+            while True:
+                part = await client.next_event()
+                if isinstance(part, h11.Data):
+                    body += part.data
+                    if len(body) > MAX_BODY:
+                        await client.answer(413, _error(413, "request body too large"), close=True)
+                        return
+                elif isinstance(part, h11.EndOfMessage):
+                    break
+                else:
+                    return
+            if not await _route(client, event, body, config):
+                return
+            if client.h11.our_state is not h11.DONE:
+                return
+            client.h11.start_next_cycle()
+    except (ClientGone, h11.ProtocolError):
+        pass
+    finally:
+        await anyio.aclose_forcefully(stream)
+
+
+async def _route(client: _Client, request: h11.Request, body: bytes, config: MockConfig) -> bool:
+    """Answer one request; False when the connection must close."""
+    method = request.method.decode()
+    url = urlsplit(request.target.decode("ascii", "replace"))
+    routes = {"/v1/chat/completions": "POST", "/v1/models": "GET", "/v1/events": "GET"}
+    if url.path not in routes:
+        await client.answer(404, _error(404, f"unknown path {url.path}"))
+        return True
+    if method != routes[url.path]:
+        await client.answer(405, _error(405, f"{url.path} takes {routes[url.path]}"))
+        return True
+    if url.path == "/v1/models":
+        models = {"object": "list", "data": [{"id": config.model, "object": "model"}]}
+        await client.answer(200, json.dumps(models).encode())
+        return True
+    if url.path == "/v1/events":
+        return await _numbered_events(client, request, parse_qs(url.query), config)
+    try:
+        params = json.loads(body)
+        if not isinstance(params, dict) or not isinstance(params.get("messages"), list):
+            raise ValueError("expected a JSON object with a messages list")
+        max_tokens = params.get("max_tokens")
+        tokens = config.tokens if max_tokens is None else min(int(max_tokens), config.tokens)
+    except (ValueError, TypeError) as exc:
+        await client.answer(400, _error(400, f"invalid request body: {exc}"))
+        return True
+    created = int(time.time())
+    base = {"id": "chatcmpl-ssekit", "created": created, "model": config.model}
+    if not params.get("stream"):
+        completion = {
+            **base,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": mock_text(tokens)},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+        await client.answer(200, json.dumps(completion, ensure_ascii=False).encode())
+        return True
+
+    def chunk(delta: dict[str, str], finish: str | None = None) -> Event:
+        obj = {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return Event(data=json.dumps(obj, ensure_ascii=False))
+
+    await client.send(
+        h11.Response(
+            status_code=200,
+            headers=[(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+        )
+    )
+    writer = EventWriter(_ChunkSink(client))
+    await writer.send(chunk({"role": "assistant", "content": ""}))
+    for i in range(tokens):
+        await anyio.sleep(config.delay)
+        await writer.send(chunk({"content": TOKENS[i % len(TOKENS)]}))
+    await writer.send(chunk({}, "stop"))
+    await writer.send(Event(data=DONE))
+    await writer.aclose()
+    return True
+
+
+async def _numbered_events(
+    client: _Client, request: h11.Request, query: dict[str, list[str]], config: MockConfig
+) -> bool:
+    last = dict(request.headers).get(b"last-event-id", b"0").decode("ascii", "replace")
+    try:
+        start = int(last) + 1 if last else 1
+        count = int(query.get("count", ["10"])[0])
+        cut_after = int(query["cut_after"][0]) if "cut_after" in query else None
+    except ValueError:
+        await client.answer(400, _error(400, "count, cut_after and Last-Event-ID are integers"))
+        return True
+    await client.send(
+        h11.Response(
+            status_code=200,
+            headers=[(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+        )
+    )
+    writer = EventWriter(_ChunkSink(client))
+    await writer.send(Event(data="hello", event="open", retry=500, id=str(start - 1)))
+    for n, number in enumerate(range(start, count + 1)):
+        if cut_after is not None and n >= cut_after:
+            return False  # abrupt: no terminating chunk, the connection closes
+        await anyio.sleep(config.delay)
+        await writer.send(Event(data=f"event {number} 你好", id=str(number)))
+    await writer.aclose()
+    return True

@@ -1,0 +1,120 @@
+"""Per-stream figures, how a stream ended, and the process-wide metrics."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = ("Metrics", "Outcome", "StreamStats")
+
+
+class Outcome(enum.Enum):
+    """How one proxied exchange ended."""
+
+    COMPLETE = "complete"
+    CLIENT_DISCONNECT = "client_disconnect"
+    UPSTREAM_CUT = "upstream_cut"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_ERROR = "upstream_error"
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    LOCAL = "local"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """What one exchange did; times in seconds from the request head's arrival."""
+
+    method: str = ""
+    path: str = ""
+    status: int = 0
+    upstream_first_byte: float | None = None
+    first_event: float | None = None
+    events: int = 0
+    body_bytes: int = 0
+    done_seen: bool = False
+    duration: float = 0.0
+    outcome: Outcome = Outcome.COMPLETE
+    attempts: int = 0
+    error: str = ""
+
+    def as_log(self) -> dict[str, object]:
+        return {
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "ttfb_ms": _ms(self.upstream_first_byte),
+            "first_event_ms": _ms(self.first_event),
+            "events": self.events,
+            "bytes": self.body_bytes,
+            "done": self.done_seen,
+            "duration_ms": _ms(self.duration),
+            "outcome": self.outcome.value,
+            "attempts": self.attempts,
+            **({"error": self.error} if self.error else {}),
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+@dataclass(slots=True)
+class Metrics:
+    """Counters for GET <admin_prefix>/metrics (Prometheus text format)."""
+
+    requests: dict[int, int] = field(default_factory=dict)
+    outcomes: dict[Outcome, int] = field(default_factory=dict)
+    events: int = 0
+    body_bytes: int = 0
+    active: int = 0
+    upstream_connects: int = 0
+    upstream_reuses: int = 0
+    first_event_seconds_sum: float = 0.0
+    first_event_count: int = 0
+
+    def record(self, stats: StreamStats) -> None:
+        self.requests[stats.status] = self.requests.get(stats.status, 0) + 1
+        self.outcomes[stats.outcome] = self.outcomes.get(stats.outcome, 0) + 1
+        self.events += stats.events
+        self.body_bytes += stats.body_bytes
+        if stats.first_event is not None:
+            self.first_event_seconds_sum += stats.first_event
+            self.first_event_count += 1
+
+    def render(self) -> bytes:
+        lines = [
+            "# HELP ssekit_requests_total Requests answered, by status.",
+            "# TYPE ssekit_requests_total counter",
+            *(
+                f'ssekit_requests_total{{status="{s}"}} {n}'
+                for s, n in sorted(self.requests.items())
+            ),
+            "# HELP ssekit_streams_total Exchanges by how they ended.",
+            "# TYPE ssekit_streams_total counter",
+            *(
+                f'ssekit_streams_total{{outcome="{o.value}"}} {n}'
+                for o, n in sorted(self.outcomes.items(), key=lambda item: item[0].value)
+            ),
+            "# HELP ssekit_events_total SSE events seen in forwarded event streams.",
+            "# TYPE ssekit_events_total counter",
+            f"ssekit_events_total {self.events}",
+            "# HELP ssekit_bytes_total Response body bytes forwarded to clients.",
+            "# TYPE ssekit_bytes_total counter",
+            f"ssekit_bytes_total {self.body_bytes}",
+            "# HELP ssekit_active_requests Exchanges in flight.",
+            "# TYPE ssekit_active_requests gauge",
+            f"ssekit_active_requests {self.active}",
+            "# HELP ssekit_upstream_connections_total Upstream connections opened.",
+            "# TYPE ssekit_upstream_connections_total counter",
+            f"ssekit_upstream_connections_total {self.upstream_connects}",
+            "# HELP ssekit_upstream_reuses_total Requests sent on a kept-alive connection.",
+            "# TYPE ssekit_upstream_reuses_total counter",
+            f"ssekit_upstream_reuses_total {self.upstream_reuses}",
+            "# HELP ssekit_first_event_seconds Time from request to first SSE event.",
+            "# TYPE ssekit_first_event_seconds summary",
+            f"ssekit_first_event_seconds_sum {self.first_event_seconds_sum:.6f}",
+            f"ssekit_first_event_seconds_count {self.first_event_count}",
+        ]
+        return ("\n".join(lines) + "\n").encode()

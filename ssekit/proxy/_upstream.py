@@ -1,0 +1,304 @@
+"""I/O to the upstream: TCP or TLS, optionally through an HTTP CONNECT proxy, over h11.
+
+Every anyio, OSError, ssl and h11 failure is translated here, in one place,
+into :class:`ssekit.UpstreamError` carrying the status to answer (502, or 504
+for timeouts), chained to the original.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from typing import Final, cast
+
+import anyio
+import anyio.abc
+import h11
+from anyio.streams.tls import TLSStream
+
+from .._errors import UpstreamError
+from ._config import Origin
+
+__all__ = ("UpstreamConnection", "UpstreamPool", "make_ssl_context", "open_connection")
+
+READ_SIZE: Final = 65536
+# A chunk that arrives in several reads is forwarded whole, up to this size,
+# so chunk boundaries survive without unbounded buffering.
+MAX_CHUNK_HOLD: Final = 65536
+
+
+def make_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A client TLS context verifying certificates and host names (system store or ``ca_file``)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+@contextlib.contextmanager
+def _translated(what: str, origin: Origin) -> Iterator[None]:
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except TimeoutError as exc:
+        raise UpstreamError(f"upstream {origin.authority}: timed out {what}", 504) from exc
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError) as exc:
+        raise UpstreamError(f"upstream {origin.authority}: {what} failed: {exc!r}", 502) from exc
+    except anyio.EndOfStream as exc:
+        raise UpstreamError(
+            f"upstream {origin.authority} closed the connection {what}", 502
+        ) from exc
+    except h11.ProtocolError as exc:
+        raise UpstreamError(f"upstream {origin.authority}: bad HTTP {what}: {exc}", 502) from exc
+
+
+async def _tunnel(proxy: Origin, origin: Origin, connect_timeout: float) -> anyio.abc.SocketStream:
+    """Open a CONNECT tunnel to ``origin`` through the HTTP proxy ``proxy``."""
+    stream = await anyio.connect_tcp(proxy.host, proxy.port)
+    try:
+        target = f"{origin.host}:{origin.port}".encode()
+        await stream.send(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n")
+        head = b""
+        with anyio.fail_after(connect_timeout):
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive(4096)
+                if len(head) > 65536:
+                    raise UpstreamError(f"proxy {proxy.authority}: CONNECT reply too long", 502)
+        status_line = head.split(b"\r\n", 1)[0]
+        parts = status_line.split()
+        if len(parts) < 2 or parts[1] != b"200":
+            raise UpstreamError(
+                f"proxy {proxy.authority} refused CONNECT {target.decode()}: "
+                f"{status_line.decode(errors='replace')}",
+                502,
+            )
+        if head.index(b"\r\n\r\n") + 4 != len(head):
+            raise UpstreamError(f"proxy {proxy.authority} sent bytes after its CONNECT reply", 502)
+    except BaseException:
+        await stream.aclose()
+        raise
+    return stream
+
+
+async def open_connection(
+    origin: Origin,
+    *,
+    connect_timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+    proxy: Origin | None = None,
+) -> UpstreamConnection:
+    """Connect to ``origin`` (TLS for https, through ``proxy`` when given).
+
+    Raises :class:`UpstreamError` (502 connect failure, 504 timeout).
+    """
+    with _translated("connecting", origin):
+        with anyio.fail_after(connect_timeout):
+            if proxy is not None:
+                raw: anyio.abc.ByteStream = await _tunnel(proxy, origin, connect_timeout)
+            else:
+                raw = await anyio.connect_tcp(origin.host, origin.port)
+            sock = raw.extra(anyio.abc.SocketAttribute.raw_socket, None)
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if origin.scheme == "https":
+                try:
+                    raw = await TLSStream.wrap(
+                        raw,
+                        hostname=origin.host,
+                        ssl_context=ssl_context or make_ssl_context(),
+                        standard_compatible=False,
+                    )
+                except BaseException:
+                    await raw.aclose()
+                    raise
+    return UpstreamConnection(raw, origin, sock)
+
+
+class UpstreamConnection:
+    """One HTTP/1.1 connection to the upstream, driven by h11.
+
+    Use: ``send_request`` (head and body), ``receive_response`` (head), then
+    ``receive_body`` to the end; ``reusable()`` says whether it may go back to
+    a pool. Every failure raises :class:`UpstreamError`.
+    """
+
+    def __init__(
+        self, stream: anyio.abc.ByteStream, origin: Origin, sock: socket.socket | None = None
+    ) -> None:
+        self._stream = stream
+        self._origin = origin
+        self._sock = sock
+        self._h11 = h11.Connection(h11.CLIENT)
+        #: Bytes of the request head and body written so far (0: safe to retry).
+        self.bytes_sent = 0
+
+    async def _send(self, event: h11.Event) -> None:
+        data = self._h11.send(event)
+        if data:
+            await self._stream.send(data)
+            self.bytes_sent += len(data)
+
+    async def send_request(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | AsyncIterable[bytes] = b"",
+    ) -> None:
+        """Send the request head, then the body (streamed when an async iterable)."""
+        with _translated("sending the request", self._origin):
+            await self._send(h11.Request(method=method, target=target, headers=headers))
+            if isinstance(body, bytes):
+                if body:
+                    await self._send(h11.Data(data=body))
+            else:
+                async for piece in body:
+                    if piece:
+                        await self._send(h11.Data(data=piece))
+            await self._send(h11.EndOfMessage())
+
+    async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
+        while True:
+            event = self._h11.next_event()
+            if event is not h11.NEED_DATA:
+                return cast("h11.Event | type[h11.PAUSED]", event)
+            try:
+                data = await self._stream.receive(READ_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+            self._h11.receive_data(data)
+
+    async def receive_response(self, *, first_byte_timeout: float) -> h11.Response:
+        """Wait up to ``first_byte_timeout`` for the response head (1xx skipped)."""
+        with _translated("waiting for the response head", self._origin):
+            with anyio.fail_after(first_byte_timeout):
+                while True:
+                    event = await self._next_event()
+                    if isinstance(event, h11.Response):
+                        return event
+                    if isinstance(event, h11.ConnectionClosed):
+                        raise UpstreamError(
+                            f"upstream {self._origin.authority} closed the connection "
+                            "before answering",
+                            502,
+                        )
+                    if not isinstance(event, h11.InformationalResponse):
+                        raise UpstreamError(f"unexpected {event!r} from upstream", 502)
+
+    async def receive_body(self, *, idle_timeout: float) -> AsyncIterator[bytes]:
+        """Yield the body as it arrives, one item per upstream chunk.
+
+        Ends at the end of the message. Raises :class:`UpstreamError` when no
+        byte arrives for ``idle_timeout`` (504) or the upstream closes before
+        the end (502, the stream was cut).
+        """
+        held: list[bytes] = []
+        held_size = 0
+        while True:
+            with _translated("reading the body", self._origin):
+                with anyio.fail_after(idle_timeout):
+                    event = await self._next_event()
+            if isinstance(event, h11.Data):
+                if event.chunk_end or (not event.chunk_start and not held):
+                    # A whole chunk, the end of one, or a body not chunked.
+                    if held:
+                        held.append(event.data)
+                        yield b"".join(held)
+                        held.clear()
+                        held_size = 0
+                    else:
+                        yield bytes(event.data)
+                else:
+                    held.append(event.data)
+                    held_size += len(event.data)
+                    if held_size >= MAX_CHUNK_HOLD:
+                        yield b"".join(held)
+                        held.clear()
+                        held_size = 0
+            elif isinstance(event, h11.EndOfMessage):
+                if held:
+                    yield b"".join(held)
+                return
+            else:
+                raise UpstreamError(
+                    f"upstream {self._origin.authority} closed the connection mid-body "
+                    "(the response was cut)",
+                    502,
+                )
+
+    def reusable(self) -> bool:
+        """True when both sides finished the exchange and may keep the connection."""
+        if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
+            return False
+        try:
+            self._h11.start_next_cycle()
+        except h11.LocalProtocolError:
+            return False
+        return True
+
+    def is_stale(self) -> bool:
+        """True when the upstream already closed an idle kept-alive connection."""
+        if self._sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            # An idle HTTP connection has nothing to read; readable means EOF or junk.
+            return bool(readable)
+        except (OSError, ValueError):
+            return True
+
+    async def aclose(self) -> None:
+        """Close at once (no TLS close_notify wait), never raising."""
+        with contextlib.suppress(Exception):
+            await anyio.aclose_forcefully(self._stream)
+
+
+class UpstreamPool:
+    """Idle kept-alive upstream connections, at most ``size``, newest reused first."""
+
+    def __init__(
+        self,
+        origin: Origin,
+        *,
+        size: int,
+        connect_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        proxy: Origin | None = None,
+    ) -> None:
+        self._origin = origin
+        self._size = size
+        self._connect_timeout = connect_timeout
+        self._ssl_context = ssl_context
+        self._proxy = proxy
+        self._idle: list[UpstreamConnection] = []
+        self.opened = 0
+
+    async def acquire(self) -> tuple[UpstreamConnection, bool]:
+        """An idle connection that is still open, else a new one; and whether it was reused."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.is_stale():
+                return conn, True
+            await conn.aclose()
+        conn = await open_connection(
+            self._origin,
+            connect_timeout=self._connect_timeout,
+            ssl_context=self._ssl_context,
+            proxy=self._proxy,
+        )
+        self.opened += 1
+        return conn, False
+
+    async def release(self, conn: UpstreamConnection) -> None:
+        """Keep ``conn`` for reuse when its exchange ended cleanly; close it otherwise."""
+        if len(self._idle) < self._size and conn.reusable():
+            self._idle.append(conn)
+        else:
+            await conn.aclose()
+
+    async def aclose(self) -> None:
+        while self._idle:
+            await self._idle.pop().aclose()
