@@ -152,9 +152,20 @@ class Proxy:
         )
         address = listener.extra(anyio.abc.SocketAttribute.local_address)
         host, port = str(address[0]), int(address[1])
+        accepting = anyio.CancelScope()
+        stopped_accepting = anyio.Event()
+
+        async def accept(task_group: anyio.abc.TaskGroup) -> None:
+            try:
+                with accepting:
+                    # Connection tasks go to the outer group: they outlive accepting.
+                    await listener.serve(self._connection, task_group)
+            finally:
+                stopped_accepting.set()
+
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(listener.serve, self._connection, tg)
+                tg.start_soon(accept, tg)
                 task_status.started((host, port))
                 if shutdown is None:
                     await anyio.sleep_forever()
@@ -163,6 +174,8 @@ class Proxy:
                 # Drain: stop accepting, close idle keep-alive connections, let
                 # exchanges in flight finish until the deadline, then cut them.
                 self._draining = True
+                accepting.cancel()
+                await stopped_accepting.wait()
                 await listener.aclose()
                 for scope in list(self._idle_scopes):
                     scope.cancel()
