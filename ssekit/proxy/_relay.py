@@ -10,7 +10,6 @@ import enum
 import json
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urlsplit
 
 from .._errors import StateError, UpstreamError
 from ._config import ProxyConfig
@@ -78,6 +77,14 @@ def admit(
     method: str, target: str, headers: list[tuple[bytes, bytes]], config: ProxyConfig
 ) -> Forward | Refuse | Admin:
     """Decide what to do with a request head the client sent."""
+    size = len(target) + sum(len(k) + len(v) + 4 for k, v in headers)
+    if size > config.max_header_size:
+        # h11 bounds a head still arriving; one that arrived whole is measured here.
+        return Refuse(
+            431,
+            f"request head of about {size} bytes is over the proxy's limit of "
+            f"{config.max_header_size} (--max-header-size)",
+        )
     if method == "CONNECT":
         return Refuse(405, "CONNECT is not supported: this is a reverse proxy, not an open proxy")
     if get_header(headers, b"content-length") is not None and (
@@ -86,20 +93,13 @@ def admit(
         # RFC 9112 6.3: a request with both is a smuggling risk; refuse it.
         return Refuse(400, "request has both Content-Length and Transfer-Encoding; send one")
     if not target.startswith("/"):
-        if target == "*":
-            return Refuse(400, "asterisk-form target is not supported")
-        # Absolute form: only for this proxy itself, never another host.
-        parts = urlsplit(target)
-        host = (get_header(headers, b"host") or b"").decode("latin-1").lower()
-        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host:
-            return Refuse(
-                400,
-                f"absolute-form target {target!r} names another host; this proxy only "
-                "forwards to its configured upstream",
-            )
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
+        # Absolute form (or "*"): as a reverse proxy we only ever serve our one
+        # upstream, so a target naming a host is refused rather than rewritten.
+        return Refuse(
+            400,
+            f"request target {target!r} is not origin-form (/path); this reverse proxy "
+            "forwards only to its configured upstream",
+        )
     path = target.split("?", 1)[0]
     if path.startswith(config.admin_prefix + "/"):
         name = path[len(config.admin_prefix) + 1 :]

@@ -184,8 +184,9 @@ class Proxy:
                         await self._quiet.wait()
                 tg.cancel_scope.cancel()
         finally:
-            await listener.aclose()
-            await self.pool.aclose()
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+                await self.pool.aclose()
 
     async def _connection(self, stream: anyio.abc.SocketStream) -> None:
         cfg = self.config
@@ -255,10 +256,10 @@ class Proxy:
             # A head has started: it must complete within header_timeout (slowloris).
             with anyio.fail_after(cfg.header_timeout):
                 event = await client.next_event()
-        except (anyio.EndOfStream, anyio.BrokenResourceError, ClientGone, OSError):
-            return None
-        except TimeoutError:
+        except TimeoutError:  # before OSError, its base class
             await self._refuse_raw(client, 408, "request head not received in time")
+            return None
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ClientGone, OSError):
             return None
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
@@ -384,28 +385,24 @@ class Proxy:
                 await upstream.send_request(method, decision.target, headers, body)
                 if not has_body:
                     await self._drain_request_body(client)
-                response = await upstream.receive_response(
-                    first_byte_timeout=cfg.first_byte_timeout
-                )
             except UpstreamError as exc:
                 return await self._fail_before_head(client, relay, stats, exc)
-            stats.upstream_first_byte = time.monotonic() - started
-            stats.status = response.status_code
-            out_headers = response_headers(list(response.headers))
-            sse = is_event_stream(get_header(response.headers, b"content-type") or b"")
-            await client.send(
-                h11.Response(
-                    status_code=response.status_code, headers=out_headers, reason=response.reason
-                )
-            )
-            relay.on(Input.HEAD)
-            decoder = Decoder(comments=True) if sse else None
+            failure: UpstreamError | None = None
             async with anyio.create_task_group() as tg:
+                # From here the client is only read to notice it leaving.
                 tg.start_soon(self._watch_client, client, tg.cancel_scope, stats, relay)
-                if decoder is not None and cfg.heartbeat is not None:
-                    tg.start_soon(self._heartbeats, client, decoder, cfg.heartbeat)
-                done = await self._pump(client, upstream, decoder, stats, relay, started)
-                tg.cancel_scope.cancel()
+                try:
+                    response = await upstream.receive_response(
+                        first_byte_timeout=cfg.first_byte_timeout
+                    )
+                except UpstreamError as exc:
+                    failure = exc
+                    tg.cancel_scope.cancel()
+                else:
+                    done = await self._respond(client, upstream, response, stats, relay, started)
+                    tg.cancel_scope.cancel()
+            if failure is not None:
+                return await self._fail_before_head(client, relay, stats, failure)
             if relay.phase is Phase.DONE:
                 await client.send(h11.EndOfMessage())
                 return True
@@ -417,6 +414,35 @@ class Proxy:
                 # Client gone, upstream failed, or cancelled: close at once so
                 # the provider stops generating.
                 await upstream.aclose()
+
+    async def _respond(
+        self,
+        client: _Client,
+        upstream: UpstreamConnection,
+        response: h11.Response,
+        stats: StreamStats,
+        relay: Relay,
+        started: float,
+    ) -> bool:
+        """Send the response head, then the body; True when it ended cleanly."""
+        stats.upstream_first_byte = time.monotonic() - started
+        stats.status = response.status_code
+        sse = is_event_stream(get_header(response.headers, b"content-type") or b"")
+        await client.send(
+            h11.Response(
+                status_code=response.status_code,
+                headers=response_headers(list(response.headers)),
+                reason=response.reason,
+            )
+        )
+        relay.on(Input.HEAD)
+        decoder = Decoder(comments=True) if sse else None
+        async with anyio.create_task_group() as tg:
+            if decoder is not None and self.config.heartbeat is not None:
+                tg.start_soon(self._heartbeats, client, decoder, self.config.heartbeat)
+            done = await self._pump(client, upstream, decoder, stats, relay, started)
+            tg.cancel_scope.cancel()
+        return done
 
     async def _fail_before_head(
         self, client: _Client, relay: Relay, stats: StreamStats, error: UpstreamError

@@ -199,8 +199,15 @@ class UpstreamConnection:
         held_size = 0
         while True:
             with _translated("reading the body", self._origin):
-                with anyio.fail_after(idle_timeout):
-                    event = await self._next_event()
+                try:
+                    with anyio.fail_after(idle_timeout):
+                        event = await self._next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise UpstreamError(
+                        f"upstream {self._origin.authority} closed the connection mid-body "
+                        f"(the response was cut: {exc})",
+                        502,
+                    ) from exc
             if isinstance(event, h11.Data):
                 if event.chunk_end or (not event.chunk_start and not held):
                     # A whole chunk, the end of one, or a body not chunked.
