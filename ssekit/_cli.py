@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from ._errors import ConfigError
 
@@ -243,22 +243,20 @@ def _run_mock(args: argparse.Namespace) -> int:
     config = MockConfig(listen_host=host, listen_port=port, tokens=args.tokens, delay=args.delay)
 
     async def run() -> None:
-        async with anyio.create_task_group() as tg:
-            bound = await tg.start(serve_mock, config)
-            print(f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]}", flush=True)
-            await _until_signal()
-            tg.cancel_scope.cancel()
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as tg:
+                bound = await tg.start(serve_mock, config)
+                print(f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]}", flush=True)
+                await _first_signal(signals)
+                tg.cancel_scope.cancel()
 
     anyio.run(run)
     return 0
 
 
-async def _until_signal() -> None:
-    import anyio
-
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            return
+async def _first_signal(signals: AsyncIterator[int]) -> None:
+    async for _ in signals:
+        return
 
 
 def _run_proxy(args: argparse.Namespace) -> int:
@@ -293,6 +291,11 @@ def _run_proxy(args: argparse.Namespace) -> int:
     ProxyConfig(upstream=args.upstream or "http://127.0.0.1", **settings)
 
     async def run() -> None:
+        # Signals are caught from before the banner: a SIGTERM right after it drains.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            await run_until(signals)
+
+    async def run_until(signals: AsyncIterator[int]) -> None:
         async with anyio.create_task_group() as tg:
             upstream = args.upstream
             if upstream is None:
@@ -319,7 +322,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
                 '"messages":[{"role":"user","content":"hi"}]}\'',
                 flush=True,
             )
-            await _until_signal()
+            await _first_signal(signals)
             print(
                 f"ssekit: shutting down, draining streams up to {config.drain_timeout:g}s",
                 file=sys.stderr,
