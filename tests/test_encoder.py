@@ -1,0 +1,113 @@
+"""The encoder's rules and the streaming writer."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import ssekit
+from ssekit import Event, encode, encode_comment
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize(
+    ("data", "lines"),
+    [
+        ("a\nb", b"data: a\ndata: b\n"),
+        ("a\r\nb", b"data: a\ndata: b\n"),
+        ("a\rb", b"data: a\ndata: b\n"),
+        ("a\n", b"data: a\ndata: \n"),
+        ("", b"data: \n"),
+        (" lead", b"data:  lead\n"),
+        ("你好😀", "data: 你好😀\n".encode()),
+    ],
+)
+def test_data_becomes_one_data_line_per_line(data: str, lines: bytes) -> None:
+    wire = encode(Event(data=data))
+    assert wire == lines + b"\n"
+    assert ssekit.Decoder().feed(wire) == [
+        Event(data=data.replace("\r\n", "\n").replace("\r", "\n"))
+    ]
+
+
+def test_event_id_and_retry_lines() -> None:
+    assert encode(Event(data="x", event="add", id="7", retry=1500)) == (
+        b"event: add\nid: 7\nretry: 1500\ndata: x\n\n"
+    )
+    assert encode(Event(data="x", event="message")) == b"data: x\n\n"
+
+
+def test_explicit_empty_id_resets_the_last_event_id() -> None:
+    assert encode(Event(data="x"), write_id=True) == b"id\ndata: x\n\n"
+    decoder = ssekit.Decoder()
+    decoder.feed(encode(Event(data="a", id="1")))
+    assert decoder.feed(encode(Event(data="b"), write_id=True)) == [Event(data="b", id="")]
+    assert encode(Event(data="x", id="9"), write_id=False) == b"data: x\n\n"
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        (Event(data="x", event="a\nb"), "event type"),
+        (Event(data="x", event="a\rb"), "event type"),
+        (Event(data="x", id="1\n2"), "line break"),
+        (Event(data="x", id="1\x002"), "NUL"),
+        (Event(data="x", retry=-1), "non-negative"),
+        (Event(data="x", retry=True), "non-negative"),
+        (Event(data="\ud800"), "surrogate"),
+    ],
+)
+def test_what_cannot_be_carried_raises_encode_error(event: Event, message: str) -> None:
+    with pytest.raises(ssekit.EncodeError, match=message) as info:
+        encode(event)
+    assert isinstance(info.value, ValueError)
+
+
+def test_comments_split_per_line_and_never_complete_an_event() -> None:
+    assert encode_comment("ping") == b": ping\n"
+    assert encode_comment("a\nb\r\nc") == b": a\n: b\n: c\n"
+    assert encode_comment() == b":\n"
+    assert ssekit.Decoder().feed(b"data: x\n" + encode_comment("hb") + b"\n") == [Event(data="x")]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    async def send(self, item: bytes, /) -> None:
+        self.sent.append(item)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_writer_sends_one_frame_per_call_and_closes() -> None:
+    sink = Sink()
+    async with ssekit.EventWriter(sink) as writer:
+        await writer.send(Event(data="a\nb"))
+        await writer.comment("hb")
+        with pytest.raises(ssekit.EncodeError):
+            await writer.send(Event(data="x", id="bad\n"))
+    assert sink.sent == [b"data: a\ndata: b\n\n", b": hb\n"]  # nothing of the refused event
+    assert sink.closed
+    with pytest.raises(ssekit.StateError):
+        await writer.send(Event(data="late"))
+
+
+async def test_writer_over_an_anyio_memory_stream() -> None:
+    send, receive = anyio.create_memory_object_stream[bytes](10)
+
+    class Stream:
+        async def send(self, item: bytes, /) -> None:
+            await send.send(item)
+
+        async def aclose(self) -> None:
+            await send.aclose()
+
+    async with receive:
+        async with ssekit.EventWriter(Stream()) as writer:
+            await writer.send(Event(data="你好", id="1"))
+        received = [item async for item in receive]
+    assert list(ssekit.iter_events(received)) == [Event(data="你好", id="1")]
