@@ -6,14 +6,10 @@ data normalised to LF), and refuses with :class:`EncodeError` what would not.
 
 from __future__ import annotations
 
-from typing import Final
-
 from ._errors import EncodeError
 from ._event import Event
 
 __all__ = ("encode", "encode_comment")
-
-_LINE_BREAKS: Final = ("\r", "\n")
 
 
 def _lines(text: str) -> list[str]:
@@ -40,6 +36,24 @@ def encode(event: Event, *, write_id: bool | None = None) -> bytes:
     id with NUL, or a negative retry: none of these would reach the client
     intact.
     """
+    data = event.data
+    if "\r" in data:
+        data = data.replace("\r\n", "\n").replace("\r", "\n")
+    if "\n" in data:
+        # Every line break starts a new data line; the decoder joins them with LF.
+        data = data.replace("\n", "\ndata: ")
+    if write_id is None and not event.id and event.retry is None and event.event == "message":
+        text = f"data: {data}\n\n"  # the common case: no other field
+    else:
+        text = f"{_fields(event, write_id)}data: {data}\n\n"
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise _surrogate(text, exc) from exc
+
+
+def _fields(event: Event, write_id: bool | None) -> str:
+    """The event, id and retry lines, validated."""
     parts: list[str] = []
     name = event.event
     if name != "message":
@@ -68,23 +82,21 @@ def encode(event: Event, *, write_id: bool | None = None) -> bytes:
         if type(retry) is not int or retry < 0:
             raise EncodeError(f"retry must be a non-negative int of milliseconds, got {retry!r}")
         parts.append(f"retry: {retry}\n")
-    data = event.data
-    if "\n" in data or "\r" in data:
-        parts.extend(f"data: {line}\n" for line in _lines(data))
-    else:
-        parts.append(f"data: {data}\n")
-    parts.append("\n")
-    return _utf8("".join(parts))
+    return "".join(parts)
 
 
 def _utf8(text: str) -> bytes:
     try:
-        return text.encode("utf-8")
+        return text.encode()
     except UnicodeEncodeError as exc:
-        raise EncodeError(
-            f"text contains {text[exc.start : exc.end]!r} at {exc.start}, a lone surrogate "
-            "that UTF-8 cannot carry; pass well-formed text"
-        ) from exc
+        raise _surrogate(text, exc) from exc
+
+
+def _surrogate(text: str, exc: UnicodeEncodeError) -> EncodeError:
+    return EncodeError(
+        f"text contains {text[exc.start : exc.end]!r} at {exc.start}, a lone surrogate "
+        "that UTF-8 cannot carry; pass well-formed text"
+    )
 
 
 def encode_comment(text: str = "") -> bytes:
