@@ -72,6 +72,7 @@ class Decoder(Generic[T]):
         "_max",
         "_pending",
         "_skip_lf",
+        "_slow",
         "closed",
         "last_event_id",
         "retry",
@@ -117,6 +118,9 @@ class Decoder(Generic[T]):
         self._error: LimitExceeded | None = None
         # Bytes of the first line while they could still be a split BOM.
         self._bom_pending: bytes | None = b""
+        # Any rare state is on (failed, closed, BOM undecided, LF owed): feed()
+        # checks this one flag on its fast path.
+        self._slow = True
         # The previous chunk ended in CR: an LF opening this one belongs to it.
         self._skip_lf = False
         # The unterminated line (see _extend_line).
@@ -152,39 +156,48 @@ class Decoder(Generic[T]):
         ``max_event_size``, and :class:`StateError` after ``close()`` or after
         an earlier error.
         """
-        if self._error is not None or self.closed:
-            self._check_usable()
         chunk = data if type(data) is bytes else bytes(data)
-        if not chunk:
-            return []
-        if self._bom_pending is not None:
-            # The spec's UTF-8 decode strips one leading BOM, even when it
-            # arrives a byte at a time; hold bytes until that is decided.
-            chunk = self._bom_pending + chunk
-            if len(chunk) < 3 and _BOM.startswith(chunk):
-                self._bom_pending = chunk
+        if self._slow:
+            # Rare states first: failed or closed, a BOM still undecided, an LF
+            # owed to a CR that ended the previous chunk.
+            maybe_chunk = self._maybe_prelude(chunk)
+            if maybe_chunk is None:
                 return []
-            self._bom_pending = None
-            if chunk.startswith(_BOM):
-                chunk = chunk[3:]
-                if not chunk:
-                    return []
-        if self._skip_lf:
-            # CRLF split across chunks: the line already ended at the CR.
-            self._skip_lf = False
-            if chunk[0] == 0x0A:
-                chunk = chunk[1:]
-                if not chunk:
-                    return []
+            chunk = maybe_chunk
         if 0x0D in chunk:
             # Normalise CRLF and lone CR to LF. A CR ending the chunk ends its
             # line now (latency); the LF that may open the next chunk is dropped.
-            self._skip_lf = chunk[-1] == 0x0D
+            if chunk[-1] == 0x0D:
+                self._skip_lf = self._slow = True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        elif 0x0A not in chunk:
-            # No line break: the whole chunk extends the partial line.
-            self._extend_line(chunk)
-            return []
+        else:
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                # No line break: the whole chunk extends the partial line. It is
+                # one bytearray, so appending is amortised O(len(chunk)) with no
+                # rescan, and memory stays the line's length.
+                size = len(self._line) + len(chunk)
+                if size > self._max:
+                    self._fail(LimitExceeded("line", size, self._max, "max_event_size"))
+                self._line += chunk
+                return []
+            if (
+                newline == len(chunk) - 2
+                and chunk[-1] == 0x0A
+                and chunk[:6] == b"data: "
+                and not self._line
+                and not self._pending
+                and newline <= self._max
+            ):
+                # The common case, one whole single-line event per chunk: dispatch
+                # it at once (_process's steps, with every buffer empty).
+                self.last_event_id = self._id_buffer
+                event = _new_event(Event)
+                _set_data(event, chunk[6:-2].decode("utf-8", "replace"))
+                _set_type(event, "message")
+                _set_id(event, self._id_buffer)
+                _set_retry(event, None)
+                return [event]
         lines = chunk.split(b"\n")
         rest = lines.pop()
         out: list[T] = []
@@ -203,9 +216,31 @@ class Decoder(Generic[T]):
             self._extend_line(rest)
         return out
 
+    def _maybe_prelude(self, chunk: bytes) -> bytes | None:
+        """Handle the rare states; the chunk left to parse, or None when nothing is."""
+        if self._error is not None or self.closed:
+            self._check_usable()
+        if not chunk:
+            return None
+        if self._bom_pending is not None:
+            # The spec's UTF-8 decode strips one leading BOM, even when it
+            # arrives a byte at a time; hold bytes until that is decided.
+            chunk = self._bom_pending + chunk
+            if len(chunk) < 3 and _BOM.startswith(chunk):
+                self._bom_pending = chunk
+                return None
+            self._bom_pending = None
+            if chunk.startswith(_BOM):
+                chunk = chunk[3:]
+        if self._skip_lf and chunk:
+            # CRLF split across chunks: the line already ended at the CR.
+            self._skip_lf = False
+            if chunk[0] == 0x0A:
+                chunk = chunk[1:]
+        self._slow = self._skip_lf
+        return chunk or None
+
     def _extend_line(self, piece: bytes) -> None:
-        # The partial line is one bytearray: appending is amortised O(len(piece))
-        # with no rescan, and memory stays the line's length (no per-piece objects).
         size = len(self._line) + len(piece)
         if size > self._max:
             self._fail(LimitExceeded("line", size, self._max, "max_event_size"))
@@ -218,7 +253,7 @@ class Decoder(Generic[T]):
         event. The decoder cannot be fed afterwards (:class:`StateError`).
         """
         self._check_usable()
-        self.closed = True
+        self.closed = self._slow = True
         return []
 
     def _check_usable(self) -> None:
@@ -231,6 +266,7 @@ class Decoder(Generic[T]):
 
     def _fail(self, error: LimitExceeded) -> None:
         self._error = error
+        self._slow = True
         raise error
 
     def _process(self, lines: list[bytes], out: list[T]) -> None:
