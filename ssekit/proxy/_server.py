@@ -206,6 +206,9 @@ class Proxy:
                     await self._requests(client, scope)
                 except ClientGone:
                     pass
+                except Exception:
+                    # A bug must cost one connection, never the server.
+                    log.exception("ssekit: internal error on a connection from %s", client.addr)
                 finally:
                     self._all_scopes.discard(scope)
                     self._idle_scopes.discard(scope)
@@ -470,9 +473,11 @@ class Proxy:
                 break
             # Pipelined bytes of a next request: keep them for h11.
             client.h11.receive_data(data)
-        relay.on(Input.CLIENT_GONE)
-        stats.outcome = relay.outcome
-        scope.cancel()
+        if relay.phase in (Phase.WAITING, Phase.STREAMING):
+            # Otherwise the exchange already ended; the EOF is for the next request.
+            relay.on(Input.CLIENT_GONE)
+            stats.outcome = relay.outcome
+            scope.cancel()
 
     async def _heartbeats(
         self, client: _Client, decoder: Decoder[Event | Comment], interval: float
@@ -504,8 +509,12 @@ class Proxy:
         """Forward the body; True when it ended cleanly (the upstream may be reused)."""
         cfg = self.config
         try:
+            shared = decoder is not None and cfg.heartbeat is not None
             async for chunk in upstream.receive_body(idle_timeout=cfg.idle_timeout):
-                async with client.lock:
+                if shared:  # the heartbeat task writes too: one writer at a time
+                    async with client.lock:
+                        await client.send(h11.Data(data=chunk))
+                else:
                     await client.send(h11.Data(data=chunk))
                 relay.on(Input.CHUNK)
                 stats.body_bytes += len(chunk)

@@ -24,7 +24,7 @@ from ._config import Origin
 
 __all__ = ("UpstreamConnection", "UpstreamPool", "make_ssl_context", "open_connection")
 
-READ_SIZE: Final = 65536
+READ_SIZE: Final = 256 * 1024
 # A chunk that arrives in several reads is forwarded whole, up to this size,
 # so chunk boundaries survive without unbounded buffering.
 MAX_CHUNK_HOLD: Final = 65536

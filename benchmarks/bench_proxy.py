@@ -1,0 +1,326 @@
+"""The proxy side by side with nginx (as an SSE reverse proxy) and a direct connection.
+
+    python -m benchmarks.bench_proxy [--quick]
+
+One purpose-built upstream (a separate process) streams timestamped SSE events.
+The client here measures, per path (direct, ssekit, nginx when installed):
+added latency per event (p50/p99) for sequential streams and for 100 concurrent
+streams, one fast 100 MB stream's throughput, how long until the upstream sees
+the client's disconnect, and the proxy's memory growth under a 1 KB/s client.
+Everything runs on 127.0.0.1; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+UPSTREAM = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    closed = {}
+
+    async def handle(reader, writer):
+        head = await reader.readuntil(b"\\r\\n\\r\\n")
+        target = head.split(b" ")[1].decode()
+        path, _, query = target.partition("?")
+        q = dict(p.split("=") for p in query.split("&") if p)
+        if path == "/closed":
+            body = str(closed.get(q["id"], 0)).encode()
+            writer.write(b"HTTP/1.1 200 OK\\r\\ncontent-length: %d\\r\\n"
+                         b"connection: close\\r\\n\\r\\n%s" % (len(body), body))
+            await writer.drain(); writer.close(); return
+        n, size, gap = int(q.get("n", 10)), int(q.get("size", 100)), float(q.get("gap", 0))
+        writer.write(b"HTTP/1.1 200 OK\\r\\ncontent-type: text/event-stream\\r\\n"
+                     b"transfer-encoding: chunked\\r\\n\\r\\n")
+        pad = b"x" * size
+        try:
+            for i in range(n):
+                payload = b"data: %d %s\\n\\n" % (time.monotonic_ns(), pad)
+                writer.write(b"%x\\r\\n%s\\r\\n" % (len(payload), payload))
+                await writer.drain()
+                if gap:
+                    await asyncio.sleep(gap)
+            if "id" in q:  # a disconnect probe: wait for the client to go away
+                while await reader.read(65536):
+                    pass
+                closed[q["id"]] = time.monotonic_ns()
+                return
+            writer.write(b"0\\r\\n\\r\\n")
+            await writer.drain()
+        except (ConnectionError, OSError):
+            closed[q.get("id", "")] = time.monotonic_ns()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+    """
+)
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 2048; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 300s;
+        }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+async def get(port: int, target: str) -> asyncio.StreamReader:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+    reader._bench_writer = writer  # type: ignore[attr-defined]
+    return reader
+
+
+async def latencies(port: int, n: int, gap: float) -> list[float]:
+    """Per-event delay (ms) from the upstream's write to this client's read."""
+    reader = await get(port, f"/stream?n={n}&size=100&gap={gap}")
+    out = []
+    for _ in range(n):
+        size_line = await reader.readuntil(b"\r\n")
+        data = await reader.readexactly(int(size_line, 16) + 2)
+        now = time.monotonic_ns()
+        sent = int(data.split(b" ", 2)[1])
+        out.append((now - sent) / 1e6)
+    reader._bench_writer.close()  # type: ignore[attr-defined]
+    return out
+
+
+async def concurrent_latencies(port: int, streams: int, n: int, gap: float) -> list[float]:
+    results = await asyncio.gather(*(latencies(port, n, gap) for _ in range(streams)))
+    return [x for r in results for x in r]
+
+
+async def throughput(port: int, megabytes: int) -> float:
+    size = 64 * 1024 - 64
+    n = megabytes * 1024 * 1024 // size
+    reader = await get(port, f"/stream?n={n}&size={size}&gap=0")
+    start, received = time.perf_counter(), 0
+    while True:
+        data = await reader.read(1 << 20)
+        if not data:
+            break
+        received += len(data)
+        if data.endswith(b"0\r\n\r\n"):
+            break
+    elapsed = time.perf_counter() - start
+    reader._bench_writer.close()  # type: ignore[attr-defined]
+    return received / elapsed / 1e6
+
+
+async def disconnect_ms(port: int, upstream: int, probe: str) -> float:
+    reader = await get(port, f"/stream?n=1&size=10&gap=0&id={probe}")
+    await reader.readuntil(b"\n\n")
+    writer = reader._bench_writer  # type: ignore[attr-defined]
+    closed = time.monotonic_ns()
+    writer.transport.abort()
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        seen = await get_closed(upstream, probe)
+        if seen:
+            return (seen - closed) / 1e6
+    return float("inf")
+
+
+async def get_closed(upstream: int, probe: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", upstream)
+    writer.write(f"GET /closed?id={probe} HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+    body = (await reader.read()).split(b"\r\n\r\n", 1)[1]
+    writer.close()
+    return int(body or 0)
+
+
+async def slow_client_growth(port: int, pids: list[int], seconds: float) -> int:
+    """RSS growth (KiB) of the proxy while a client reads 1 KB/s from a fast stream."""
+    before = rss_kib(pids)
+    n = 2000  # ~128 MB offered: far more than socket buffers hold
+    reader = await get(port, f"/stream?n={n}&size={64 * 1024 - 64}&gap=0")
+    peak = before
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await reader.read(1024)
+        peak = max(peak, rss_kib(pids))
+        await asyncio.sleep(1)
+    reader._bench_writer.transport.abort()  # type: ignore[attr-defined]
+    return peak - before
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def measure(
+    port: int, upstream: int, pids: list[int], quick: bool, name: str
+) -> dict[str, float]:
+    seq = await latencies(port, 60 if quick else 300, 0.005)
+    conc = await concurrent_latencies(port, 100, 10 if quick else 40, 0.02)
+    mbps = await throughput(port, 20 if quick else 100)
+    disc = [await disconnect_ms(port, upstream, f"{name}{i}") for i in range(5)]
+    growth = await slow_client_growth(port, pids, 3 if quick else 20) if pids else 0
+    return {
+        "p50": statistics.median(seq),
+        "p99": pct(seq, 0.99),
+        "c50": statistics.median(conc),
+        "c99": pct(conc, 0.99),
+        "mbps": mbps,
+        "disconnect": statistics.median(disc),
+        "growth": growth,
+    }
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer events, 20 MB, 3 s slow client")
+    args = parser.parse_args(argv)
+    procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="ssekit-bench-"))
+    try:
+        up_port = free_port()
+        (tmp / "upstream.py").write_text(UPSTREAM)
+        procs.append(subprocess.Popen([sys.executable, str(tmp / "upstream.py"), str(up_port)]))
+        wait_port(up_port)
+        paths: dict[str, tuple[int, list[int]]] = {"direct": (up_port, [])}
+
+        proxy_port = free_port()
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "ssekit", "proxy", "--upstream", f"http://127.0.0.1:{up_port}",
+             "--listen", f"127.0.0.1:{proxy_port}", "--max-connections", "4096"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        procs.append(proxy)
+        wait_port(proxy_port)
+        paths["ssekit"] = (proxy_port, [proxy.pid])
+
+        nginx = shutil.which("nginx") or (
+            "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
+        )
+        if nginx:
+            nginx_port = free_port()
+            for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                (tmp / sub).mkdir()
+            conf = tmp / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(dir=tmp, upstream=up_port, port=nginx_port))
+            ngx = subprocess.Popen(
+                [nginx, "-p", str(tmp), "-c", str(conf)], stderr=subprocess.DEVNULL
+            )
+            procs.append(ngx)
+            wait_port(nginx_port)
+            children = subprocess.run(["pgrep", "-P", str(ngx.pid)], capture_output=True, text=True)
+            pids = [ngx.pid, *map(int, children.stdout.split())]
+            paths["nginx"] = (nginx_port, pids)
+
+        results = {}
+        for name, (port, pids) in paths.items():
+            print(f"measuring {name} ...", file=sys.stderr, flush=True)
+            results[name] = asyncio.run(measure(port, up_port, pids, args.quick, name))
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    direct = results["direct"]
+    out = [
+        "## Proxy",
+        "",
+        "| path | added p50 ms (seq) | added p99 ms (seq) | added p50 ms (100 conc) | "
+        "added p99 ms (100 conc) | 1-stream MB/s | disconnect seen upstream, ms | "
+        "RSS growth, 1 KB/s client |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        added = [r[k] - direct[k] for k in ("p50", "p99", "c50", "c99")]
+        if name == "direct":
+            added = [direct[k] for k in ("p50", "p99", "c50", "c99")]
+        growth = f"{r['growth'] / 1024:.1f} MB" if name != "direct" else "-"
+        out.append(
+            f"| {name}{' (absolute)' if name == 'direct' else ''} | {added[0]:.3f} | "
+            f"{added[1]:.3f} | {added[2]:.3f} | {added[3]:.3f} | {r['mbps']:.0f} | "
+            f"{r['disconnect']:.1f} | {growth} |"
+        )
+    s = results["ssekit"]
+    checks = [
+        ("added p50 <= 0.3 ms", s["p50"] - direct["p50"] <= 0.3),
+        ("added p99 <= 3 ms with 100 concurrent", s["c99"] - direct["c99"] <= 3),
+        ("disconnect seen upstream <= 10 ms", s["disconnect"] <= 10),
+        ("memory growth <= 5 MB under a 1 KB/s client", s["growth"] <= 5 * 1024),
+    ]
+    if "nginx" in results:
+        ratio = s["mbps"] / results["nginx"]["mbps"]
+        checks.append((f"throughput >= 0.5x nginx ({ratio:.2f}x)", ratio >= 0.5))
+    out += ["", "### Targets", ""]
+    out += [f"- {label}: {'PASS' if ok else 'FAIL'}" for label, ok in checks]
+    print("\n".join(out), flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
