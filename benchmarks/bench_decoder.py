@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     args = parser.parse_args(argv)
     repeat = args.repeat or (3 if args.quick else 7)
     out = ["## Decoder", ""]
+    print("## Decoder\n", flush=True)
     all_results = []
     for work in payloads.build(quick=args.quick):
         results = run_workload(work, repeat)
