@@ -6,7 +6,7 @@
     GET  /v1/models             the one mock model
     GET  /v1/events             numbered events with id: fields, resuming after Last-Event-ID;
                                 ?count=N (default 10), ?cut_after=K cuts the connection
-                                abruptly after K events
+                                abruptly after K events, ?retry=MS (default 500)
     anything else               an error in OpenAI's shape (404, 405, 400)
 
 Request JSON may set "max_tokens" to cap the answer's token count. Events are
@@ -195,8 +195,11 @@ async def _numbered_events(
         start = int(last) + 1 if last else 1
         count = int(query.get("count", ["10"])[0])
         cut_after = int(query["cut_after"][0]) if "cut_after" in query else None
+        retry = int(query.get("retry", ["500"])[0])
     except ValueError:
-        await client.answer(400, _error(400, "count, cut_after and Last-Event-ID are integers"))
+        await client.answer(
+            400, _error(400, "count, cut_after, retry and Last-Event-ID are integers")
+        )
         return True
     await client.send(
         h11.Response(
@@ -205,7 +208,7 @@ async def _numbered_events(
         )
     )
     writer = EventWriter(_ChunkSink(client))
-    await writer.send(Event(data="hello", event="open", retry=500, id=str(start - 1)))
+    await writer.send(Event(data="hello", event="open", retry=retry, id=str(start - 1)))
     for n, number in enumerate(range(start, count + 1)):
         if cut_after is not None and n >= cut_after:
             return False  # abrupt: no terminating chunk, the connection closes

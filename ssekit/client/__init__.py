@@ -1,0 +1,21 @@
+"""A reconnecting SSE client (anyio + h11), exact to the EventSource's reconnection rules.
+
+Importing this package imports anyio and h11; ``import ssekit`` does not. It
+reuses the proxy's HTTP/1.1 upstream code; it is not a second HTTP client.
+"""
+
+from ._connect import EventListener, chat_chunks, chat_text, connect, listen, stream_sync
+from ._policy import Decision, Reconnector, RetryPolicy, Verdict
+
+__all__ = (
+    "Decision",
+    "EventListener",
+    "Reconnector",
+    "RetryPolicy",
+    "Verdict",
+    "chat_chunks",
+    "chat_text",
+    "connect",
+    "listen",
+    "stream_sync",
+)

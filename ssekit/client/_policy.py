@@ -1,0 +1,151 @@
+"""Sans-IO reconnection policy: the EventSource rules, with backoff, caps and deadlines.
+
+WHATWG HTML "Server-sent events" 9.2.3 (processing model): a 200 response of
+type text/event-stream opens the stream; 204 (or any other status, or another
+type) fails it without reconnecting; a network error or the end of the body
+reestablishes the connection after the reconnection time, sending the last
+event ID. The spec lets user agents back off on repeated failures: here the
+delay doubles per consecutive failure, is capped, and is jittered. Time and
+randomness come in as arguments.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .._errors import ClientError, ResponseError
+
+__all__ = ("Decision", "Reconnector", "RetryPolicy", "Verdict")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How a client reconnects.
+
+    ``initial_retry`` is the reconnection time (ms) until the server sends
+    ``retry:``; consecutive failures multiply it by ``backoff`` up to
+    ``max_delay`` (ms); each delay is jittered by up to ±``jitter`` (a
+    fraction). ``max_retries`` (None: no cap) counts reconnections without a
+    successful event in between; ``deadline`` (seconds, None: none) bounds
+    the whole stream. POST requests are not replayed unless ``replay_post``.
+    """
+
+    initial_retry: int = 3000
+    backoff: float = 2.0
+    max_delay: int = 60_000
+    jitter: float = 0.1
+    max_retries: int | None = 10
+    deadline: float | None = None
+    replay_post: bool = False
+
+    def __post_init__(self) -> None:
+        if self.initial_retry < 0 or self.max_delay < 0 or self.backoff < 1:
+            raise ValueError("initial_retry and max_delay must be >= 0 ms, backoff >= 1")
+        if not 0 <= self.jitter < 1:
+            raise ValueError("jitter is a fraction in [0, 1)")
+
+
+class Verdict(enum.Enum):
+    OPEN = "open"  # a 200 text/event-stream: read events
+    RECONNECT = "reconnect"  # wait ``delay`` seconds, then connect again
+    STOP = "stop"  # done, no error (204, or a POST answer that ended)
+    FAIL = "fail"  # raise ``error``
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    delay: float = 0.0
+    error: ClientError | None = None
+
+
+class Reconnector:
+    """The reconnection state of one logical stream, across its connections."""
+
+    def __init__(self, policy: RetryPolicy, *, method: str = "GET", now: float = 0.0) -> None:
+        self.policy = policy
+        self.method = method.upper()
+        #: The reconnection time in ms (the spec's), updated by ``retry:`` fields.
+        self.retry_ms = policy.initial_retry
+        #: The last event ID, sent as Last-Event-ID on reconnection when non-empty.
+        self.last_event_id = ""
+        #: Reconnections since the last successful event.
+        self.failures = 0
+        self.connections = 0
+        self._started = now
+
+    def request_headers(self) -> list[tuple[bytes, bytes]]:
+        """What every connection sends, Last-Event-ID included when one is set."""
+        headers = [(b"accept", b"text/event-stream"), (b"cache-control", b"no-store")]
+        if self.last_event_id:
+            headers.append((b"last-event-id", self.last_event_id.encode("utf-8")))
+        return headers
+
+    def on_response(self, status: int, content_type: str, body: str = "") -> Decision:
+        """Judge a response head (``body``: the first bytes, for error messages)."""
+        self.connections += 1
+        if status == 204:
+            return Decision(Verdict.STOP)  # the server asks the client to stop reconnecting
+        if status != 200:
+            return Decision(
+                Verdict.FAIL,
+                error=ResponseError(
+                    f"server answered {status}, not 200; not reconnecting: {body[:200]!r}",
+                    status,
+                    body,
+                ),
+            )
+        if content_type.split(";", 1)[0].strip().lower() != "text/event-stream":
+            return Decision(
+                Verdict.FAIL,
+                error=ResponseError(
+                    f"server answered with content type {content_type!r}, not "
+                    "text/event-stream; check the URL (not reconnecting)",
+                    status,
+                    body,
+                ),
+            )
+        return Decision(Verdict.OPEN)
+
+    def on_progress(self, last_event_id: str, retry: int | None) -> None:
+        """After events arrived: remember the decoder's state; failures start over."""
+        self.last_event_id = last_event_id
+        if retry is not None:
+            self.retry_ms = retry
+        self.failures = 0
+
+    def on_end(self, *, now: float, random: float, error: Exception | None = None) -> Decision:
+        """The connection ended (``error`` None: the body ended cleanly).
+
+        ``random`` is a number in [0, 1) for the jitter.
+        """
+        policy = self.policy
+        if self.method != "GET" and not policy.replay_post:
+            if error is None:
+                return Decision(Verdict.STOP)
+            return Decision(
+                Verdict.FAIL,
+                error=_give_up(f"{self.method} stream was cut and is not replayed", error),
+            )
+        if policy.max_retries is not None and self.failures >= policy.max_retries:
+            return Decision(
+                Verdict.FAIL,
+                error=_give_up(f"gave up after {self.failures} reconnections", error),
+            )
+        delay_ms = min(self.retry_ms * policy.backoff**self.failures, policy.max_delay)
+        delay = delay_ms * (1 + policy.jitter * (2 * random - 1)) / 1000
+        if policy.deadline is not None and now + delay - self._started > policy.deadline:
+            return Decision(
+                Verdict.FAIL,
+                error=_give_up(f"deadline of {policy.deadline:g}s would pass", error),
+            )
+        self.failures += 1
+        return Decision(Verdict.RECONNECT, delay=delay)
+
+
+def _give_up(message: str, error: Exception | None) -> ClientError:
+    detail = f" (last error: {error})" if error is not None else ""
+    failure = ClientError(message + detail)
+    failure.__cause__ = error
+    return failure

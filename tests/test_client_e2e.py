@@ -1,0 +1,231 @@
+"""The client over real loopback sockets: reconnection, Last-Event-ID, errors, cancellation."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+from _servers import (
+    SSE_HEAD,
+    Seen,
+    chunk,
+    deadline,
+    start_mock,
+    start_proxy,
+    start_upstream,
+    wait_closed,
+)
+
+import ssekit
+from ssekit.client import RetryPolicy, chat_text, connect, listen, stream_sync
+from ssekit.proxy._mock import mock_text
+
+pytestmark = pytest.mark.anyio
+FAST = RetryPolicy(initial_retry=50, jitter=0, max_retries=5)
+
+
+async def collect(url: str, n: int, **options: object) -> list[ssekit.Event]:
+    events = []
+    async for event in connect(url, **options):  # type: ignore[arg-type]
+        if event.event == "message":
+            events.append(event)
+        if len(events) == n:
+            break
+    return events
+
+
+@pytest.mark.parametrize("through_proxy", [False, True])
+async def test_reconnects_after_a_cut_and_resumes_from_last_event_id(through_proxy: bool) -> None:
+    async with deadline(20) as tg:
+        base = await start_mock(tg, delay=0)
+        if through_proxy:
+            base = await start_proxy(tg, base)
+        url = base + "/v1/events?count=7&cut_after=3&retry=20"
+        events = await collect(url, 7, policy=FAST)
+    assert [e.id for e in events] == ["1", "2", "3", "4", "5", "6", "7"]
+    assert events[4].data == "event 5 你好"
+
+
+async def test_last_event_id_header_reaches_the_server_on_reconnection() -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD + chunk(b"retry: 10\nid: abc\ndata: one\n\n"))
+        # then cut (no last chunk)
+
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        events = await collect(upstream + "/stream", 2, policy=FAST)
+    assert [e.data for e in events] == ["one", "one"]
+    assert seen.header(b"last-event-id", 0) is None
+    assert seen.header(b"last-event-id", 1) == b"abc"
+    assert seen.header(b"accept", 1) == b"text/event-stream"
+    assert seen.header(b"cache-control", 1) == b"no-store"
+
+
+async def test_204_stops_without_reconnecting() -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    async with deadline(10) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        events = [e async for e in connect(upstream, policy=FAST)]
+    assert events == []
+    assert seen.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "match"),
+    [
+        (b"HTTP/1.1 503 Busy\r\ncontent-type: application/json", b'{"error":"later"}', "503"),
+        (b"HTTP/1.1 200 OK\r\ncontent-type: text/html", b"<html>", "text/html"),
+    ],
+)
+async def test_bad_status_or_type_fails_with_the_body_and_no_retry(
+    head: bytes, body: bytes, match: str
+) -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(head + b"\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+    async with deadline(10) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        with pytest.raises(ssekit.ResponseError, match=match) as info:
+            [e async for e in connect(upstream, policy=FAST)]
+    assert info.value.body == body.decode()
+    assert seen.connections == 1
+
+
+async def test_unreachable_server_gives_up_after_max_retries() -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()
+    policy = RetryPolicy(initial_retry=10, jitter=0, max_retries=3)
+    with anyio.fail_after(10), pytest.raises(ssekit.ClientError, match="gave up after 3"):
+        [e async for e in connect(f"http://127.0.0.1:{port}/", policy=policy)]
+
+
+async def test_idle_timeout_counts_as_a_network_error() -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD)  # then silence: no event resets the failure count
+        await wait_closed(stream, seen)
+
+    async with deadline(10) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        policy = RetryPolicy(initial_retry=10, jitter=0, max_retries=1)
+        started = time.monotonic()
+        with pytest.raises(ssekit.ClientError, match="timed out"):
+            [e async for e in connect(upstream, policy=policy, idle_timeout=0.2)]
+    assert time.monotonic() - started >= 0.4  # two connections, each idle 0.2 s
+    assert seen.connections == 2
+
+
+async def test_leaving_the_loop_closes_the_connection_at_once() -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD + chunk(b"data: hi\n\n"))
+        await wait_closed(stream, seen)
+
+    async with deadline(10) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        events = connect(upstream)
+        async for _ in events:
+            break
+        await events.aclose()
+        with anyio.fail_after(2):
+            while not seen.closed_at:
+                await anyio.sleep(0.005)
+
+
+async def test_cancellation_closes_the_connection() -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD)
+        await wait_closed(stream, seen)
+
+    async with deadline(10) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        with anyio.move_on_after(0.2):
+            [e async for e in connect(upstream)]
+        with anyio.fail_after(2):
+            while not seen.closed_at:
+                await anyio.sleep(0.005)
+
+
+async def test_listener_gets_open_events_and_closed() -> None:
+    calls: list[str] = []
+
+    class Listener:
+        async def on_open(self) -> None:
+            calls.append("open")
+
+        async def on_event(self, event: ssekit.Event) -> None:
+            calls.append(event.data)
+
+        async def on_closed(self) -> None:
+            calls.append("closed")
+
+        async def on_failure(self, error: Exception) -> None:
+            calls.append(f"failure: {type(error).__name__}")
+
+    async with deadline(20) as tg:
+        mock = await start_mock(tg, tokens=2, delay=0)
+        await listen(
+            mock + "/v1/chat/completions",
+            Listener(),
+            method="POST",
+            json={"stream": True, "messages": []},
+        )
+        await listen(mock + "/nowhere", Listener())
+    assert calls[0] == "open"
+    assert calls[-2:] == ["closed", "failure: ResponseError"]
+    assert "[DONE]" in calls
+
+
+async def test_openai_text_through_the_proxy_and_a_post_cut_is_not_replayed() -> None:
+    async with deadline(20) as tg:
+        mock = await start_mock(tg, tokens=9, delay=0)
+        base = await start_proxy(tg, mock)
+        body = {"model": "ssekit-mock", "messages": [{"role": "user", "content": "hi"}]}
+        text = await chat_text(
+            base + "/v1/chat/completions", body, headers={"Authorization": "Bearer x"}
+        )
+    assert text == mock_text(9)
+
+
+def test_sync_wrapper_for_scripts() -> None:
+    async def main() -> list[str]:
+        async with deadline(20) as tg:
+            mock = await start_mock(tg, delay=0)
+
+            def script() -> list[str]:
+                ids = []
+                for event in stream_sync(mock + "/v1/events?count=3", policy=FAST):
+                    ids.append(event.id)
+                    if event.id == "3":
+                        break
+                return ids
+
+            return await anyio.to_thread.run_sync(script)
+
+    assert anyio.run(main) == ["0", "1", "2", "3"]
+
+
+README_EXAMPLE = """
+import anyio
+from ssekit.client import connect, RetryPolicy
+
+async def main(url: str) -> list[str]:
+    seen = []
+    async for event in connect(url, headers={"Authorization": "Bearer sk-..."},
+                               policy=RetryPolicy(max_retries=5)):
+        seen.append(event.data)   # reconnects with Last-Event-ID after a cut
+        if len(seen) == 4:
+            break
+    return seen
+"""
+
+
+async def test_readme_client_example_runs() -> None:
+    namespace: dict[str, object] = {}
+    exec(README_EXAMPLE, namespace)
+    async with deadline(20) as tg:
+        mock = await start_mock(tg, delay=0)
+        seen = await namespace["main"](mock + "/v1/events?count=9&cut_after=2&retry=10")  # type: ignore[operator]
+    assert seen == ["hello", "event 1 你好", "event 2 你好", "hello"]

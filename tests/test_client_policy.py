@@ -1,0 +1,104 @@
+"""The client's reconnection rules, without sockets or clocks."""
+
+from __future__ import annotations
+
+import pytest
+
+import ssekit
+from ssekit.client import Reconnector, RetryPolicy, Verdict
+
+NO_JITTER = RetryPolicy(initial_retry=1000, jitter=0, max_retries=None)
+
+
+def test_requests_ask_for_an_event_stream_and_no_cache() -> None:
+    headers = dict(Reconnector(NO_JITTER).request_headers())
+    assert headers == {b"accept": b"text/event-stream", b"cache-control": b"no-store"}
+
+
+def test_last_event_id_is_sent_once_set() -> None:
+    reconnector = Reconnector(NO_JITTER)
+    reconnector.on_progress("42", None)
+    assert (b"last-event-id", b"42") in reconnector.request_headers()
+    reconnector.on_progress("", None)  # an empty id resets it: no header
+    assert all(k != b"last-event-id" for k, _ in reconnector.request_headers())
+
+
+def test_200_event_stream_opens_204_stops_others_fail_without_retry() -> None:
+    reconnector = Reconnector(NO_JITTER)
+    assert reconnector.on_response(200, "text/event-stream; charset=utf-8").verdict is Verdict.OPEN
+    assert reconnector.on_response(204, "").verdict is Verdict.STOP
+    failed = reconnector.on_response(503, "application/json", '{"error": "busy"}')
+    assert failed.verdict is Verdict.FAIL
+    assert isinstance(failed.error, ssekit.ResponseError)
+    assert failed.error.status == 503
+    assert "busy" in failed.error.body
+    wrong = reconnector.on_response(200, "text/html")
+    assert wrong.verdict is Verdict.FAIL
+    assert "text/html" in str(wrong.error)
+
+
+def test_clean_end_of_a_get_stream_reconnects_after_the_reconnection_time() -> None:
+    reconnector = Reconnector(NO_JITTER)
+    reconnector.on_progress("1", None)
+    decision = reconnector.on_end(now=0, random=0.5)
+    assert decision.verdict is Verdict.RECONNECT
+    assert decision.delay == pytest.approx(1.0)
+
+
+def test_retry_field_updates_the_reconnection_time() -> None:
+    reconnector = Reconnector(NO_JITTER)
+    reconnector.on_progress("", 250)
+    assert reconnector.on_end(now=0, random=0.5).delay == pytest.approx(0.25)
+
+
+def test_repeated_failures_back_off_exponentially_up_to_the_cap() -> None:
+    policy = RetryPolicy(initial_retry=1000, backoff=2, max_delay=5000, jitter=0, max_retries=None)
+    reconnector = Reconnector(policy)
+    error = ssekit.UpstreamError("refused")
+    delays = [reconnector.on_end(now=0, random=0.5, error=error).delay for _ in range(6)]
+    assert delays == pytest.approx([1, 2, 4, 5, 5, 5])
+    reconnector.on_progress("9", None)  # events arrived: failures start over
+    assert reconnector.on_end(now=0, random=0.5).delay == pytest.approx(1)
+
+
+@pytest.mark.parametrize("random", [0.0, 0.25, 0.999])
+def test_jitter_stays_within_its_fraction(random: float) -> None:
+    reconnector = Reconnector(RetryPolicy(initial_retry=1000, jitter=0.2, max_retries=None))
+    delay = reconnector.on_end(now=0, random=random).delay
+    assert 0.8 <= delay <= 1.2
+    assert delay == pytest.approx(1 + 0.2 * (2 * random - 1))
+
+
+def test_max_retries_gives_up_with_the_last_error() -> None:
+    reconnector = Reconnector(RetryPolicy(max_retries=2, jitter=0))
+    error = ssekit.UpstreamError("connection refused")
+    assert reconnector.on_end(now=0, random=0, error=error).verdict is Verdict.RECONNECT
+    assert reconnector.on_end(now=0, random=0, error=error).verdict is Verdict.RECONNECT
+    final = reconnector.on_end(now=0, random=0, error=error)
+    assert final.verdict is Verdict.FAIL
+    assert "gave up after 2" in str(final.error)
+    assert "connection refused" in str(final.error)
+
+
+def test_deadline_fails_instead_of_waiting_past_it() -> None:
+    reconnector = Reconnector(RetryPolicy(initial_retry=2000, jitter=0, deadline=5), now=100)
+    assert reconnector.on_end(now=101, random=0).verdict is Verdict.RECONNECT
+    assert reconnector.on_end(now=103.5, random=0).verdict is Verdict.FAIL  # 103.5 + 4 > 105
+
+
+def test_post_is_not_replayed_unless_opted_in() -> None:
+    cut = ssekit.UpstreamError("cut")
+    post = Reconnector(NO_JITTER, method="post")
+    assert post.on_end(now=0, random=0).verdict is Verdict.STOP
+    failed = post.on_end(now=0, random=0, error=cut)
+    assert failed.verdict is Verdict.FAIL
+    assert "not replayed" in str(failed.error)
+    replay = Reconnector(RetryPolicy(replay_post=True, jitter=0), method="POST")
+    assert replay.on_end(now=0, random=0, error=cut).verdict is Verdict.RECONNECT
+
+
+def test_bad_policies_are_refused() -> None:
+    with pytest.raises(ValueError, match="jitter"):
+        RetryPolicy(jitter=1.5)
+    with pytest.raises(ValueError, match="backoff"):
+        RetryPolicy(backoff=0.5)
