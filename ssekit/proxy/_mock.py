@@ -7,6 +7,7 @@
     GET  /v1/events             numbered events with id: fields, resuming after Last-Event-ID;
                                 ?count=N (default 10), ?cut_after=K cuts the connection
                                 abruptly after K events, ?retry=MS (default 500)
+    GET  /demo                  a page with an EventSource and a fetch() stream reader
     anything else               an error in OpenAI's shape (404, 405, 400)
 
 Request JSON may set "max_tokens" to cap the answer's token count. Events are
@@ -39,6 +40,53 @@ TOKENS: Final = (
     " Streaming", " works", " 很", "好", "。", " 😀",
 )  # fmt: skip
 MAX_BODY: Final = 1 << 20
+
+#: GET /demo: an EventSource on /v1/events and a fetch() reader of a streamed chat
+#: completion, both appending what arrives (and recording when, for tests).
+DEMO_PAGE: Final = r"""<!doctype html>
+<html><head><meta charset="utf-8"><title>ssekit demo</title>
+<style>body{font:15px system-ui;margin:2em} pre,ul{background:#f4f4f4;padding:.8em}</style>
+</head><body>
+<h1>ssekit: live through the proxy</h1>
+<h2>EventSource <small id="es-state">connecting</small></h2><ul id="es"></ul>
+<h2>fetch() stream <small id="fetch-state">waiting</small></h2><pre id="answer"></pre>
+<script>
+const q = new URLSearchParams(location.search);
+const count = Number(q.get("count") || 6);
+window.esEvents = []; window.chunks = []; window.fetchDone = false;
+const es = new EventSource(`/v1/events?count=${count}&cut_after=${q.get("cut_after") || 3}&retry=100`);
+es.onmessage = (e) => {
+  window.esEvents.push({id: e.lastEventId, data: e.data, t: performance.now()});
+  const li = document.createElement("li"); li.textContent = `${e.lastEventId}: ${e.data}`;
+  document.getElementById("es").append(li);
+  if (Number(e.lastEventId) >= count) { es.close(); document.getElementById("es-state").textContent = "done"; }
+};
+es.onerror = () => { document.getElementById("es-state").textContent = "reconnecting"; };
+(async () => {
+  const response = await fetch("/v1/chat/completions", {method: "POST",
+    headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({model: "ssekit-mock", stream: true, messages: [{role: "user", content: "hi"}]})});
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  document.getElementById("fetch-state").textContent = "streaming";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) break;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+      if (data === "[DONE]") { window.fetchDone = true; document.getElementById("fetch-state").textContent = "done"; return; }
+      const delta = JSON.parse(data).choices[0].delta.content || "";
+      window.chunks.push({text: delta, t: performance.now()});
+      document.getElementById("answer").textContent += delta;
+    }
+  }
+})();
+</script></body></html>
+"""
 
 
 def mock_text(tokens: int) -> str:
@@ -123,12 +171,20 @@ async def _route(client: _Client, request: h11.Request, body: bytes, config: Moc
     """Answer one request; False when the connection must close."""
     method = request.method.decode()
     url = urlsplit(request.target.decode("ascii", "replace"))
-    routes = {"/v1/chat/completions": "POST", "/v1/models": "GET", "/v1/events": "GET"}
+    routes = {
+        "/v1/chat/completions": "POST",
+        "/v1/models": "GET",
+        "/v1/events": "GET",
+        "/demo": "GET",
+    }
     if url.path not in routes:
         await client.answer(404, _error(404, f"unknown path {url.path}"))
         return True
     if method != routes[url.path]:
         await client.answer(405, _error(405, f"{url.path} takes {routes[url.path]}"))
+        return True
+    if url.path == "/demo":
+        await client.answer(200, DEMO_PAGE.encode(), b"text/html; charset=utf-8")
         return True
     if url.path == "/v1/models":
         models = {"object": "list", "data": [{"id": config.model, "object": "model"}]}
