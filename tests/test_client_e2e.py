@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -207,24 +209,15 @@ def test_sync_wrapper_for_scripts() -> None:
     assert anyio.run(main) == ["0", "1", "2", "3"]
 
 
-README_EXAMPLE = """
-import anyio
-from ssekit.client import connect, RetryPolicy
-
-async def main(url: str) -> list[str]:
-    seen = []
-    async for event in connect(url, headers={"Authorization": "Bearer sk-..."},
-                               policy=RetryPolicy(max_retries=5)):
-        seen.append(event.data)   # reconnects with Last-Event-ID after a cut
-        if len(seen) == 4:
-            break
-    return seen
-"""
+def readme_client_example() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    snippets = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    return next(code for code in snippets if "from ssekit.client import" in code)
 
 
 async def test_readme_client_example_runs() -> None:
     namespace: dict[str, object] = {}
-    exec(README_EXAMPLE, namespace)
+    exec(readme_client_example(), namespace)
     async with deadline(20) as tg:
         mock = await start_mock(tg, delay=0)
         seen = await namespace["main"](mock + "/v1/events?count=9&cut_after=2&retry=10")  # type: ignore[operator]
