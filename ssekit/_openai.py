@@ -62,9 +62,7 @@ def iter_chunks(events: Iterable[Event]) -> Iterator[Chunk]:
         if chunk is None:
             return
         yield chunk
-    raise StreamIncomplete(
-        "the stream ended without data: [DONE]; the answer is incomplete (upstream cut?)"
-    )
+    raise _incomplete()
 
 
 async def aiter_chunks(events: AsyncIterable[Event]) -> AsyncIterator[Chunk]:
@@ -74,7 +72,11 @@ async def aiter_chunks(events: AsyncIterable[Event]) -> AsyncIterator[Chunk]:
         if chunk is None:
             return
         yield chunk
-    raise StreamIncomplete(
+    raise _incomplete()
+
+
+def _incomplete() -> StreamIncomplete:
+    return StreamIncomplete(
         "the stream ended without data: [DONE]; the answer is incomplete (upstream cut?)"
     )
 

@@ -60,11 +60,14 @@ async def read_request(stream: anyio.abc.ByteReceiveStream) -> bytes:
             return b""
     head, _, body = data.partition(b"\r\n\r\n")
     length = 0
+    chunked = False
     for line in head.split(b"\r\n")[1:]:
         key, _, value = line.partition(b":")
         if key.strip().lower() == b"content-length":
             length = int(value)
-    while len(body) < length:
+        if key.strip().lower() == b"transfer-encoding":
+            chunked = True
+    while len(body) < length or (chunked and not body.endswith(b"0\r\n\r\n")):
         body += await stream.receive()
     return head + b"\r\n\r\n" + body
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 
 import anyio
 import httpx
@@ -106,6 +107,26 @@ async def test_request_headers_are_rewritten_and_body_forwarded() -> None:
         assert seen.header(b"x-forwarded-for") == b"127.0.0.1"
         assert seen.header(b"x-forwarded-proto") == b"http"
         assert seen.header(b"via") == b"1.1 ssekit"
+
+
+async def test_chunked_request_body_is_streamed_upstream() -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    async def body() -> AsyncIterator[bytes]:
+        for part in (b'{"a":', b" 1}"):
+            yield part
+            await anyio.sleep(0.01)
+
+    async with deadline(10) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        base = await start_proxy(tg, upstream)
+        async with httpx.AsyncClient() as client:
+            response = await client.post(base + "/v1/x", content=body())
+        assert response.text == "ok"
+        request = seen.requests[0]
+        assert seen.header(b"transfer-encoding") == b"chunked"
+        assert request.endswith(b"\r\n\r\n5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
 
 
 async def test_keep_alive_reuses_one_upstream_connection() -> None:

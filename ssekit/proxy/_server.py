@@ -359,9 +359,11 @@ class Proxy:
             strip_authorization=bool(cfg.client_tokens),
         )
         method = request.method.decode("ascii")
-        has_body = get_header(headers, b"content-length") not in (None, b"0") or (
-            get_header(request.headers, b"transfer-encoding") is not None
-        )
+        chunked = get_header(request.headers, b"transfer-encoding") is not None
+        has_body = chunked or get_header(headers, b"content-length") not in (None, b"0")
+        if chunked:
+            # Transfer-Encoding is hop-by-hop: our own hop streams the body chunked too.
+            headers.append((b"transfer-encoding", b"chunked"))
 
         # Connect, retrying failures that happen before any byte went upstream.
         upstream = None
