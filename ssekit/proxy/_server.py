@@ -518,11 +518,15 @@ class Proxy:
                         await client.send(h11.Data(data=chunk))
                 else:
                     await client.send(h11.Data(data=chunk))
+                if relay.phase is not Phase.STREAMING:
+                    return False  # the client left while we wrote (the watcher saw it)
                 relay.on(Input.CHUNK)
                 stats.body_bytes += len(chunk)
                 if decoder is not None:
                     self._watch_events(decoder, chunk, stats, started)
         except UpstreamError as exc:
+            if relay.phase is not Phase.STREAMING:
+                return False
             relay.on(Input.TIMED_OUT if exc.status == 504 else Input.UPSTREAM_FAILED)
             stats.outcome = relay.outcome
             stats.error = str(exc)
@@ -531,6 +535,8 @@ class Proxy:
                 with contextlib.suppress(ClientGone):
                     async with client.lock:
                         await client.send(h11.Data(data=encode(Event(event="error", data=message))))
+            return False
+        if relay.phase is not Phase.STREAMING:
             return False
         relay.on(Input.END)
         stats.outcome = relay.outcome
