@@ -160,13 +160,19 @@ class UpstreamConnection:
                         await self._send(h11.Data(data=piece))
             await self._send(h11.EndOfMessage())
 
-    async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
+    async def _next_event(self, idle_timeout: float | None = None) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self._h11.next_event()
             if event is not h11.NEED_DATA:
                 return cast("h11.Event | type[h11.PAUSED]", event)
             try:
-                data = await self._stream.receive(READ_SIZE)
+                if idle_timeout is None:
+                    data = await self._stream.receive(READ_SIZE)
+                else:
+                    # A deadline only around a real wait: an event h11 already
+                    # holds costs no cancel scope (this is the per-chunk path).
+                    with anyio.fail_after(idle_timeout):
+                        data = await self._stream.receive(READ_SIZE)
             except anyio.EndOfStream:
                 data = b""
             self._h11.receive_data(data)
@@ -200,8 +206,7 @@ class UpstreamConnection:
         while True:
             with _translated("reading the body", self._origin):
                 try:
-                    with anyio.fail_after(idle_timeout):
-                        event = await self._next_event()
+                    event = await self._next_event(idle_timeout)
                 except h11.RemoteProtocolError as exc:
                     raise UpstreamError(
                         f"upstream {self._origin.authority} closed the connection mid-body "
