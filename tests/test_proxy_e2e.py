@@ -415,6 +415,19 @@ async def test_bad_requests_get_an_error_status_and_nothing_goes_upstream(
     assert seen.connections == 0
 
 
+async def test_connections_over_the_limit_get_503() -> None:
+    async with deadline(10) as tg:
+        mock = await start_mock(tg)
+        base = await start_proxy(tg, mock, max_connections=1)
+        port = int(base.rsplit(":", 1)[1])
+        first = await anyio.connect_tcp("127.0.0.1", port)  # holds the only slot
+        async with first:
+            await anyio.sleep(0.05)
+            response = await raw_exchange(base, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert response.startswith(b"HTTP/1.1 503 ")
+        assert b"too many connections" in response
+
+
 async def test_slowloris_client_gets_408_after_the_header_timeout() -> None:
     async with deadline(10) as tg:
         mock = await start_mock(tg)
