@@ -37,7 +37,7 @@ async def _error_body(conn: UpstreamConnection, idle_timeout: float) -> str:
     return body.decode("utf-8", "replace")
 
 
-async def _events(
+async def connect(
     url: str,
     *,
     method: str = "GET",
@@ -51,6 +51,20 @@ async def _events(
     on_open: Callable[[], Awaitable[None]] | None = None,
     random: Callable[[], float] = randomlib.random,
 ) -> AsyncGenerator[Event, None]:
+    """Iterate the events of an SSE stream, reconnecting as an EventSource does.
+
+    GET by default; ``json`` sends a JSON body (use ``method="POST"``);
+    ``headers`` adds request headers (``Authorization``, which a browser's
+    EventSource cannot send). https is verified (``ca_file`` for a private CA);
+    ``proxy`` is an ``http://host:port`` CONNECT proxy. A network error or the
+    end of a GET stream reconnects after the reconnection time (``retry:``),
+    with Last-Event-ID; 204 stops; other statuses and content types raise
+    :class:`ssekit.ResponseError`; running out of retries or time raises
+    :class:`ssekit.ClientError`. No byte for ``idle_timeout`` counts as a
+    network error. Leaving the loop (or cancelling) closes the connection.
+    ``on_open`` is awaited each time a connection opens; ``random`` is the
+    jitter's source of numbers in [0, 1).
+    """
     base, _, query = url.partition("?")
     try:
         origin = Origin.from_url(base)
@@ -111,43 +125,6 @@ async def _events(
         await anyio.sleep(decision.delay)
 
 
-def connect(
-    url: str,
-    *,
-    method: str = "GET",
-    json: object = None,
-    headers: dict[str, str] | None = None,
-    policy: RetryPolicy | None = None,
-    ca_file: str | None = None,
-    proxy: str | None = None,
-    connect_timeout: float = 10.0,
-    idle_timeout: float = 300.0,
-) -> AsyncGenerator[Event, None]:
-    """Iterate the events of an SSE stream, reconnecting as an EventSource does.
-
-    GET by default; ``json`` sends a JSON body (use ``method="POST"``);
-    ``headers`` adds request headers (``Authorization``, which a browser's
-    EventSource cannot send). https is verified (``ca_file`` for a private CA);
-    ``proxy`` is an ``http://host:port`` CONNECT proxy. A network error or the
-    end of a GET stream reconnects after the reconnection time (``retry:``),
-    with Last-Event-ID; 204 stops; other statuses and content types raise
-    :class:`ssekit.ResponseError`; running out of retries or time raises
-    :class:`ssekit.ClientError`. No byte for ``idle_timeout`` counts as a
-    network error. Leaving the loop (or cancelling) closes the connection.
-    """
-    return _events(
-        url,
-        method=method,
-        json=json,
-        headers=headers,
-        policy=policy,
-        ca_file=ca_file,
-        proxy=proxy,
-        connect_timeout=connect_timeout,
-        idle_timeout=idle_timeout,
-    )
-
-
 class EventListener(Protocol):
     """The four callbacks of the Java SDKs' listeners, as coroutines."""
 
@@ -164,7 +141,7 @@ async def listen(url: str, listener: EventListener, **options: object) -> None:
     """Run a stream into ``listener``: ``on_open`` per connection, ``on_event`` per event,
     then ``on_closed`` when it ends, or ``on_failure`` with the error (not raised)."""
     try:
-        async for event in _events(url, on_open=listener.on_open, **options):  # type: ignore[arg-type]
+        async for event in connect(url, on_open=listener.on_open, **options):  # type: ignore[arg-type]
             await listener.on_event(event)
     except (ClientError, UpstreamError) as exc:
         await listener.on_failure(exc)
