@@ -222,3 +222,30 @@ async def test_readme_client_example_runs() -> None:
         mock = await start_mock(tg, delay=0)
         seen = await namespace["main"](mock + "/v1/events?count=9&cut_after=2&retry=10")  # type: ignore[operator]
     assert seen == ["hello", "event 1 你好", "event 2 你好", "hello"]
+
+
+async def test_https_with_a_private_ca_through_a_connect_proxy(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+    from _servers import start_connect_proxy
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    ca_file = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD + chunk(b"data: secret\n\n") + b"0\r\n\r\n")
+
+    targets: list[bytes] = []
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, script, tls=server_context)
+        connect_proxy = await start_connect_proxy(tg, targets)
+        events = await collect(upstream + "/s", 1, ca_file=ca_file, proxy=connect_proxy)
+        with pytest.raises(ssekit.ClientError, match="CERTIFICATE_VERIFY_FAILED"):
+            await collect(upstream + "/s", 1, policy=RetryPolicy(max_retries=0))
+    assert events == [ssekit.Event(data="secret")]
+    assert targets == [upstream.removeprefix("https://").encode()]
+    assert seen.header(b"authorization", 0) is None

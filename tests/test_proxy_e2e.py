@@ -126,7 +126,7 @@ async def test_chunked_request_body_is_streamed_upstream() -> None:
         assert response.text == "ok"
         request = seen.requests[0]
         assert seen.header(b"transfer-encoding") == b"chunked"
-        assert request.endswith(b"\r\n\r\n5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+        assert request.endswith(b'\r\n\r\n5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n')
 
 
 async def test_keep_alive_reuses_one_upstream_connection() -> None:
