@@ -46,8 +46,17 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults that mean something (not None or an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Help
     parser = argparse.ArgumentParser(
         prog="ssekit",
         description="Server-Sent Events toolkit: a transparent streaming reverse proxy for "
@@ -74,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "--listen",
         type=_listen,
-        default=("127.0.0.1", 8080),
+        default="127.0.0.1:8080",
         metavar="HOST:PORT",
         help="address to listen on (0.0.0.0 exposes it to the network: an explicit choice)",
     )
@@ -197,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument(
         "--listen",
         type=_listen,
-        default=("127.0.0.1", 9000),
+        default="127.0.0.1:9000",
         metavar="HOST:PORT",
         help="address to listen on",
     )
