@@ -128,7 +128,6 @@ class Proxy:
         self._key = 0
         self._busy = 0
         self._idle_scopes: set[anyio.CancelScope] = set()
-        self._all_scopes: set[anyio.CancelScope] = set()
         self._draining = False
         self._quiet = anyio.Event()  # set when draining and no exchange is in flight
         self._connections = 0
@@ -201,7 +200,6 @@ class Proxy:
                 return
             client = _Client(stream, cfg.max_header_size)
             with anyio.CancelScope() as scope:
-                self._all_scopes.add(scope)
                 try:
                     await self._requests(client, scope)
                 except ClientGone:
@@ -210,7 +208,6 @@ class Proxy:
                     # A bug must cost one connection, never the server.
                     log.exception("ssekit: internal error on a connection from %s", client.addr)
                 finally:
-                    self._all_scopes.discard(scope)
                     self._idle_scopes.discard(scope)
         finally:
             self._connections -= 1
