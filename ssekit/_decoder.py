@@ -170,17 +170,17 @@ class Decoder(Generic[T]):
             if chunk[-1] == 0x0D:
                 self._skip_lf = self._slow = True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        elif 0x0A not in chunk:
+            # No line break: the whole chunk extends the partial line. It is one
+            # bytearray, so appending is amortised O(len(chunk)) with no rescan,
+            # and memory stays the line's length.
+            line = self._line
+            line += chunk  # in place
+            if len(line) > self._max:
+                self._fail(LimitExceeded("line", len(line), self._max, "max_event_size"))
+            return []
         else:
             newline = chunk.find(b"\n")
-            if newline < 0:
-                # No line break: the whole chunk extends the partial line. It is
-                # one bytearray, so appending is amortised O(len(chunk)) with no
-                # rescan, and memory stays the line's length.
-                size = len(self._line) + len(chunk)
-                if size > self._max:
-                    self._fail(LimitExceeded("line", size, self._max, "max_event_size"))
-                self._line += chunk
-                return []
             if (
                 newline == len(chunk) - 2
                 and chunk[-1] == 0x0A
