@@ -24,7 +24,6 @@ __all__ = ("DEFAULT_MAX_EVENT_SIZE", "Decoder")
 DEFAULT_MAX_EVENT_SIZE: Final = 16 * 1024 * 1024
 
 _BOM: Final = b"\xef\xbb\xbf"
-_DATA_PREFIX: Final = b"data: "
 
 T = TypeVar("T", Event, "Event | Comment")
 
@@ -132,7 +131,8 @@ class Decoder(Generic[T]):
         self._event_type = b""
         self._id_buffer = ""
         self._block_retry: int | None = None
-        # A field other than a comment was seen since the last blank line.
+        # A field other than data or a comment (event, id, retry, unknown) was
+        # seen since the last blank line.
         self._pending = False
 
     @property
@@ -142,7 +142,7 @@ class Decoder(Generic[T]):
         A relay may insert its own event or comment here without changing the
         meaning of what it forwards.
         """
-        return not self._line and not self._pending and not self._bom_pending
+        return not (self._line or self._data or self._pending or self._bom_pending)
 
     @property
     def ended_mid_event(self) -> bool:
@@ -179,25 +179,25 @@ class Decoder(Generic[T]):
             if len(line) > self._max:
                 self._fail(LimitExceeded("line", len(line), self._max, "max_event_size"))
             return []
-        else:
-            newline = chunk.find(b"\n")
-            if (
-                newline == len(chunk) - 2
-                and chunk[-1] == 0x0A
-                and chunk[:6] == b"data: "
-                and not self._line
-                and not self._pending
-                and newline <= self._max
-            ):
-                # The common case, one whole single-line event per chunk: dispatch
-                # it at once (_process's steps, with every buffer empty).
-                self.last_event_id = self._id_buffer
-                event = _new_event(Event)
-                _set_data(event, chunk[6:-2].decode("utf-8", "replace"))
-                _set_type(event, "message")
-                _set_id(event, self._id_buffer)
-                _set_retry(event, None)
-                return [event]
+        if (
+            chunk[-1] == 0x0A
+            and chunk[:6] == b"data: "
+            and chunk.find(b"\n") == len(chunk) - 2
+            and not self._line
+            and not self._data
+            and not self._pending
+            and len(chunk) <= self._max
+        ):
+            # The common case, one whole single-line event per chunk (CRLF ones
+            # too, once normalised): dispatch it at once, as _process would
+            # with every buffer empty.
+            self.last_event_id = self._id_buffer
+            event = _new_event(Event)
+            _set_data(event, chunk[6:-2].decode("utf-8", "replace"))
+            _set_type(event, "message")
+            _set_id(event, self._id_buffer)
+            _set_retry(event, None)
+            return [event]
         lines = chunk.split(b"\n")
         rest = lines.pop()
         out: list[T] = []
@@ -271,8 +271,12 @@ class Decoder(Generic[T]):
 
     def _process(self, lines: list[bytes], out: list[T]) -> None:
         # "Interpreting an event stream": one branch per kind of line. The
-        # data buffer and dispatch are inlined: this loop is the hot path.
+        # data buffer and dispatch are inlined and the data size kept in a
+        # local: this loop is the hot path. ``_pending`` marks fields other
+        # than data (event type, id, retry, unknown) seen in this block.
         data = self._data
+        size = self._data_size
+        limit = self._max
         for line in lines:
             if not line:
                 # Empty line: dispatch the event. The last event ID is set
@@ -286,28 +290,26 @@ class Decoder(Generic[T]):
                             "utf-8", "replace"
                         ),
                     )
-                    _set_type(
-                        event,
-                        self._event_type.decode("utf-8", "replace")
-                        if self._event_type
-                        else "message",
-                    )
+                    if self._pending:
+                        kind = self._event_type
+                        _set_type(event, kind.decode("utf-8", "replace") if kind else "message")
+                        _set_retry(event, self._block_retry)
+                    else:
+                        _set_type(event, "message")
+                        _set_retry(event, None)
                     _set_id(event, self._id_buffer)
-                    _set_retry(event, self._block_retry)
                     out.append(event)
                     data = self._data = []
-                    self._data_size = 0
-                self._event_type = b""
-                self._block_retry = None
-                self._pending = False
-            elif line.startswith(_DATA_PREFIX):
+                    size = 0
+                if self._pending:
+                    self._event_type = b""
+                    self._block_retry = None
+                    self._pending = False
+            elif line[:6] == b"data: ":
                 # Fast path for the common "data: " field (see _append_data).
-                self._pending = True
-                self._data_size += len(line) - 5
-                if self._data_size > self._max:
-                    self._fail(
-                        LimitExceeded("event data", self._data_size, self._max, "max_event_size")
-                    )
+                size += len(line) - 5
+                if size > limit:
+                    self._fail(LimitExceeded("event data", size, limit, "max_event_size"))
                 data.append(line[6:])
             elif line[0] == 0x3A:
                 # Line starts with a colon: a comment.
@@ -315,6 +317,7 @@ class Decoder(Generic[T]):
                     text = line[2:] if line[1:2] == b" " else line[1:]
                     out.append(Comment(text=text.decode("utf-8", "replace")))  # type: ignore[arg-type]
             else:
+                self._data_size = size
                 colon = line.find(b":")
                 if colon < 0:
                     # No colon: the whole line is the field name, the value is empty.
@@ -323,22 +326,23 @@ class Decoder(Generic[T]):
                     # Collect the value after the colon, dropping one leading space.
                     start = colon + 2 if line[colon + 1 : colon + 2] == b" " else colon + 1
                     self._field(line[:colon], line[start:])
+                size = self._data_size
+        self._data_size = size
 
     def _field(self, name: bytes, value: bytes) -> None:
         # "Process the field": names compare as exact bytes, which is the same
         # as comparing the decoded names (a U+FFFD never equals an ASCII name).
         if name == b"data":
             self._append_data(value)
-        elif name == b"event":
-            self._pending = True
+            return
+        self._pending = True  # any other field, even an unknown one, is in the block
+        if name == b"event":
             self._event_type = value
         elif name == b"id":
-            self._pending = True
             # An id containing NUL is ignored entirely.
             if 0 not in value:
                 self._id_buffer = value.decode("utf-8", "replace")
         elif name == b"retry":
-            self._pending = True
             # Only ASCII digits count (bytes.isdigit is ASCII-only); anything
             # else, "+5", " 5" or an empty value, is ignored.
             if value.isdigit():
@@ -346,7 +350,6 @@ class Decoder(Generic[T]):
         # Any other field name is ignored.
 
     def _append_data(self, value: bytes) -> None:
-        self._pending = True
         self._data_size += len(value) + 1
         if self._data_size > self._max:
             self._fail(LimitExceeded("event data", self._data_size, self._max, "max_event_size"))
