@@ -7,9 +7,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import Field, fields
+from typing import Any
 
 from ._errors import ConfigError
+from .proxy._config import ProxyConfig
 
 __all__ = ("main",)
 
@@ -46,13 +49,49 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults that mean something (not None or an off switch)."""
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the examples' line breaks; show defaults that mean something (not None or off)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default in (None, False):
             return action.help
         return super()._get_help_string(action)
+
+
+def _add_config_option(parser: argparse.ArgumentParser, option: Field[Any]) -> None:
+    """``--dashed-name`` for a ProxyConfig field: its default and help said there, once."""
+    name = "--" + option.name.replace("_", "-")
+    default, help = option.default, option.metadata["help"]
+    if isinstance(default, bool):
+        parser.add_argument(name, action="store_true", help=help)
+    elif isinstance(default, str) and option.name == "log_format":
+        parser.add_argument(name, choices=("text", "json"), default=default, help=help)
+    else:
+        kind: Callable[[str], object] = str
+        if option.name == "drain_timeout":
+            kind = _non_negative_seconds
+        elif option.type in ("float", "float | None"):
+            kind = _seconds
+        elif option.type == "int":
+            kind = _non_negative_int
+        metavar = option.metadata["metavar"]
+        parser.add_argument(name, type=kind, default=default, metavar=metavar, help=help)
+
+
+def _non_negative_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0")
+    return seconds
+
+
+def _non_negative_int(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 0")
+    return int(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,57 +122,13 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "--listen",
         type=_listen,
-        default="127.0.0.1:8080",
+        default=f"{_default('listen_host')}:{_default('listen_port')}",
         metavar="HOST:PORT",
         help="address to listen on (0.0.0.0 exposes it to the network: an explicit choice)",
     )
-    proxy.add_argument(
-        "--connect-timeout",
-        type=_seconds,
-        default=10.0,
-        metavar="S",
-        help="upstream TCP/TLS connect timeout (then 504)",
-    )
-    proxy.add_argument(
-        "--first-byte-timeout",
-        type=_seconds,
-        default=60.0,
-        metavar="S",
-        help="wait this long for the upstream's response head (then 504)",
-    )
-    proxy.add_argument(
-        "--idle-timeout",
-        type=_seconds,
-        default=300.0,
-        metavar="S",
-        help="longest silence between upstream body chunks before the stream is cut",
-    )
-    proxy.add_argument(
-        "--header-timeout",
-        type=_seconds,
-        default=10.0,
-        metavar="S",
-        help="clients must send their request head within this (then 408)",
-    )
-    proxy.add_argument(
-        "--retries",
-        type=int,
-        default=2,
-        metavar="N",
-        help="retries of upstream connect failures, only before any byte was sent",
-    )
-    proxy.add_argument(
-        "--heartbeat",
-        type=_seconds,
-        default=None,
-        metavar="S",
-        help="send an SSE comment after S idle seconds, between events (off: byte-transparent)",
-    )
-    proxy.add_argument(
-        "--error-event",
-        action="store_true",
-        help="before cutting a broken SSE stream, send 'event: error' (at an event boundary)",
-    )
+    for option in fields(ProxyConfig):
+        if "help" in option.metadata:
+            _add_config_option(proxy, option)
     proxy.add_argument(
         "--api-key-env",
         metavar="VAR",
@@ -146,54 +141,10 @@ def _parser() -> argparse.ArgumentParser:
         help="env var holding token(s) clients must send as 'Authorization: Bearer <token>'",
     )
     proxy.add_argument(
-        "--upstream-ca",
-        metavar="FILE",
-        help="PEM CA bundle to verify an https upstream (default: system trust store)",
-    )
-    proxy.add_argument(
-        "--upstream-proxy",
-        metavar="URL",
-        help="reach the upstream through this HTTP CONNECT proxy, http://host:port",
-    )
-    proxy.add_argument(
-        "--admin-prefix",
-        default="/_ssekit",
-        metavar="PATH",
-        help="path prefix of the proxy's own GET PATH/metrics and PATH/health",
-    )
-    proxy.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="on SIGTERM/SIGINT, let streams finish this long, then cut them",
-    )
-    proxy.add_argument(
-        "--max-header-size",
-        type=int,
-        default=64 * 1024,
-        metavar="BYTES",
-        help="largest request head accepted (then 431)",
-    )
-    proxy.add_argument(
-        "--pool-size",
-        type=int,
-        default=32,
-        metavar="N",
-        help="idle keep-alive upstream connections kept for reuse",
-    )
-    proxy.add_argument(
-        "--max-connections",
-        type=int,
-        default=1024,
-        metavar="N",
-        help="concurrent client connections (more get 503)",
-    )
-    proxy.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="one line per request on stderr",
+        "--admin-token-env",
+        metavar="VAR",
+        help="env var holding token(s) for GET PATH/metrics (default: the client tokens; "
+        "metrics are open only when no token of either kind is set; health is always open)",
     )
 
     mock = sub.add_parser(
@@ -219,13 +170,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser  # fmt: skip
 
 
+def _default(name: str) -> Any:
+    return next(f.default for f in fields(ProxyConfig) if f.name == name)
+
+
 def _keys(var: str | None, option: str) -> tuple[str, ...]:
+    """The comma-separated values of environment variable ``var`` (for ``option``).
+
+    Set but holding no value (empty, commas, spaces) is an error, never "off":
+    an operator who named a variable meant to turn the check on.
+    """
     if var is None:
         return ()
-    value = os.environ.get(var)
-    if not value:
-        raise ConfigError(f"{option} {var}: the environment variable {var} is unset or empty")
-    return tuple(k.strip() for k in value.split(",") if k.strip())
+    keys = tuple(k.strip() for k in os.environ.get(var, "").split(",") if k.strip())
+    if not keys:
+        raise ConfigError(
+            f"{option} {var}: the environment variable {var} is unset or holds no value "
+            "(comma-separated, non-empty)"
+        )
+    return keys
+
+
+def _config_error(exc: BaseException) -> ConfigError | None:
+    """The ConfigError in ``exc``, also when task groups wrapped it in exception groups."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _config_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,11 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "mock-upstream":
             return _run_mock(args)
         return _run_proxy(args)
-    except ConfigError as exc:
-        print(f"ssekit: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        error = _config_error(exc)
+        if error is None:
+            raise
+        print(f"ssekit: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _run_mock(args: argparse.Namespace) -> int:
@@ -272,29 +250,20 @@ def _run_proxy(args: argparse.Namespace) -> int:
     import anyio
     import anyio.abc
 
-    from .proxy import MockConfig, ProxyConfig, serve, serve_mock
+    from .proxy import MockConfig, serve, serve_mock
 
     host, port = args.listen
-    settings = dict(
+    settings: dict[str, Any] = {
+        option.name: getattr(args, option.name)
+        for option in fields(ProxyConfig)
+        if "help" in option.metadata
+    }
+    settings.update(
         listen_host=host,
         listen_port=port,
-        connect_timeout=args.connect_timeout,
-        first_byte_timeout=args.first_byte_timeout,
-        idle_timeout=args.idle_timeout,
-        header_timeout=args.header_timeout,
-        retries=args.retries,
-        heartbeat=args.heartbeat,
-        error_event=args.error_event,
         api_keys=_keys(args.api_key_env, "--api-key-env"),
         client_tokens=_keys(args.client_token_env, "--client-token-env"),
-        upstream_ca=args.upstream_ca,
-        upstream_proxy=args.upstream_proxy,
-        admin_prefix=args.admin_prefix,
-        drain_timeout=args.drain_timeout,
-        max_header_size=args.max_header_size,
-        pool_size=args.pool_size,
-        max_connections=args.max_connections,
-        log_format=args.log_format,
+        admin_tokens=_keys(args.admin_token_env, "--admin-token-env"),
     )
     # Validate every option before starting anything (the mock included).
     ProxyConfig(upstream=args.upstream or "http://127.0.0.1", **settings)

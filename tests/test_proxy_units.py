@@ -8,6 +8,7 @@ import json
 import pytest
 
 import ssekit
+from ssekit._http import error_body
 from ssekit.proxy import Origin, ProxyConfig
 from ssekit.proxy._headers import request_headers, response_headers
 from ssekit.proxy._relay import (
@@ -18,9 +19,9 @@ from ssekit.proxy._relay import (
     Refuse,
     Relay,
     admit,
-    error_body,
     heartbeat_due,
     retry_delay,
+    retry_on_fresh_connection,
 )
 
 CONFIG = ProxyConfig(upstream="https://api.example.test/base")
@@ -124,12 +125,31 @@ def test_client_tokens_are_required_when_configured() -> None:
     assert admit("GET", "/", [(b"authorization", b"Bearer t")], config) == Forward("/")
 
 
-def test_retry_only_before_any_byte_went_upstream_with_doubling_backoff() -> None:
+def test_connect_failures_are_retried_with_doubling_backoff_up_to_retries() -> None:
     error = ssekit.UpstreamError("refused", 502)
     config = ProxyConfig(upstream="http://h", retries=3, retry_backoff=0.1)
-    delays = [retry_delay(error, bytes_sent=0, attempt=a, config=config) for a in range(4)]
+    delays = [retry_delay(error, attempt=a, config=config) for a in range(4)]
     assert delays == [0.1, 0.2, 0.4, None]
-    assert retry_delay(error, bytes_sent=10, attempt=0, config=config) is None
+
+
+@pytest.mark.parametrize(
+    ("reused", "bytes_received", "replayable", "expected"),
+    [
+        (True, 0, True, True),  # a kept-alive connection the upstream had dropped
+        (False, 0, True, False),  # a fresh connection failing is the upstream's answer
+        (True, 12, True, False),  # it started answering: the request reached it
+        (True, 0, False, False),  # the body is no longer held: cannot send it again
+    ],
+)
+def test_resend_on_a_fresh_connection_only_when_a_reused_one_never_answered(
+    reused: bool, bytes_received: int, replayable: bool, expected: bool
+) -> None:
+    assert (
+        retry_on_fresh_connection(
+            reused=reused, bytes_received=bytes_received, replayable=replayable
+        )
+        is expected
+    )
 
 
 def test_heartbeat_due_only_when_idle_and_between_events() -> None:
@@ -145,6 +165,10 @@ def test_every_phase_and_input_lands_in_a_phase_or_raises_state_error() -> None:
         (Phase.WAITING, Input.CHUNK),
         (Phase.WAITING, Input.END),
         (Phase.STREAMING, Input.HEAD),
+        # Refusals and the proxy's own answers happen before any response head.
+        (Phase.STREAMING, Input.LOCAL),
+        (Phase.STREAMING, Input.UNAUTHORIZED),
+        (Phase.STREAMING, Input.OVERLOADED),
     }
     for phase, event in itertools.product(Phase, Input):
         relay = Relay()

@@ -14,10 +14,8 @@ from anyio.from_thread import start_blocking_portal
 from .._decoder import Decoder
 from .._errors import ClientError, ConfigError, UpstreamError
 from .._event import Event
+from .._http import Origin, OriginConnection, get_header, make_ssl_context, open_connection
 from .._openai import Chunk, aiter_chunks, join_deltas
-from ..proxy._config import Origin
-from ..proxy._headers import get_header
-from ..proxy._upstream import UpstreamConnection, make_ssl_context, open_connection
 from ._policy import Reconnector, RetryPolicy, Verdict
 
 __all__ = ("EventListener", "chat_chunks", "chat_text", "connect", "listen", "stream_sync")
@@ -25,7 +23,7 @@ __all__ = ("EventListener", "chat_chunks", "chat_text", "connect", "listen", "st
 MAX_ERROR_BODY = 64 * 1024
 
 
-async def _error_body(conn: UpstreamConnection, idle_timeout: float) -> str:
+async def _error_body(conn: OriginConnection, idle_timeout: float) -> str:
     body = b""
     try:
         async for chunk in conn.receive_body(idle_timeout=idle_timeout):

@@ -3,9 +3,10 @@
 Importing this package imports anyio and h11; ``import ssekit`` does not.
 """
 
-from ._config import Origin, ProxyConfig
+from .._http import Origin
+from ._config import ProxyConfig
+from ._listener import Proxy, serve
 from ._mock import MockConfig, serve_mock
-from ._server import Proxy, serve
 from ._stats import Outcome, StreamStats
 
 __all__ = (

@@ -1,57 +1,24 @@
-"""ProxyConfig: the upstream, the listen address, every timeout and limit."""
+"""ProxyConfig: the upstream, the listen address, every timeout and limit.
+
+Each option's default and help text are said here once; ``ssekit proxy`` builds
+its command line from these fields (``metadata["help"]``, ``metadata["metavar"]``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-from urllib.parse import urlsplit
+import hmac
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from .._errors import ConfigError
+from .._http import Origin
 
 __all__ = ("Origin", "ProxyConfig")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Origin:
-    """Where requests go: scheme, host, port and the path prefix of a URL."""
-
-    scheme: Literal["http", "https"]
-    host: str
-    port: int
-    base_path: str = ""
-
-    @classmethod
-    def from_url(cls, url: str) -> Origin:
-        """Parse ``http(s)://host[:port][/prefix]``; raise :class:`ConfigError` otherwise."""
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(
-                f"upstream URL {url!r} is not http(s)://host[:port][/prefix]; "
-                "give e.g. https://api.openai.com"
-            )
-        if parts.query or parts.fragment or parts.username:
-            raise ConfigError(
-                f"upstream URL {url!r} has a query, fragment or credentials; give only "
-                "scheme, host, port and path prefix (keys go in --api-key-env)"
-            )
-        try:
-            port = parts.port or (443 if scheme == "https" else 80)
-        except ValueError as exc:
-            raise ConfigError(f"upstream URL {url!r} has an invalid port") from exc
-        return cls(
-            scheme="https" if scheme == "https" else "http",
-            host=parts.hostname,
-            port=port,
-            base_path=parts.path.rstrip("/"),
-        )
-
-    @property
-    def authority(self) -> str:
-        """``host[:port]`` as the Host header says it (default ports left out)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.scheme == "https" else 80
-        return host if self.port == default else f"{host}:{self.port}"
+def _option(default: Any, help: str, metavar: str | None = None) -> Any:
+    """A field that is also a ``--dashed-name`` option of ``ssekit proxy``."""
+    return field(default=default, metadata={"help": help, "metavar": metavar})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,30 +26,70 @@ class ProxyConfig:
     """Everything the proxy needs, validated at construction.
 
     Times are in seconds. ``heartbeat=None`` keeps the proxy byte-transparent.
+    ``api_keys``, ``client_tokens`` and ``admin_tokens`` come from environment
+    variables on the command line (``--api-key-env`` and friends), never argv.
     Raises :class:`ConfigError` naming the bad value.
     """
 
     upstream: str
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
-    connect_timeout: float = 10.0
-    first_byte_timeout: float = 60.0
-    idle_timeout: float = 300.0
-    header_timeout: float = 10.0
-    retries: int = 2
-    retry_backoff: float = 0.1
-    heartbeat: float | None = None
-    error_event: bool = False
+    connect_timeout: float = _option(10.0, "upstream TCP/TLS connect timeout (then 504)", "S")
+    first_byte_timeout: float = _option(
+        60.0, "wait this long for the upstream's response head (then 504)", "S"
+    )
+    idle_timeout: float = _option(
+        300.0, "longest silence between upstream body chunks before the stream is cut", "S"
+    )
+    header_timeout: float = _option(
+        10.0, "clients must send their request head within this (then 408)", "S"
+    )
+    body_timeout: float = _option(
+        10.0,
+        "longest silence inside a client's request body (then 408, or both sides cut "
+        "once the response has started)",
+        "S",
+    )
+    retries: int = _option(
+        2, "retries of upstream connect failures, only before any byte was sent", "N"
+    )
+    retry_backoff: float = _option(0.1, "first retry delay, doubling per retry", "S")
+    heartbeat: float | None = _option(
+        None,
+        "send an SSE comment after S idle seconds, between events (off: byte-transparent)",
+        "S",
+    )
+    error_event: bool = _option(
+        False, "before cutting a broken SSE stream, send 'event: error' (at an event boundary)"
+    )
     api_keys: tuple[str, ...] = ()
     client_tokens: tuple[str, ...] = ()
-    upstream_ca: str | None = None
-    upstream_proxy: str | None = None
-    admin_prefix: str = "/_ssekit"
-    drain_timeout: float = 10.0
-    max_header_size: int = 64 * 1024
-    pool_size: int = 32
-    max_connections: int = 1024
-    log_format: Literal["text", "json"] = "text"
+    admin_tokens: tuple[str, ...] = ()
+    upstream_ca: str | None = _option(
+        None, "PEM CA bundle to verify an https upstream (default: system trust store)", "FILE"
+    )
+    upstream_proxy: str | None = _option(
+        None, "reach the upstream through this HTTP CONNECT proxy, http://host:port", "URL"
+    )
+    admin_prefix: str = _option(
+        "/_ssekit", "path prefix of the proxy's own GET PATH/metrics and PATH/health", "PATH"
+    )
+    drain_timeout: float = _option(
+        10.0, "on SIGTERM/SIGINT, let streams finish this long, then cut them", "S"
+    )
+    max_header_size: int = _option(
+        64 * 1024,
+        "largest request head accepted (then 431) and upstream response head (then 502)",
+        "BYTES",
+    )
+    pool_size: int = _option(32, "idle keep-alive upstream connections kept for reuse", "N")
+    max_connections: int = _option(
+        1024,
+        "concurrent client connections (more get 503); each streaming one also holds an "
+        "upstream connection, so the descriptor limit (ulimit -n) must allow twice this",
+        "N",
+    )
+    log_format: Literal["text", "json"] = _option("text", "one line per request on stderr")
 
     def __post_init__(self) -> None:
         self.origin  # noqa: B018 -- parse now, so a bad URL fails at start-up
@@ -93,7 +100,13 @@ class ProxyConfig:
                     f"upstream proxy {self.upstream_proxy!r} must be http://host:port "
                     "(an HTTP CONNECT proxy)"
                 )
-        for name in ("connect_timeout", "first_byte_timeout", "idle_timeout", "header_timeout"):
+        for name in (
+            "connect_timeout",
+            "first_byte_timeout",
+            "idle_timeout",
+            "header_timeout",
+            "body_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
         if self.heartbeat is not None and not self.heartbeat > 0:
@@ -108,8 +121,13 @@ class ProxyConfig:
             raise ConfigError(
                 f"admin prefix {self.admin_prefix!r} must start with / and not end with /"
             )
-        if any(not key or any(c in key for c in "\r\n") for key in self.api_keys):
-            raise ConfigError("API keys must be non-empty single-line strings")
+        for name in ("api_keys", "client_tokens", "admin_tokens"):
+            values = getattr(self, name)
+            if any(not v or v != v.strip() or any(c in v for c in "\r\n,") for v in values):
+                raise ConfigError(
+                    f"{name} must be non-empty single-line strings without commas or "
+                    "surrounding spaces"
+                )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log format {self.log_format!r} is not text or json")
 
@@ -120,3 +138,16 @@ class ProxyConfig:
     @property
     def proxy_origin(self) -> Origin | None:
         return None if self.upstream_proxy is None else Origin.from_url(self.upstream_proxy)
+
+
+def token_matches(token: str, tokens: tuple[str, ...]) -> bool:
+    """True when ``token`` is one of ``tokens``, compared in constant time.
+
+    Every candidate is compared (no early exit), so timing tells nothing about
+    which one nearly matched.
+    """
+    given = token.encode()
+    found = False
+    for candidate in tokens:
+        found |= hmac.compare_digest(given, candidate.encode())
+    return found

@@ -5,18 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from ._config import Origin
+from .._http import Headers, Origin, get_header, is_event_stream
 
-__all__ = (
-    "HOP_BY_HOP",
-    "Headers",
-    "get_header",
-    "is_event_stream",
-    "request_headers",
-    "response_headers",
-)
-
-Headers = list[tuple[bytes, bytes]]
+__all__ = ("HOP_BY_HOP", "request_headers", "response_headers")
 
 # RFC 9110 7.6.1 (Connection and the fields it names), plus the classic
 # hop-by-hop set of RFC 2616 13.5.1 that intermediaries still must drop.
@@ -34,14 +25,6 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 VIA: Final = b"1.1 ssekit"
-
-
-def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of ``name`` (lower-case), or None."""
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
 
 
 def _strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -75,7 +58,9 @@ def request_headers(
     host = get_header(headers, b"host") or b""
     forwarded_for = get_header(headers, b"x-forwarded-for")
     via = get_header(headers, b"via")
+    # Expect is the proxy's to answer: it streams the body on as soon as it comes.
     drop = {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via"}
+    drop.add(b"expect")
     if api_key is not None or strip_authorization:
         drop.add(b"authorization")
     out: Headers = [(b"host", origin.authority.encode("ascii"))]
@@ -99,8 +84,13 @@ def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     """Headers to send the client for an upstream response: hop-by-hop gone, Via added.
 
     Content-Type, Content-Length, Content-Encoding, Cache-Control and the rest
-    pass unchanged: the proxy neither adds nor removes compression.
+    pass unchanged: the proxy neither adds nor removes compression. When the
+    upstream sent Transfer-Encoding too, its Content-Length is dropped: the body
+    was framed by the transfer coding (RFC 9112 6.3), and so is ours.
     """
+    headers = list(headers)
+    if get_header(headers, b"transfer-encoding") is not None:
+        headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
     headers = _strip_hop_by_hop(headers)
     via = get_header(headers, b"via")
     out = [(k, v) for k, v in headers if k.lower() != b"via"]
@@ -110,8 +100,3 @@ def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
         # Tell a buffering relay in front of us (nginx) to pass the stream on live.
         out.append((b"x-accel-buffering", b"no"))
     return out
-
-
-def is_event_stream(content_type: bytes) -> bool:
-    """True for ``text/event-stream`` (parameters and case ignored)."""
-    return content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream"

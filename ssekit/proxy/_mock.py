@@ -27,10 +27,9 @@ import anyio.abc
 import h11
 
 from .._event import Event
+from .._http import BadRequest, ClientGone, Downstream, error_body
 from .._openai import DONE
 from .._writer import EventWriter
-from ._relay import error_body
-from ._server import ClientGone, _Client
 
 __all__ = ("TOKENS", "MockConfig", "mock_text", "serve_mock")
 
@@ -108,7 +107,7 @@ class MockConfig:
 class _ChunkSink:
     """Adapts an h11 response body to the EventWriter's byte sink: one chunk per send."""
 
-    def __init__(self, client: _Client) -> None:
+    def __init__(self, client: Downstream) -> None:
         self._client = client
 
     async def send(self, item: bytes, /) -> None:
@@ -138,7 +137,7 @@ async def serve_mock(
 
 
 async def _connection(stream: anyio.abc.SocketStream, config: MockConfig) -> None:
-    client = _Client(stream, 64 * 1024)
+    client = Downstream(stream, 64 * 1024)
     try:
         while True:
             event = await client.next_event()
@@ -161,13 +160,13 @@ async def _connection(stream: anyio.abc.SocketStream, config: MockConfig) -> Non
             if client.h11.our_state is not h11.DONE:
                 return
             client.h11.start_next_cycle()
-    except (ClientGone, h11.ProtocolError):
+    except (ClientGone, BadRequest, h11.ProtocolError):
         pass
     finally:
         await anyio.aclose_forcefully(stream)
 
 
-async def _route(client: _Client, request: h11.Request, body: bytes, config: MockConfig) -> bool:
+async def _route(client: Downstream, request: h11.Request, body: bytes, config: MockConfig) -> bool:
     """Answer one request; False when the connection must close."""
     method = request.method.decode()
     url = urlsplit(request.target.decode("ascii", "replace"))
@@ -244,7 +243,7 @@ async def _route(client: _Client, request: h11.Request, body: bytes, config: Moc
 
 
 async def _numbered_events(
-    client: _Client, request: h11.Request, query: dict[str, list[str]], config: MockConfig
+    client: Downstream, request: h11.Request, query: dict[str, list[str]], config: MockConfig
 ) -> bool:
     last = dict(request.headers).get(b"last-event-id", b"0").decode("ascii", "replace")
     try:

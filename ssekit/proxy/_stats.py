@@ -19,7 +19,9 @@ class Outcome(enum.Enum):
     BAD_REQUEST = "bad_request"
     UNAUTHORIZED = "unauthorized"
     LOCAL = "local"
+    OVERLOADED = "overloaded"
     SHUTDOWN = "shutdown"
+    INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(slots=True)
@@ -71,6 +73,7 @@ class Metrics:
     active: int = 0
     upstream_connects: int = 0
     upstream_reuses: int = 0
+    accept_errors: int = 0
     first_event_seconds_sum: float = 0.0
     first_event_count: int = 0
 
@@ -112,6 +115,9 @@ class Metrics:
             "# HELP ssekit_upstream_reuses_total Requests sent on a kept-alive connection.",
             "# TYPE ssekit_upstream_reuses_total counter",
             f"ssekit_upstream_reuses_total {self.upstream_reuses}",
+            "# HELP ssekit_accept_errors_total Failed accepts (out of descriptors, memory).",
+            "# TYPE ssekit_accept_errors_total counter",
+            f"ssekit_accept_errors_total {self.accept_errors}",
             "# HELP ssekit_first_event_seconds Time from request to first SSE event.",
             "# TYPE ssekit_first_event_seconds summary",
             f"ssekit_first_event_seconds_sum {self.first_event_seconds_sum:.6f}",

@@ -1,5 +1,6 @@
-"""I/O to the upstream: TCP or TLS, optionally through an HTTP CONNECT proxy, over h11.
+"""Client side of HTTP/1.1 over h11: TCP or TLS, optionally through an HTTP CONNECT proxy.
 
+The proxy talks to its upstream with this, and ``ssekit.client`` to a server.
 Every anyio, OSError, ssl and h11 failure is translated here, in one place,
 into :class:`ssekit.UpstreamError` carrying the status to answer (502, or 504
 for timeouts), chained to the original.
@@ -20,11 +21,21 @@ import h11
 from anyio.streams.tls import TLSStream
 
 from .._errors import UpstreamError
-from ._config import Origin
+from ._headers import head_size
+from ._origin import Origin
 
-__all__ = ("UpstreamConnection", "UpstreamPool", "make_ssl_context", "open_connection")
+__all__ = (
+    "DEFAULT_MAX_HEAD_SIZE",
+    "READ_SIZE",
+    "OriginConnection",
+    "OriginPool",
+    "make_ssl_context",
+    "open_connection",
+)
 
 READ_SIZE: Final = 256 * 1024
+#: The largest response head accepted, however it arrives (then 502).
+DEFAULT_MAX_HEAD_SIZE: Final = 64 * 1024
 # A chunk that arrives in several reads is forwarded whole, up to this size,
 # so chunk boundaries survive without unbounded buffering.
 MAX_CHUNK_HOLD: Final = 65536
@@ -89,7 +100,8 @@ async def open_connection(
     connect_timeout: float,
     ssl_context: ssl.SSLContext | None = None,
     proxy: Origin | None = None,
-) -> UpstreamConnection:
+    max_head_size: int = DEFAULT_MAX_HEAD_SIZE,
+) -> OriginConnection:
     """Connect to ``origin`` (TLS for https, through ``proxy`` when given).
 
     Raises :class:`UpstreamError` (502 connect failure, 504 timeout).
@@ -114,26 +126,35 @@ async def open_connection(
                 except BaseException:
                     await raw.aclose()
                     raise
-    return UpstreamConnection(raw, origin, sock)
+    return OriginConnection(raw, origin, sock, max_head_size=max_head_size)
 
 
-class UpstreamConnection:
-    """One HTTP/1.1 connection to the upstream, driven by h11.
+class OriginConnection:
+    """One HTTP/1.1 connection to an origin server, driven by h11.
 
     Use: ``send_request`` (head and body), ``receive_response`` (head), then
     ``receive_body`` to the end; ``reusable()`` says whether it may go back to
-    a pool. Every failure raises :class:`UpstreamError`.
+    a pool. Every failure raises :class:`UpstreamError`. A response head over
+    ``max_head_size`` bytes is refused (502) whether it came in one read or many.
     """
 
     def __init__(
-        self, stream: anyio.abc.ByteStream, origin: Origin, sock: socket.socket | None = None
+        self,
+        stream: anyio.abc.ByteStream,
+        origin: Origin,
+        sock: socket.socket | None = None,
+        *,
+        max_head_size: int = DEFAULT_MAX_HEAD_SIZE,
     ) -> None:
         self._stream = stream
         self._origin = origin
         self._sock = sock
-        self._h11 = h11.Connection(h11.CLIENT)
+        self._max_head_size = max_head_size
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
         #: Bytes of the request head and body written so far (0: safe to retry).
         self.bytes_sent = 0
+        #: Bytes read from the origin so far (0: it never answered anything).
+        self.bytes_received = 0
 
     async def _send(self, event: h11.Event) -> None:
         data = self._h11.send(event)
@@ -175,6 +196,7 @@ class UpstreamConnection:
                         data = await self._stream.receive(READ_SIZE)
             except anyio.EndOfStream:
                 data = b""
+            self.bytes_received += len(data)
             self._h11.receive_data(data)
 
     async def receive_response(self, *, first_byte_timeout: float) -> h11.Response:
@@ -183,6 +205,14 @@ class UpstreamConnection:
             with anyio.fail_after(first_byte_timeout):
                 while True:
                     event = await self._next_event()
+                    if isinstance(event, h11.Response | h11.InformationalResponse):
+                        size = head_size(event.reason, event.headers)
+                        if size > self._max_head_size:
+                            raise UpstreamError(
+                                f"upstream {self._origin.authority} sent a response head of "
+                                f"{size} bytes, over the limit of {self._max_head_size}",
+                                502,
+                            )
                     if isinstance(event, h11.Response):
                         return event
                     if isinstance(event, h11.ConnectionClosed):
@@ -252,13 +282,18 @@ class UpstreamConnection:
         return True
 
     def is_stale(self) -> bool:
-        """True when the upstream already closed an idle kept-alive connection."""
+        """True when the origin already closed an idle kept-alive connection.
+
+        An idle HTTP connection has nothing to read: EOF, an error or any byte
+        means it cannot carry another request. ``poll`` works for any descriptor
+        number (``select`` fails at 1024 and above).
+        """
         if self._sock is None:
             return False
         try:
-            readable, _, _ = select.select([self._sock], [], [], 0)
-            # An idle HTTP connection has nothing to read; readable means EOF or junk.
-            return bool(readable)
+            poller = select.poll()
+            poller.register(self._sock.fileno(), select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
 
@@ -268,8 +303,8 @@ class UpstreamConnection:
             await anyio.aclose_forcefully(self._stream)
 
 
-class UpstreamPool:
-    """Idle kept-alive upstream connections, at most ``size``, newest reused first."""
+class OriginPool:
+    """Idle kept-alive connections to one origin, at most ``size``, newest reused first."""
 
     def __init__(
         self,
@@ -279,18 +314,21 @@ class UpstreamPool:
         connect_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
         proxy: Origin | None = None,
+        max_head_size: int = DEFAULT_MAX_HEAD_SIZE,
     ) -> None:
         self._origin = origin
+        self._max_head_size = max_head_size
         self._size = size
         self._connect_timeout = connect_timeout
         self._ssl_context = ssl_context
         self._proxy = proxy
-        self._idle: list[UpstreamConnection] = []
+        self._idle: list[OriginConnection] = []
         self.opened = 0
 
-    async def acquire(self) -> tuple[UpstreamConnection, bool]:
-        """An idle connection that is still open, else a new one; and whether it was reused."""
-        while self._idle:
+    async def acquire(self, *, reuse: bool = True) -> tuple[OriginConnection, bool]:
+        """An idle connection that is still open (when ``reuse``), else a new one; and
+        whether it was reused."""
+        while reuse and self._idle:
             conn = self._idle.pop()
             if not conn.is_stale():
                 return conn, True
@@ -300,11 +338,12 @@ class UpstreamPool:
             connect_timeout=self._connect_timeout,
             ssl_context=self._ssl_context,
             proxy=self._proxy,
+            max_head_size=self._max_head_size,
         )
         self.opened += 1
         return conn, False
 
-    async def release(self, conn: UpstreamConnection) -> None:
+    async def release(self, conn: OriginConnection) -> None:
         """Keep ``conn`` for reuse when its exchange ended cleanly; close it otherwise."""
         if len(self._idle) < self._size and conn.reusable():
             self._idle.append(conn)

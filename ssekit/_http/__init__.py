@@ -1,0 +1,45 @@
+"""HTTP/1.1 over anyio and h11, shared by the proxy, the mock upstream and the client.
+
+The only place where anyio, ``OSError``, ssl and h11 exceptions become ssekit's.
+"""
+
+from ._connection import (
+    DEFAULT_MAX_HEAD_SIZE,
+    READ_SIZE,
+    OriginConnection,
+    OriginPool,
+    make_ssl_context,
+    open_connection,
+)
+from ._downstream import (
+    JSON,
+    REASONS,
+    BadRequest,
+    ClientGone,
+    Downstream,
+    error_body,
+    raw_response,
+)
+from ._headers import Headers, get_header, head_size, is_event_stream
+from ._origin import Origin
+
+__all__ = (
+    "DEFAULT_MAX_HEAD_SIZE",
+    "JSON",
+    "READ_SIZE",
+    "REASONS",
+    "BadRequest",
+    "ClientGone",
+    "Downstream",
+    "Headers",
+    "Origin",
+    "OriginConnection",
+    "OriginPool",
+    "error_body",
+    "get_header",
+    "head_size",
+    "is_event_stream",
+    "make_ssl_context",
+    "open_connection",
+    "raw_response",
+)

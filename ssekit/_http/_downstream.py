@@ -1,0 +1,152 @@
+"""Server side of HTTP/1.1 over h11: one client connection, its reads, writes and answers.
+
+The proxy serves its clients with this and the mock upstream its callers. Reads
+and writes that fail because the peer went away raise :class:`ClientGone`; a
+request the peer framed wrongly, or sent too slowly, raises :class:`BadRequest`
+with the status to answer. Both are the peer's doing, never an upstream's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Final
+
+import anyio
+import anyio.abc
+import h11
+
+__all__ = (
+    "JSON",
+    "REASONS",
+    "BadRequest",
+    "ClientGone",
+    "Downstream",
+    "error_body",
+    "raw_response",
+)
+
+JSON: Final = b"application/json"
+REASONS: Final = {
+    100: "Continue",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+#: What one read from a client may take: a head is bounded by h11 besides.
+CLIENT_READ_SIZE: Final = 64 * 1024
+
+
+class ClientGone(Exception):
+    """The client closed or reset its side; the exchange cannot answer any more."""
+
+
+class BadRequest(Exception):
+    """The client's request is malformed or too slow: answer ``status`` if still possible."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+def error_body(status: int, message: str) -> bytes:
+    """A JSON error body in OpenAI's shape, so SDKs surface the message."""
+    kind = "proxy_error" if status >= 500 else "invalid_request_error"
+    return json.dumps(
+        {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    ).encode()
+
+
+def raw_response(status: int, body: bytes, content_type: bytes = JSON) -> bytes:
+    """A complete ``Connection: close`` response, for answers outside h11's state machine."""
+    reason = REASONS.get(status, "Error").encode()
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n"
+        b"via: 1.1 ssekit\r\n\r\n" % (status, reason, content_type, len(body))
+    ) + body
+
+
+class Downstream:
+    """One client connection: the socket, its h11 state, and the address it came from."""
+
+    __slots__ = ("addr", "h11", "last_write", "stream")
+
+    def __init__(self, stream: anyio.abc.SocketStream, max_header_size: int) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        addr = stream.extra(anyio.abc.SocketAttribute.remote_address, ("?", 0))
+        self.addr = str(addr[0]) if isinstance(addr, tuple) else str(addr)
+        self.last_write = time.monotonic()
+
+    async def send(self, event: h11.Event) -> None:
+        """Write one h11 event; raises :class:`ClientGone` when the client went away."""
+        data = self.h11.send(event)
+        if data:
+            await self.send_raw(data)
+
+    async def send_raw(self, data: bytes) -> None:
+        try:
+            await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise ClientGone from exc
+        self.last_write = time.monotonic()
+
+    async def receive(self) -> bytes:
+        """One read from the client (b"" at EOF); raises :class:`ClientGone` on a reset."""
+        try:
+            return await self.stream.receive(CLIENT_READ_SIZE)
+        except anyio.EndOfStream:
+            return b""
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise ClientGone from exc
+
+    async def next_event(self, read_timeout: float | None = None) -> h11.Event | type[h11.PAUSED]:
+        """The next h11 event, reading as needed.
+
+        Waits at most ``read_timeout`` seconds for each read (then
+        :class:`BadRequest` 408). A malformed request raises :class:`BadRequest` 400; a reset
+        :class:`ClientGone`.
+        """
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise BadRequest(400, f"malformed request: {exc}") from exc
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            if read_timeout is None:
+                data = await self.receive()
+            else:
+                with anyio.move_on_after(read_timeout) as scope:
+                    data = await self.receive()
+                if scope.cancelled_caught:
+                    raise BadRequest(
+                        408, f"no byte of the request for {read_timeout:g}s (--body-timeout)"
+                    )
+            self.h11.receive_data(data)
+
+    async def continue_if_expected(self) -> None:
+        """Send ``100 Continue`` when the client waits for it before sending its body."""
+        if self.h11.they_are_waiting_for_100_continue:
+            await self.send(h11.InformationalResponse(status_code=100, headers=[]))
+
+    async def answer(
+        self, status: int, body: bytes, content_type: bytes = JSON, *, close: bool = False
+    ) -> None:
+        """A whole response with a body; ``close`` ends the connection after it."""
+        headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+        headers.append((b"via", b"1.1 ssekit"))
+        if close:
+            headers.append((b"connection", b"close"))
+        await self.send(h11.Response(status_code=status, headers=headers))
+        await self.send(h11.Data(data=body))
+        await self.send(h11.EndOfMessage())

@@ -1,0 +1,403 @@
+"""One request through the proxy: admit, forward, answer; its outcome is set once.
+
+The request's body streams upstream as it arrives (kept for a replay while
+small); the response head goes back as soon as it comes; the body is moved by
+``_pump``. Every exchange ends in exactly one log line and one metrics count,
+with the outcome its :class:`Relay` reached, whatever ended it: a refusal, a
+fault on either side, a client leaving, or the drain deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Final
+
+import anyio
+import anyio.abc
+import h11
+
+from .._errors import UpstreamError
+from .._http import (
+    BadRequest,
+    ClientGone,
+    Downstream,
+    OriginConnection,
+    OriginPool,
+    error_body,
+    get_header,
+    is_event_stream,
+    make_ssl_context,
+)
+from ._config import ProxyConfig
+from ._headers import request_headers, response_headers
+from ._pump import pump
+from ._relay import (
+    Admin,
+    Forward,
+    Input,
+    Phase,
+    Refuse,
+    Relay,
+    admit,
+    retry_delay,
+    retry_on_fresh_connection,
+)
+from ._stats import Metrics, StreamStats
+
+__all__ = ("Shared", "serve_exchange")
+
+log = logging.getLogger("ssekit.proxy")
+
+#: Request body bytes kept so the request can be sent again on a fresh
+#: connection when a kept-alive one turns out closed; a larger body is not replayed.
+REPLAY_LIMIT: Final = 256 * 1024
+
+
+class Shared:
+    """What every exchange of one proxy shares: config, metrics, upstream pool, key rotation.
+
+    ``cutting`` is set by the listener just before the drain deadline cancels
+    the exchanges still running, so they end as ``shutdown``.
+    """
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        ssl_context = (
+            make_ssl_context(config.upstream_ca) if config.origin.scheme == "https" else None
+        )
+        self.pool = OriginPool(
+            config.origin,
+            size=config.pool_size,
+            connect_timeout=config.connect_timeout,
+            ssl_context=ssl_context,
+            proxy=config.proxy_origin,
+            max_head_size=config.max_header_size,
+        )
+        self.cutting = False
+        self._key = 0
+
+    def next_api_key(self) -> str | None:
+        keys = self.config.api_keys
+        if not keys:
+            return None
+        self._key = (self._key + 1) % len(keys)
+        return keys[self._key]
+
+    def finish(self, stats: StreamStats, relay: Relay, started: float) -> None:
+        """The one place an exchange ends: its outcome, one metrics count, one log line."""
+        stats.outcome = relay.outcome
+        stats.duration = time.monotonic() - started
+        self.metrics.record(stats)
+        fields = stats.as_log()
+        if self.config.log_format == "json":
+            log.info(json.dumps(fields, ensure_ascii=False))
+        else:
+            log.info(" ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+class RequestBody:
+    """The client's request body as it arrives, kept while small so it can be sent again.
+
+    Iterating yields what was kept first, then reads on from the client (each
+    read bounded by ``timeout``). ``replayable`` stays true while every byte
+    read so far is kept.
+    """
+
+    def __init__(self, client: Downstream, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._kept: list[bytes] = []
+        self._kept_size = 0
+        self.replayable = True
+        self.complete = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self._kept:
+            yield piece
+        if self.complete:
+            return
+        await self._client.continue_if_expected()
+        while True:
+            event = await self._client.next_event(self._timeout)
+            if isinstance(event, h11.EndOfMessage):
+                self.complete = True
+                return
+            if not isinstance(event, h11.Data):
+                raise BadRequest(400, "request body ended early")
+            piece = bytes(event.data)
+            if self.replayable:
+                self._kept_size += len(piece)
+                if self._kept_size <= REPLAY_LIMIT:
+                    self._kept.append(piece)
+                else:
+                    self._kept.clear()
+                    self.replayable = False
+            yield piece
+
+
+async def discard_body(client: Downstream, read_timeout: float) -> None:
+    """Read the request body to its end, keeping nothing (each read within ``read_timeout``)."""
+    await client.continue_if_expected()
+    while True:
+        event = await client.next_event(read_timeout)
+        if isinstance(event, h11.EndOfMessage):
+            return
+        if not isinstance(event, h11.Data):
+            raise BadRequest(400, "request body ended early")
+
+
+async def serve_exchange(shared: Shared, client: Downstream, request: h11.Request) -> bool:
+    """Serve one request; True when the connection may carry another."""
+    started = time.monotonic()
+    relay = Relay()
+    target = request.target.decode("ascii", "replace")
+    stats = StreamStats(method=request.method.decode("ascii", "replace"), path=target.split("?")[0])
+    keep = False
+    try:
+        keep = await _serve(shared, client, request, relay, stats, started)
+    except ClientGone:
+        if relay.open:
+            relay.on(Input.CLIENT_GONE)
+    except BadRequest as exc:
+        # The client's fault (malformed or stalled body): 400/408 while no
+        # response head went out, else its response is cut.
+        stats.error = exc.message
+        answer = relay.phase is Phase.WAITING
+        if relay.open:
+            relay.on(Input.BAD_REQUEST)
+        if answer:
+            stats.status = exc.status
+            try:
+                await client.answer(exc.status, error_body(exc.status, exc.message), close=True)
+            except ClientGone:
+                pass
+    except Exception:
+        # A bug must cost one exchange, never the server.
+        log.exception("ssekit: internal error serving %s %s", stats.method, stats.path)
+        if relay.open:
+            relay.on(Input.BUG)
+    finally:
+        if relay.open:
+            # Only the drain deadline cancels an exchange from outside.
+            relay.on(Input.SHUTDOWN if shared.cutting else Input.BUG)
+        shared.finish(stats, relay, started)
+    return keep
+
+
+async def _serve(
+    shared: Shared,
+    client: Downstream,
+    request: h11.Request,
+    relay: Relay,
+    stats: StreamStats,
+    started: float,
+) -> bool:
+    cfg = shared.config
+    decision = admit(
+        stats.method, request.target.decode("ascii", "replace"), list(request.headers), cfg,
+        request.http_version,
+    )  # fmt: skip
+    if isinstance(decision, Refuse):
+        relay.on(decision.input)
+        stats.status = decision.status
+        stats.error = decision.message
+        await client.answer(
+            decision.status, error_body(decision.status, decision.message), close=True
+        )
+        return False
+    if isinstance(decision, Admin):
+        await discard_body(client, cfg.body_timeout)
+        if decision.name == "metrics":
+            body = shared.metrics.render()
+            await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
+        else:
+            await client.answer(200, b'{"status":"ok"}')
+        stats.status = 200
+        relay.on(Input.LOCAL)
+        return True
+    return await _forward(shared, client, request, decision, relay, stats, started)
+
+
+async def _forward(
+    shared: Shared,
+    client: Downstream,
+    request: h11.Request,
+    decision: Forward,
+    relay: Relay,
+    stats: StreamStats,
+    started: float,
+) -> bool:
+    cfg = shared.config
+    headers = request_headers(
+        list(request.headers),
+        origin=cfg.origin,
+        client_addr=client.addr,
+        api_key=shared.next_api_key(),
+        strip_authorization=bool(cfg.client_tokens),
+    )
+    method = request.method.decode("ascii")
+    chunked = get_header(request.headers, b"transfer-encoding") is not None
+    body: RequestBody | None = None
+    if chunked or get_header(headers, b"content-length") not in (None, b"0"):
+        body = RequestBody(client, cfg.body_timeout)
+    else:
+        await discard_body(client, cfg.body_timeout)  # h11 ends an empty body at once
+    if chunked:
+        # Transfer-Encoding is hop-by-hop: our own hop streams the body chunked too.
+        headers.append((b"transfer-encoding", b"chunked"))
+
+    attempt = 0
+    reuse = True
+    while True:
+        stats.attempts += 1
+        try:
+            upstream, reused = await shared.pool.acquire(reuse=reuse)
+        except UpstreamError as exc:
+            delay = retry_delay(exc, attempt=attempt, config=cfg)
+            if delay is None:
+                return await _fail_before_head(client, relay, stats, exc)
+            attempt += 1
+            await anyio.sleep(delay)
+            continue
+        if reused:
+            shared.metrics.upstream_reuses += 1
+        else:
+            shared.metrics.upstream_connects += 1
+        done = False
+        try:
+            try:
+                await upstream.send_request(
+                    method, decision.target, headers, b"" if body is None else body
+                )
+            except UpstreamError as exc:
+                if retry_on_fresh_connection(
+                    reused=reused,
+                    bytes_received=upstream.bytes_received,
+                    replayable=body is None or body.replayable,
+                ):
+                    reuse = False
+                    continue
+                return await _fail_before_head(client, relay, stats, exc)
+            failure, done = await _answer(shared, client, upstream, relay, stats, started)
+            if failure is None:
+                return done
+            if retry_on_fresh_connection(
+                reused=reused,
+                bytes_received=upstream.bytes_received,
+                replayable=body is None or body.replayable,
+            ):
+                reuse = False
+                continue
+            return await _fail_before_head(client, relay, stats, failure)
+        finally:
+            if done:
+                await shared.pool.release(upstream)
+            else:
+                # Client gone, upstream failed, or cancelled: close at once so
+                # the provider stops generating.
+                await upstream.aclose()
+
+
+async def _answer(
+    shared: Shared,
+    client: Downstream,
+    upstream: OriginConnection,
+    relay: Relay,
+    stats: StreamStats,
+    started: float,
+) -> tuple[UpstreamError | None, bool]:
+    """Wait for the response head and forward the response, watching the client leave.
+
+    Returns the failure before the head (for the caller to retry or answer),
+    and whether the response ended cleanly (the upstream may be reused).
+    """
+    cfg = shared.config
+    failure: UpstreamError | None = None
+    done = False
+    try:
+        async with anyio.create_task_group() as tg:
+            # From here the client is only read to notice it leaving.
+            tg.start_soon(_watch_client, client, tg.cancel_scope, relay, cfg.max_header_size)
+            try:
+                response = await upstream.receive_response(
+                    first_byte_timeout=cfg.first_byte_timeout
+                )
+            except UpstreamError as exc:
+                failure = exc
+            else:
+                stats.upstream_first_byte = time.monotonic() - started
+                stats.status = response.status_code
+                content_type = get_header(response.headers, b"content-type") or b""
+                await client.send(
+                    h11.Response(
+                        status_code=response.status_code,
+                        headers=response_headers(list(response.headers)),
+                        reason=response.reason,
+                    )
+                )
+                relay.on(Input.HEAD)
+                done = await pump(
+                    client,
+                    upstream,
+                    relay,
+                    stats,
+                    cfg,
+                    started=started,
+                    sse=is_event_stream(content_type),
+                    read_to_close=_read_to_close(response),
+                )
+            tg.cancel_scope.cancel()
+    except* ClientGone:
+        if relay.open:
+            relay.on(Input.CLIENT_GONE)
+    return failure, done
+
+
+def _read_to_close(response: h11.Response) -> bool:
+    """True when the response body has no length and ends only when the upstream closes."""
+    if response.status_code in (204, 304):
+        return False
+    headers = response.headers
+    return get_header(headers, b"transfer-encoding") is None and (
+        get_header(headers, b"content-length") is None
+    )
+
+
+async def _fail_before_head(
+    client: Downstream, relay: Relay, stats: StreamStats, error: UpstreamError
+) -> bool:
+    relay.on(Input.TIMED_OUT if error.status == 504 else Input.UPSTREAM_FAILED)
+    stats.status = relay.answer_status(error)
+    stats.error = str(error)
+    await client.answer(stats.status, error_body(stats.status, str(error)), close=True)
+    return False
+
+
+async def _watch_client(
+    client: Downstream, scope: anyio.CancelScope, relay: Relay, max_held: int
+) -> None:
+    """Notice a client that goes away mid-exchange, and cancel the exchange at once.
+
+    Bytes it sends meanwhile (a pipelined next request) are kept for h11, up to
+    about ``max_held``; past that it is no longer read (TCP pushes back on it),
+    and a departure is then noticed at the next write instead.
+    """
+    held = 0
+    while held <= max_held:
+        try:
+            data = await client.receive()
+        except ClientGone:
+            data = b""
+        if not data:
+            if relay.open:
+                # Otherwise the exchange already ended; the EOF is for the next request.
+                relay.on(Input.CLIENT_GONE)
+                scope.cancel()
+            return
+        held += len(data)
+        client.h11.receive_data(data)
+    await anyio.sleep_forever()

@@ -1,0 +1,292 @@
+"""Connections in and out: bind, accept, limits, keep-alive, drain.
+
+One job: hand each request head of each connection to ``serve_exchange``, and
+keep the process serving whatever the clients do (out of descriptors, too many
+connections, slow or idle ones). Decisions about a request live in ``_relay``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import time
+from typing import Final
+
+import anyio
+import anyio.abc
+import anyio.streams.stapled
+import h11
+
+from .._errors import ConfigError
+from .._http import BadRequest, ClientGone, Downstream, error_body, raw_response
+from ._config import ProxyConfig
+from ._exchange import Shared, serve_exchange
+from ._relay import Input, Relay
+from ._stats import Metrics, StreamStats
+
+try:
+    import resource
+except ImportError:  # not on every OS; the descriptor check is then skipped
+    resource = None  # type: ignore[assignment]
+
+__all__ = ("Proxy", "check_descriptor_limit", "serve")
+
+log = logging.getLogger("ssekit.proxy")
+
+KEEPALIVE_IDLE: Final = 60.0
+#: Descriptors the process needs besides its connections (stdio, the loop, the listener).
+RESERVED_DESCRIPTORS: Final = 16
+#: Pause before accepting again after a failed accept, doubled up to ACCEPT_BACKOFF_MAX.
+ACCEPT_BACKOFF: Final = 0.01
+ACCEPT_BACKOFF_MAX: Final = 1.0
+
+
+def check_descriptor_limit(config: ProxyConfig) -> None:
+    """Make sure the process may open the descriptors ``max_connections`` needs.
+
+    Each streaming connection holds two (client and upstream), plus the idle
+    pool. Raises the soft limit up to the hard one when that is enough, else
+    raises :class:`ConfigError` saying what to change.
+    """
+    if resource is None:
+        return
+    needed = 2 * config.max_connections + config.pool_size + RESERVED_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        return
+    fits = max(1, (hard - config.pool_size - RESERVED_DESCRIPTORS) // 2)
+    raise ConfigError(
+        f"--max-connections {config.max_connections} needs about {needed} file descriptors "
+        f"(two per streaming connection, plus --pool-size {config.pool_size} and "
+        f"{RESERVED_DESCRIPTORS} for the process), but the descriptor limit is {hard} "
+        f"(ulimit -n); raise it (ulimit -n {needed}) or lower --max-connections to {fits}"
+    )
+
+
+class Proxy:
+    """One running proxy: the listener, its connections, and the state exchanges share."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        try:
+            self.shared = Shared(config)
+        except OSError as exc:  # the CA file: missing or unreadable
+            raise ConfigError(f"--upstream-ca {config.upstream_ca}: {exc.strerror or exc}") from exc
+        self._busy = 0
+        self._idle_scopes: set[anyio.CancelScope] = set()
+        self._draining = False
+        self._quiet = anyio.Event()  # set when draining and no exchange is in flight
+        self._connections = 0
+        self._accept_failing = False
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.shared.metrics
+
+    async def _bind(self) -> anyio.streams.stapled.MultiListener[anyio.abc.SocketStream]:
+        cfg = self.config
+        check_descriptor_limit(cfg)
+        try:
+            return await anyio.create_tcp_listener(
+                local_host=cfg.listen_host, local_port=cfg.listen_port, backlog=1024
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: "
+                f"{exc.strerror or exc}; choose another --listen address or stop what uses it"
+            ) from exc
+
+    async def serve(
+        self,
+        *,
+        task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+        shutdown: anyio.Event | None = None,
+    ) -> None:
+        cfg = self.config
+        listener = await self._bind()
+        address = listener.extra(anyio.abc.SocketAttribute.local_address)
+        host, port = str(address[0]), int(address[1])
+        try:
+            async with anyio.create_task_group() as tg:
+                accepting = anyio.CancelScope()
+
+                async def accept_all() -> None:
+                    with accepting:
+                        async with anyio.create_task_group() as loops:
+                            for one in listener.listeners:  # one per address bound
+                                assert isinstance(one, anyio.abc.SocketListener)
+                                # Connections go to the outer group: they outlive accepting.
+                                loops.start_soon(self._accept, one, tg)
+
+                tg.start_soon(accept_all)
+                task_status.started((host, port))
+                if shutdown is None:
+                    await anyio.sleep_forever()
+                    return
+                await shutdown.wait()
+                # Drain: stop accepting, close idle keep-alive connections, let
+                # exchanges in flight finish until the deadline, then cut them.
+                self._draining = True
+                accepting.cancel()
+                await listener.aclose()
+                for scope in list(self._idle_scopes):
+                    scope.cancel()
+                with anyio.move_on_after(cfg.drain_timeout):
+                    if self._busy:
+                        await self._quiet.wait()
+                self.shared.cutting = True
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+                await self.shared.pool.aclose()
+
+    async def _accept(self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
+        """Accept until cancelled; a failed accept (EMFILE...) pauses, never stops, serving."""
+        backoff = ACCEPT_BACKOFF
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.ClosedResourceError:
+                return
+            except OSError as exc:
+                self.metrics.accept_errors += 1
+                if not self._accept_failing:
+                    self._accept_failing = True
+                    log.error(
+                        "ssekit: accepting connections failed (%s); pausing accepts until "
+                        "descriptors free up. Raise the descriptor limit (ulimit -n) or "
+                        "lower --max-connections; counted in ssekit_accept_errors_total",
+                        _describe(exc),
+                    )
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
+                continue
+            if self._accept_failing:
+                self._accept_failing = False
+                log.warning("ssekit: accepting connections again")
+            backoff = ACCEPT_BACKOFF
+            tg.start_soon(self._connection, stream)
+
+    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+        self._connections += 1
+        try:
+            with contextlib.suppress(OSError):
+                sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client = Downstream(stream, self.config.max_header_size)
+            if self._connections > self.config.max_connections:
+                await self._refuse_raw(client, 503, "too many connections", Input.OVERLOADED)
+                return
+            with anyio.CancelScope() as scope:
+                try:
+                    await self._requests(client, scope)
+                except* ClientGone:
+                    pass
+                except* Exception as group:
+                    # A bug must cost one connection, never the server.
+                    log.error(
+                        "ssekit: internal error on a connection from %s",
+                        client.addr,
+                        exc_info=group,
+                    )
+                finally:
+                    self._idle_scopes.discard(scope)
+        finally:
+            self._connections -= 1
+            await anyio.aclose_forcefully(stream)
+
+    async def _requests(self, client: Downstream, scope: anyio.CancelScope) -> None:
+        first = True
+        while not self._draining:
+            # Wait for the next request head: a keep-alive connection may idle,
+            # but once a head starts it must complete within header_timeout.
+            self._idle_scopes.add(scope)
+            try:
+                request = await self._receive_head(client, first)
+            finally:
+                self._idle_scopes.discard(scope)
+            if request is None:
+                return
+            first = False
+            self._busy += 1
+            self.metrics.active += 1
+            try:
+                keep = await serve_exchange(self.shared, client, request)
+            finally:
+                self._busy -= 1
+                self.metrics.active -= 1
+                if self._draining and not self._busy:
+                    self._quiet.set()
+            if not keep or client.h11.our_state is not h11.DONE:
+                return
+            try:
+                client.h11.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _receive_head(self, client: Downstream, first: bool) -> h11.Request | None:
+        """The next request head, or None when the connection should just close."""
+        cfg = self.config
+        conn = client.h11
+        try:
+            if not conn.trailing_data[0]:
+                # Nothing of a next request yet: the connection may idle (keep-alive).
+                with anyio.move_on_after(cfg.header_timeout if first else KEEPALIVE_IDLE):
+                    conn.receive_data(await client.receive())
+                if not conn.trailing_data[0]:
+                    return None  # idle too long or closed, nothing started: close quietly
+            # A head has started: it must complete within header_timeout (slowloris).
+            with anyio.fail_after(cfg.header_timeout):
+                event = await client.next_event()
+        except TimeoutError:
+            await self._refuse_raw(client, 408, "request head not received in time")
+            return None
+        except ClientGone:
+            return None
+        except BadRequest as exc:
+            cause = exc.__cause__
+            hint = getattr(cause, "error_status_hint", 400)
+            status = hint if hint in (400, 431) else 400
+            await self._refuse_raw(client, status, exc.message)
+            return None
+        return event if isinstance(event, h11.Request) else None
+
+    async def _refuse_raw(
+        self, client: Downstream, status: int, message: str, why: Input = Input.BAD_REQUEST
+    ) -> None:
+        """Answer outside h11's state machine (its state may be broken), then close."""
+        relay = Relay()
+        relay.on(why)
+        stats = StreamStats(status=status, error=message)
+        started = time.monotonic()
+        with contextlib.suppress(ClientGone), anyio.move_on_after(1):
+            await client.send_raw(raw_response(status, error_body(status, message)))
+        self.shared.finish(stats, relay, started)
+
+
+def _describe(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    return f"{name}: {exc.strerror or exc}"
+
+
+async def serve(
+    config: ProxyConfig,
+    *,
+    task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+    shutdown: anyio.Event | None = None,
+) -> None:
+    """Run the proxy until cancelled, or until ``shutdown`` is set (then drain).
+
+    Binds ``config.listen_host:listen_port`` (port 0 picks a free one) and
+    reports the bound ``(host, port)`` through ``task_status``, so
+    ``host, port = await task_group.start(serve, config)`` works. Raises
+    :class:`ConfigError` when it cannot listen, or the descriptor limit is too
+    low for ``max_connections``.
+    """
+    await Proxy(config).serve(task_status=task_status, shutdown=shutdown)

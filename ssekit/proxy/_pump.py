@@ -1,0 +1,174 @@
+"""The body hot path: upstream read -> one client write, with the decoder watching.
+
+Each upstream chunk is written to the client (as one chunk) before the next
+upstream read, so a slow client slows the upstream read instead of growing a
+buffer. What the proxy says itself (a heartbeat, an error event) goes in only
+where the tap saw an event boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+
+import anyio
+import h11
+
+from .._decoder import Decoder
+from .._encoder import encode, encode_comment
+from .._errors import SSEError, UpstreamError
+from .._event import Comment, Event
+from .._http import ClientGone, Downstream, OriginConnection
+from .._openai import DONE
+from ._config import ProxyConfig
+from ._relay import Input, Relay, heartbeat_due
+from ._stats import StreamStats
+
+__all__ = ("Tap", "pump")
+
+
+class Tap:
+    """The decoder watching a forwarded event stream: events, first event, ``[DONE]``.
+
+    What it sees never changes what is forwarded. Once it fails (a line past
+    its bound) it no longer knows where events end, so ``at_boundary`` is
+    False from then on: nothing more may be inserted into that stream.
+    """
+
+    __slots__ = ("_decoder", "_started", "_stats", "failed")
+
+    def __init__(self, stats: StreamStats, started: float) -> None:
+        self._decoder: Decoder[Event | Comment] = Decoder(comments=True)
+        self._stats = stats
+        self._started = started
+        self.failed = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.failed:
+            return
+        try:
+            items = self._decoder.feed(chunk)
+        except SSEError:
+            self.failed = True
+            return
+        stats = self._stats
+        for item in items:
+            if isinstance(item, Event):
+                stats.events += 1
+                if stats.first_event is None:
+                    stats.first_event = time.monotonic() - self._started
+                if item.data == DONE:
+                    stats.done_seen = True
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between two events of the forwarded stream (a relay may write its own)."""
+        return not self.failed and self._decoder.at_boundary
+
+
+async def pump(
+    client: Downstream,
+    upstream: OriginConnection,
+    relay: Relay,
+    stats: StreamStats,
+    config: ProxyConfig,
+    *,
+    started: float,
+    sse: bool,
+    read_to_close: bool,
+) -> bool:
+    """Forward the body and its end; True when it ended cleanly (the upstream may be reused).
+
+    A read-to-close event stream that stops inside an event was cut, not
+    finished: the client's response is cut too, never ended cleanly.
+    """
+    tap = Tap(stats, started) if sse else None
+    if tap is None or config.heartbeat is None:
+        return await _forward(client, upstream, relay, stats, config, tap, None, read_to_close)
+    lock = anyio.Lock()  # the heartbeat task writes too: one writer at a time
+    done = False
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_heartbeats, client, tap, lock, config.heartbeat, relay, tg.cancel_scope)
+        done = await _forward(client, upstream, relay, stats, config, tap, lock, read_to_close)
+        tg.cancel_scope.cancel()
+    return done
+
+
+async def _forward(
+    client: Downstream,
+    upstream: OriginConnection,
+    relay: Relay,
+    stats: StreamStats,
+    config: ProxyConfig,
+    tap: Tap | None,
+    lock: anyio.Lock | None,
+    read_to_close: bool,
+) -> bool:
+    try:
+        async for chunk in upstream.receive_body(idle_timeout=config.idle_timeout):
+            await _write(client, lock, chunk)
+            if not relay.open:
+                return False  # the client left while we wrote (the watcher saw it)
+            relay.on(Input.CHUNK)
+            stats.body_bytes += len(chunk)
+            if tap is not None:
+                tap.feed(chunk)
+        if read_to_close and tap is not None and not tap.at_boundary:
+            raise UpstreamError(
+                "upstream closed the connection inside an event (a body without a length: "
+                "the stream was cut)",
+                502,
+            )
+    except UpstreamError as exc:
+        if not relay.open:
+            return False
+        relay.on(Input.TIMED_OUT if exc.status == 504 else Input.UPSTREAM_FAILED)
+        stats.error = str(exc)
+        if config.error_event and tap is not None and tap.at_boundary:
+            message = json.dumps({"error": {"message": str(exc), "type": "proxy_error"}})
+            with contextlib.suppress(ClientGone):
+                await _write(client, lock, encode(Event(event="error", data=message)))
+        return False
+    if not relay.open:
+        return False
+    await client.send(h11.EndOfMessage())
+    relay.on(Input.END)
+    return True
+
+
+async def _write(client: Downstream, lock: anyio.Lock | None, data: bytes) -> None:
+    if lock is None:
+        await client.send(h11.Data(data=data))
+    else:
+        async with lock:
+            await client.send(h11.Data(data=data))
+
+
+async def _heartbeats(
+    client: Downstream,
+    tap: Tap,
+    lock: anyio.Lock,
+    interval: float,
+    relay: Relay,
+    scope: anyio.CancelScope,
+) -> None:
+    comment = encode_comment("heartbeat")
+    try:
+        while True:
+            await anyio.sleep(max(0.0, client.last_write + interval - time.monotonic()))
+            async with lock:
+                if heartbeat_due(
+                    now=time.monotonic(),
+                    last_write=client.last_write,
+                    interval=interval,
+                    at_boundary=tap.at_boundary,
+                ):
+                    await client.send(h11.Data(data=comment))
+            if not tap.at_boundary:
+                # Mid-event: look again shortly rather than insert into the event.
+                await anyio.sleep(min(interval, 0.05))
+    except ClientGone:
+        if relay.open:
+            relay.on(Input.CLIENT_GONE)
+        scope.cancel()
