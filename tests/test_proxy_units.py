@@ -194,3 +194,89 @@ def test_error_body_is_in_openai_shape() -> None:
     assert body == {
         "error": {"message": "upstream refused", "type": "proxy_error", "param": None, "code": 502}
     }
+
+
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [(b"2.0", 505), (b"9.9", 505), (b"0.9", 505), (b"1.2", None), (b"1.0", None)],
+)
+def test_another_major_http_version_gets_505_a_higher_minor_is_served(
+    version: bytes, status: int | None
+) -> None:
+    decision = admit("GET", "/v1/models", [], CONFIG, version)
+    if status is None:
+        assert decision == Forward("/base/v1/models")
+    else:
+        assert isinstance(decision, Refuse)
+        assert decision.status == status
+
+
+def test_http_1_0_with_transfer_encoding_is_bad_framing() -> None:
+    decision = admit("POST", "/", [(b"transfer-encoding", b"chunked")], CONFIG, b"1.0")
+    assert isinstance(decision, Refuse)
+    assert decision.status == 400
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/../secret",
+        "/v1/..",
+        "/v1/%2e%2e/x",
+        "/v1/%2E%2E/x",
+        "/v1/%2e%2e%2fx",
+        "/v1/..%2fsecret",
+        "/v1/..%5csecret",
+        "/v1/./x",
+        "/v1/%2e/x",
+    ],
+)
+def test_dot_segments_are_refused_so_nothing_climbs_above_the_prefix(target: str) -> None:
+    decision = admit("GET", target, [], CONFIG)
+    assert isinstance(decision, Refuse)
+    assert decision.status == 400
+
+
+@pytest.mark.parametrize("target", ["/v1/a..b", "/v1/...", "/v1/x?q=../..", "/v1/.well-known"])
+def test_dots_that_are_not_whole_segments_pass(target: str) -> None:
+    assert admit("GET", target, [], CONFIG) == Forward("/base" + target)
+
+
+def test_metrics_need_a_token_when_tokens_are_on_health_never_does() -> None:
+    bearer = [(b"authorization", b"Bearer adm")]
+    client_only = ProxyConfig(upstream="http://h", client_tokens=("t",))
+    admin = ProxyConfig(upstream="http://h", client_tokens=("t",), admin_tokens=("adm",))
+    assert admit("GET", "/_ssekit/health", [], admin) == Admin("health")
+    assert admit("GET", "/_ssekit/metrics", [], CONFIG) == Admin("metrics")  # no tokens at all
+    refused = admit("GET", "/_ssekit/metrics", [], client_only)
+    assert isinstance(refused, Refuse)
+    assert refused.status == 401
+    assert refused.input is Input.UNAUTHORIZED
+    ok = admit("GET", "/_ssekit/metrics", [(b"authorization", b"Bearer t")], client_only)
+    assert ok == Admin("metrics")
+    assert admit("GET", "/_ssekit/metrics", bearer, admin) == Admin("metrics")
+    # With an admin token, the client token no longer opens the metrics.
+    wrong = admit("GET", "/_ssekit/metrics", [(b"authorization", b"Bearer t")], admin)
+    assert isinstance(wrong, Refuse)
+
+
+@pytest.mark.parametrize("tokens", [("",), (" t",), ("a,b",), ("t\n",)])
+def test_tokens_that_would_silently_turn_checks_off_are_refused(tokens: tuple[str, ...]) -> None:
+    with pytest.raises(ssekit.ConfigError, match="client_tokens"):
+        ProxyConfig(upstream="http://h", client_tokens=tokens)
+
+
+def test_response_with_content_length_and_transfer_encoding_loses_the_length() -> None:
+    headers = response_headers(
+        [(b"content-length", b"5"), (b"transfer-encoding", b"chunked"), (b"x", b"1")]
+    )
+    assert [k for k, _ in headers] == [b"x", b"via"]
+
+
+def test_expect_is_answered_by_the_proxy_not_forwarded() -> None:
+    headers = request_headers(
+        [(b"host", b"p"), (b"expect", b"100-continue")],
+        origin=Origin.from_url("http://u"),
+        client_addr="1.2.3.4",
+    )
+    assert b"expect" not in [k for k, _ in headers]

@@ -151,9 +151,9 @@ class OriginConnection:
         self._sock = sock
         self._max_head_size = max_head_size
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
-        #: Bytes of the request head and body written so far (0: safe to retry).
+        #: Bytes of this exchange's request written so far (0: safe to retry).
         self.bytes_sent = 0
-        #: Bytes read from the origin so far (0: it never answered anything).
+        #: Bytes read since this exchange's request began (0: no answer at all).
         self.bytes_received = 0
 
     async def _send(self, event: h11.Event) -> None:
@@ -170,6 +170,7 @@ class OriginConnection:
         body: bytes | AsyncIterable[bytes] = b"",
     ) -> None:
         """Send the request head, then the body (streamed when an async iterable)."""
+        self.bytes_sent = self.bytes_received = 0
         with _translated("sending the request", self._origin):
             await self._send(h11.Request(method=method, target=target, headers=headers))
             if isinstance(body, bytes):
