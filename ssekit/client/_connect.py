@@ -14,7 +14,7 @@ from anyio.from_thread import start_blocking_portal
 from .._decoder import Decoder
 from .._errors import ClientError, ConfigError, UpstreamError
 from .._event import Event
-from .._openai import Chunk, aiter_chunks, join_deltas
+from ..openai import Chunk, aiter_chunks, join_deltas
 from ..proxy._config import Origin
 from ..proxy._headers import get_header
 from ..proxy._upstream import UpstreamConnection, make_ssl_context, open_connection

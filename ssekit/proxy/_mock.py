@@ -27,8 +27,8 @@ import anyio.abc
 import h11
 
 from .._event import Event
-from .._openai import DONE
 from .._writer import EventWriter
+from ..openai import DONE
 from ._relay import error_body
 from ._server import ClientGone, _Client
 

@@ -23,7 +23,7 @@ from .._decoder import Decoder
 from .._encoder import encode, encode_comment
 from .._errors import UpstreamError
 from .._event import Comment, Event
-from .._openai import DONE
+from ..openai import DONE
 from ._config import ProxyConfig
 from ._headers import get_header, is_event_stream, request_headers, response_headers
 from ._relay import (
