@@ -212,11 +212,28 @@ class Decoder(Generic[T]):
                 return []
             chunk = maybe_chunk
         if 0x0D in chunk:
-            # Normalise CRLF and lone CR to LF. A CR ending the chunk ends its
+            # CRLF, lone CR and LF all end lines: bytes.splitlines splits on
+            # exactly these three, in one pass. A CR ending the chunk ends its
             # line now (latency); the LF that may open the next chunk is dropped.
-            if chunk[-1] == 0x0D:
+            last = chunk[-1]
+            if last == 0x0D:
                 self._skip_lf = self._slow = True
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            lines = chunk.splitlines()
+            if last == 0x0D or last == 0x0A:
+                rest = b""
+                if (
+                    len(lines) == 2
+                    and not lines[1]
+                    and lines[0][:6] == b"data: "
+                    and not self._line
+                    and not self._data
+                    and not self._pending
+                    and len(chunk) <= self._max
+                ):
+                    # One whole single-line event with CRLF or CR endings.
+                    return [self._dispatch_one(lines[0][6:])]
+            else:
+                rest = lines.pop()
         elif 0x0A not in chunk:
             # No line break: the whole chunk extends the partial line. It is one
             # bytearray, so appending is amortised O(len(chunk)) with no rescan,
@@ -226,7 +243,7 @@ class Decoder(Generic[T]):
             if len(line) > self._max:
                 self._fail(LimitExceeded("line", len(line), self._max, "max_event_size"))
             return []
-        if (
+        elif (
             chunk[-1] == 0x0A
             and chunk[:6] == b"data: "
             and chunk.find(b"\n") == len(chunk) - 2
@@ -235,18 +252,12 @@ class Decoder(Generic[T]):
             and not self._pending
             and len(chunk) <= self._max
         ):
-            # The common case, one whole single-line event per chunk (CRLF ones
-            # too, once normalised): dispatch it at once, as _process would
-            # with every buffer empty.
-            self._last_event_id = self._id_buffer
-            event = _new_event(Event)
-            _set_data(event, chunk[6:-2].decode("utf-8", "replace"))
-            _set_type(event, "message")
-            _set_id(event, self._id_buffer)
-            _set_retry(event, None)
-            return [event]
-        lines = chunk.split(b"\n")
-        rest = lines.pop()
+            # The common case, one whole single-line event per chunk: dispatch
+            # it at once, as _process would with every buffer empty.
+            return [self._dispatch_one(chunk[6:-2])]
+        else:
+            lines = chunk.split(b"\n")
+            rest = lines.pop()
         out: list[T] = []
         try:
             if lines:
@@ -271,6 +282,16 @@ class Decoder(Generic[T]):
             exc.events = list(out)
             raise
         return out
+
+    def _dispatch_one(self, data: bytes) -> T:
+        """Dispatch a lone ``data: `` line's event, every buffer being empty."""
+        self._last_event_id = self._id_buffer
+        event = _new_event(Event)
+        _set_data(event, data.decode("utf-8", "replace"))
+        _set_type(event, "message")
+        _set_id(event, self._id_buffer)
+        _set_retry(event, None)
+        return event
 
     def _maybe_prelude(self, chunk: bytes) -> bytes | None:
         """Handle the rare states; the chunk left to parse, or None when nothing is."""
@@ -372,6 +393,15 @@ class Decoder(Generic[T]):
                 if self._comments:
                     text = line[2:] if line[1:2] == b" " else line[1:]
                     out.append(Comment(text=text.decode("utf-8", "replace")))  # type: ignore[arg-type]
+            elif line[:4] == b"id: ":
+                # Fast path for "id: " (see _field): an id containing NUL is ignored.
+                self._pending = True
+                if 0 not in line:
+                    self._id_buffer = line[4:].decode("utf-8", "replace")
+            elif line[:7] == b"event: ":
+                # Fast path for "event: " (see _field).
+                self._pending = True
+                self._event_type = line[7:]
             else:
                 self._data_size = size
                 colon = line.find(b":")
