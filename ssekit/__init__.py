@@ -4,10 +4,15 @@ A sans-IO decoder exact to the WHATWG parsing algorithm for every split of the
 input, an encoder that escapes every line break, and (in ``ssekit.proxy`` and
 ``ssekit.client``, which alone import anyio and h11) a streaming reverse proxy
 and a reconnecting client.
+
+The names below live in private modules (``ssekit._decoder`` and so on) and
+are re-exported here, as h11 does; their ``__module__`` is left alone so that
+``inspect.getsource`` and debuggers find them. ``ssekit.openai`` is public: the
+OpenAI-style helpers, also re-exported here.
 """
 
-from ._decoder import DEFAULT_MAX_EVENT_SIZE, Decoder
-from ._encoder import encode, encode_comment
+from ._decoder import DEFAULT_MAX_EVENT_SIZE, MAX_RETRY, Decoder
+from ._encoder import encode, encode_comment, encode_fields
 from ._errors import (
     APIErrorEvent,
     ChunkError,
@@ -18,6 +23,7 @@ from ._errors import (
     OpenAIStreamError,
     ProxyError,
     ResponseError,
+    RetriesExhausted,
     SSEError,
     StateError,
     StreamIncomplete,
@@ -25,14 +31,15 @@ from ._errors import (
 )
 from ._event import Comment, Event
 from ._iterate import aiter_events, iter_events
-from ._openai import DONE, aiter_chunks, iter_chunks, join_deltas, parse_chunk
 from ._writer import ByteSink, EventWriter
+from .openai import DONE, aiter_chunks, iter_chunks, join_deltas, parse_chunk
 
 __version__ = "0.1.0"
 
 __all__ = (
     "DEFAULT_MAX_EVENT_SIZE",
     "DONE",
+    "MAX_RETRY",
     "APIErrorEvent",
     "ByteSink",
     "ChunkError",
@@ -47,6 +54,7 @@ __all__ = (
     "OpenAIStreamError",
     "ProxyError",
     "ResponseError",
+    "RetriesExhausted",
     "SSEError",
     "StateError",
     "StreamIncomplete",
@@ -55,15 +63,9 @@ __all__ = (
     "aiter_events",
     "encode",
     "encode_comment",
+    "encode_fields",
     "iter_chunks",
     "iter_events",
     "join_deltas",
     "parse_chunk",
 )
-
-# Reprs and tracebacks read ssekit.Decoder, not ssekit._decoder.Decoder.
-for _name in __all__:
-    _obj = globals()[_name]
-    if hasattr(_obj, "__module__") and callable(_obj):
-        _obj.__module__ = __name__
-del _name, _obj

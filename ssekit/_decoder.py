@@ -18,10 +18,14 @@ from typing import Final, Generic, Literal, TypeVar, overload
 from ._errors import LimitExceeded, StateError
 from ._event import Comment, Event
 
-__all__ = ("DEFAULT_MAX_EVENT_SIZE", "Decoder")
+__all__ = ("DEFAULT_MAX_EVENT_SIZE", "MAX_RETRY", "Decoder")
 
 #: Default bound, in bytes, on one line and on one event's data buffer.
 DEFAULT_MAX_EVENT_SIZE: Final = 16 * 1024 * 1024
+
+#: The largest reconnection time a ``retry`` field can set: Chromium reads the
+#: value as an unsigned 64-bit integer and ignores one that does not fit.
+MAX_RETRY: Final = 2**64 - 1
 
 _BOM: Final = b"\xef\xbb\xbf"
 
@@ -48,33 +52,44 @@ class Decoder(Generic[T]):
     With ``comments=True``, :class:`Comment` items are returned too, in stream
     order, so a relay can see heartbeats.
 
-    ``max_event_size`` bounds (in bytes) any single line and any event's data
-    buffer; past it ``feed`` raises :class:`LimitExceeded`. The decoder then
-    stays failed: every later call raises :class:`StateError`. Nothing else is
-    ever raised for content, since the spec gives every byte sequence a meaning.
+    ``max_event_size`` (bytes) bounds what the decoder must hold, whatever
+    the split: (1) every line, of any kind, excluding its line break, must be
+    at most that long, since an unterminated line is buffered whole until its
+    end arrives (a comment or unknown field too: whether it is one cannot
+    depend on where the stream was cut); (2) an event's data buffer, counted
+    as the sum of its data values plus one per ``data`` line (the LF that
+    joins them), must be at most that size. Passing either makes ``feed``
+    raise :class:`LimitExceeded`, carrying in ``events`` what that chunk
+    completed before the offending line. The decoder then stays failed: every
+    later call raises :class:`StateError`. Nothing else is ever raised for
+    content, since the spec gives every byte sequence a meaning.
 
-    Stream-level state the spec keeps on the EventSource is readable here:
-    ``last_event_id`` (set at each dispatch, even of an empty block) and
-    ``retry`` (the reconnection time in ms, None until a valid ``retry`` field).
+    Stream-level state the spec keeps on the EventSource is readable (and
+    read-only) here: ``last_event_id`` (set at each dispatch, even of an empty
+    block; start it with ``last_event_id=``, as a reconnecting EventSource
+    starts its new parser from the previous ID) and ``retry`` (the
+    reconnection time in ms, None until a valid ``retry`` field). A ``retry``
+    value over :data:`MAX_RETRY` is ignored, as Chromium ignores it, and is
+    never converted to an int (a megabyte of digits would take seconds).
     """
 
     __slots__ = (
         "_block_retry",
         "_bom_pending",
+        "_closed",
         "_comments",
         "_data",
         "_data_size",
         "_error",
         "_event_type",
         "_id_buffer",
+        "_last_event_id",
         "_line",
         "_max",
         "_pending",
+        "_retry",
         "_skip_lf",
         "_slow",
-        "closed",
-        "last_event_id",
-        "retry",
     )
 
     @overload
@@ -83,6 +98,7 @@ class Decoder(Generic[T]):
         *,
         comments: Literal[False] = False,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        last_event_id: str = "",
     ) -> None: ...
 
     @overload
@@ -91,6 +107,7 @@ class Decoder(Generic[T]):
         *,
         comments: Literal[True],
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        last_event_id: str = "",
     ) -> None: ...
 
     @overload
@@ -99,21 +116,25 @@ class Decoder(Generic[T]):
         *,
         comments: bool,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        last_event_id: str = "",
     ) -> None: ...
 
     def __init__(
-        self, *, comments: bool = False, max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+        self,
+        *,
+        comments: bool = False,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        last_event_id: str = "",
     ) -> None:
         if max_event_size < 1:
             raise ValueError(f"max_event_size must be at least 1, got {max_event_size}")
+        if not isinstance(last_event_id, str):
+            raise TypeError(f"last_event_id must be a str, got {type(last_event_id).__name__}")
         self._comments = comments
         self._max = max_event_size
-        #: The EventSource's last event ID string, updated at each dispatch.
-        self.last_event_id = ""
-        #: The EventSource's reconnection time in ms, once a valid retry field came.
-        self.retry: int | None = None
-        #: True once ``close()`` was called.
-        self.closed = False
+        self._last_event_id = last_event_id
+        self._retry: int | None = None
+        self._closed = False
         self._error: LimitExceeded | None = None
         # Bytes of the first line while they could still be a split BOM.
         self._bom_pending: bytes | None = b""
@@ -129,11 +150,37 @@ class Decoder(Generic[T]):
         self._data: list[bytes] = []
         self._data_size = 0
         self._event_type = b""
-        self._id_buffer = ""
+        # The spec's last event ID buffer starts from the EventSource's last
+        # event ID, which survives reconnections.
+        self._id_buffer = last_event_id
         self._block_retry: int | None = None
         # A field other than data or a comment (event, id, retry, unknown) was
         # seen since the last blank line.
         self._pending = False
+
+    @property
+    def last_event_id(self) -> str:
+        """The EventSource's last event ID: "" until a block with an ``id`` is dispatched."""
+        return self._last_event_id
+
+    @property
+    def retry(self) -> int | None:
+        """The reconnection time in ms from the latest valid ``retry`` field, else None."""
+        return self._retry
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        # State only: buffered content may be large or sensitive.
+        state = "failed" if self._error is not None else "closed" if self._closed else "open"
+        return (
+            f"<ssekit.Decoder {state} last_event_id={self._last_event_id!r} "
+            f"retry={self._retry!r} at_boundary={self.at_boundary} "
+            f"comments={self._comments} max_event_size={self._max}>"
+        )
 
     @property
     def at_boundary(self) -> bool:
@@ -165,11 +212,28 @@ class Decoder(Generic[T]):
                 return []
             chunk = maybe_chunk
         if 0x0D in chunk:
-            # Normalise CRLF and lone CR to LF. A CR ending the chunk ends its
+            # CRLF, lone CR and LF all end lines: bytes.splitlines splits on
+            # exactly these three, in one pass. A CR ending the chunk ends its
             # line now (latency); the LF that may open the next chunk is dropped.
-            if chunk[-1] == 0x0D:
+            last = chunk[-1]
+            if last == 0x0D:
                 self._skip_lf = self._slow = True
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            lines = chunk.splitlines()
+            if last == 0x0D or last == 0x0A:
+                rest = b""
+                if (
+                    len(lines) == 2
+                    and not lines[1]
+                    and lines[0][:6] == b"data: "
+                    and not self._line
+                    and not self._data
+                    and not self._pending
+                    and len(chunk) <= self._max
+                ):
+                    # One whole single-line event with CRLF or CR endings.
+                    return [self._dispatch_one(lines[0][6:])]
+            else:
+                rest = lines.pop()
         elif 0x0A not in chunk:
             # No line break: the whole chunk extends the partial line. It is one
             # bytearray, so appending is amortised O(len(chunk)) with no rescan,
@@ -179,7 +243,7 @@ class Decoder(Generic[T]):
             if len(line) > self._max:
                 self._fail(LimitExceeded("line", len(line), self._max, "max_event_size"))
             return []
-        if (
+        elif (
             chunk[-1] == 0x0A
             and chunk[:6] == b"data: "
             and chunk.find(b"\n") == len(chunk) - 2
@@ -188,37 +252,50 @@ class Decoder(Generic[T]):
             and not self._pending
             and len(chunk) <= self._max
         ):
-            # The common case, one whole single-line event per chunk (CRLF ones
-            # too, once normalised): dispatch it at once, as _process would
-            # with every buffer empty.
-            self.last_event_id = self._id_buffer
-            event = _new_event(Event)
-            _set_data(event, chunk[6:-2].decode("utf-8", "replace"))
-            _set_type(event, "message")
-            _set_id(event, self._id_buffer)
-            _set_retry(event, None)
-            return [event]
-        lines = chunk.split(b"\n")
-        rest = lines.pop()
+            # The common case, one whole single-line event per chunk: dispatch
+            # it at once, as _process would with every buffer empty.
+            return [self._dispatch_one(chunk[6:-2])]
+        else:
+            lines = chunk.split(b"\n")
+            rest = lines.pop()
         out: list[T] = []
-        if lines:
-            if self._line:
-                self._line += lines[0]
-                lines[0] = bytes(self._line)
-                self._line = bytearray()
-            if len(chunk) > self._max or len(lines[0]) > self._max:
-                # Only a chunk this large can hold a line over the bound.
-                longest = max(map(len, lines))
-                if longest > self._max:
-                    self._fail(LimitExceeded("line", longest, self._max, "max_event_size"))
-            self._process(lines, out)
-        if rest:
-            self._extend_line(rest)
+        try:
+            if lines:
+                if self._line:
+                    self._line += lines[0]
+                    lines[0] = bytes(self._line)
+                    self._line = bytearray()
+                if len(chunk) > self._max or len(lines[0]) > self._max:
+                    # Only a chunk this large can hold a line over the bound:
+                    # interpret the lines before it, then fail on it.
+                    limit = self._max
+                    for index, whole in enumerate(lines):
+                        if len(whole) > limit:
+                            self._process(lines[:index], out)
+                            self._fail(LimitExceeded("line", len(whole), limit, "max_event_size"))
+                self._process(lines, out)
+            if rest:
+                self._extend_line(rest)
+        except LimitExceeded as exc:
+            # Nothing already decoded is lost: the events this chunk completed
+            # before the bound was passed travel on the exception.
+            exc.events = list(out)
+            raise
         return out
+
+    def _dispatch_one(self, data: bytes) -> T:
+        """Dispatch a lone ``data: `` line's event, every buffer being empty."""
+        self._last_event_id = self._id_buffer
+        event = _new_event(Event)
+        _set_data(event, data.decode("utf-8", "replace"))
+        _set_type(event, "message")
+        _set_id(event, self._id_buffer)
+        _set_retry(event, None)
+        return event
 
     def _maybe_prelude(self, chunk: bytes) -> bytes | None:
         """Handle the rare states; the chunk left to parse, or None when nothing is."""
-        if self._error is not None or self.closed:
+        if self._error is not None or self._closed:
             self._check_usable()
         if not chunk:
             return None
@@ -253,7 +330,7 @@ class Decoder(Generic[T]):
         event. The decoder cannot be fed afterwards (:class:`StateError`).
         """
         self._check_usable()
-        self.closed = self._slow = True
+        self._closed = self._slow = True
         return []
 
     def _check_usable(self) -> None:
@@ -261,7 +338,7 @@ class Decoder(Generic[T]):
             raise StateError(
                 f"this Decoder failed earlier ({self._error}); make a new Decoder"
             ) from self._error
-        if self.closed:
+        if self._closed:
             raise StateError("this Decoder is closed; make a new Decoder for a new stream")
 
     def _fail(self, error: LimitExceeded) -> None:
@@ -281,7 +358,7 @@ class Decoder(Generic[T]):
             if not line:
                 # Empty line: dispatch the event. The last event ID is set
                 # even for a block without data, which dispatches nothing.
-                self.last_event_id = self._id_buffer
+                self._last_event_id = self._id_buffer
                 if data:
                     event = _new_event(Event)
                     _set_data(
@@ -316,6 +393,15 @@ class Decoder(Generic[T]):
                 if self._comments:
                     text = line[2:] if line[1:2] == b" " else line[1:]
                     out.append(Comment(text=text.decode("utf-8", "replace")))  # type: ignore[arg-type]
+            elif line[:4] == b"id: ":
+                # Fast path for "id: " (see _field): an id containing NUL is ignored.
+                self._pending = True
+                if 0 not in line:
+                    self._id_buffer = line[4:].decode("utf-8", "replace")
+            elif line[:7] == b"event: ":
+                # Fast path for "event: " (see _field).
+                self._pending = True
+                self._event_type = line[7:]
             else:
                 self._data_size = size
                 colon = line.find(b":")
@@ -346,7 +432,13 @@ class Decoder(Generic[T]):
             # Only ASCII digits count (bytes.isdigit is ASCII-only); anything
             # else, "+5", " 5" or an empty value, is ignored.
             if value.isdigit():
-                self.retry = self._block_retry = int(value)
+                # Leading zeros never overflow; past 20 significant digits the
+                # value is over MAX_RETRY without converting it.
+                digits = value.lstrip(b"0")
+                if len(digits) <= 20:
+                    retry = int(digits) if digits else 0
+                    if retry <= MAX_RETRY:
+                        self._retry = self._block_retry = retry
         # Any other field name is ignored.
 
     def _append_data(self, value: bytes) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ._errors import EncodeError
 from ._event import Event
 
-__all__ = ("encode", "encode_comment")
+__all__ = ("encode", "encode_comment", "encode_fields")
 
 
 def _lines(text: str) -> list[str]:
@@ -24,7 +24,9 @@ def encode(event: Event, *, write_id: bool | None = None) -> bytes:
     """Return the UTF-8 bytes of one event, blank line included.
 
     Data with LF, CRLF or lone CR becomes one ``data:`` line per line, so the
-    client rebuilds it with LF; empty data still dispatches. The ``event``
+    client rebuilds it with LF. An event always dispatches, even with empty
+    data: ``encode(Event(retry=5000))`` sends an empty message event. To send
+    ``retry`` or ``id`` alone, without an event, use :func:`encode_fields`. The ``event``
     line is omitted for "message" (and for "", which reads back as "message");
     ``retry`` is written when not None.
 
@@ -52,6 +54,29 @@ def encode(event: Event, *, write_id: bool | None = None) -> bytes:
         raise _surrogate(text, exc) from exc
 
 
+def encode_fields(*, id: str | None = None, retry: int | None = None) -> bytes:
+    """Return a block without data: ``id`` and/or ``retry`` lines, then the blank line.
+
+    The client dispatches no event for it, but (per the spec) the blank line
+    sets its last event ID to ``id`` (``""`` writes a bare ``id`` line, which
+    resets it), and ``retry`` sets its reconnection time at once. None leaves
+    a field out. For example ``encode_fields(retry=5000)`` is
+    ``b"retry: 5000\n\n"``: the reconnection time without an empty event.
+
+    Raises :class:`EncodeError` for an id with a line break or NUL, a negative
+    or non-int retry, or when both are None (there would be nothing to send);
+    :class:`TypeError` for an id that is not a str.
+    """
+    if id is None and retry is None:
+        raise EncodeError("encode_fields needs id or retry (or both); there is nothing to send")
+    parts: list[str] = []
+    if id is not None:
+        parts.append(_id_line(id))
+    if retry is not None:
+        parts.append(_retry_line(retry))
+    return _utf8("".join(parts) + "\n")
+
+
 def _fields(event: Event, write_id: bool | None) -> str:
     """The event, id and retry lines, validated."""
     parts: list[str] = []
@@ -66,23 +91,32 @@ def _fields(event: Event, write_id: bool | None) -> str:
             parts.append(f"event: {name}\n")
     ident = event.id
     if write_id or (write_id is None and ident):
-        if "\r" in ident or "\n" in ident:
-            raise EncodeError(
-                f"id {ident!r} contains a line break, which would end the field early; "
-                "use a single-line id"
-            )
-        if "\0" in ident:
-            raise EncodeError(
-                f"id {ident!r} contains NUL; clients ignore such an id, so it cannot be sent"
-            )
-        parts.append(f"id: {ident}\n" if ident else "id\n")
-    retry = event.retry
-    if retry is not None:
-        # bool is an int; True would write "retry: True".
-        if type(retry) is not int or retry < 0:
-            raise EncodeError(f"retry must be a non-negative int of milliseconds, got {retry!r}")
-        parts.append(f"retry: {retry}\n")
+        parts.append(_id_line(ident))
+    if event.retry is not None:
+        parts.append(_retry_line(event.retry))
     return "".join(parts)
+
+
+def _id_line(ident: str) -> str:
+    if not isinstance(ident, str):
+        raise TypeError(f"id must be a str, got {type(ident).__name__}")
+    if "\r" in ident or "\n" in ident:
+        raise EncodeError(
+            f"id {ident!r} contains a line break, which would end the field early; "
+            "use a single-line id"
+        )
+    if "\0" in ident:
+        raise EncodeError(
+            f"id {ident!r} contains NUL; clients ignore such an id, so it cannot be sent"
+        )
+    return f"id: {ident}\n" if ident else "id\n"
+
+
+def _retry_line(retry: int) -> str:
+    # bool is an int; True would write "retry: True".
+    if type(retry) is not int or retry < 0:
+        raise EncodeError(f"retry must be a non-negative int of milliseconds, got {retry!r}")
+    return f"retry: {retry}\n"
 
 
 def _utf8(text: str) -> bytes:

@@ -7,6 +7,12 @@ Callers only ever need to catch ssekit types: the I/O layers translate anyio,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._event import Comment, Event
+
 __all__ = (
     "APIErrorEvent",
     "ChunkError",
@@ -17,6 +23,7 @@ __all__ = (
     "OpenAIStreamError",
     "ProxyError",
     "ResponseError",
+    "RetriesExhausted",
     "SSEError",
     "StateError",
     "StreamIncomplete",
@@ -25,7 +32,22 @@ __all__ = (
 
 
 class SSEError(Exception):
-    """Root of every exception ssekit raises on purpose."""
+    """Root of every exception ssekit raises on purpose.
+
+    Every ssekit exception pickles (for multiprocessing and executors), even
+    those whose constructor takes required arguments: they are rebuilt from
+    their message and attributes without calling ``__init__`` again.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exception's own __reduce__ calls cls(*self.args), and self.args is
+        # only the message here: a class with required arguments would fail.
+        return (_rebuild, (type(self), self.args), self.__dict__ or None)
+
+
+def _rebuild(cls: type[SSEError], args: tuple[object, ...]) -> SSEError:
+    """Unpickle an :class:`SSEError`: the instance, its args set, no ``__init__``."""
+    return cls.__new__(cls, *args)
 
 
 class StateError(SSEError, RuntimeError):
@@ -40,14 +62,25 @@ class LimitExceeded(SSEError):
 
     ``limit`` names the bound, ``size`` is how far the input got (at least
     ``maximum + 1``), ``maximum`` is the configured value and ``setting`` the
-    parameter or option that raises it.
+    parameter or option that raises it. ``events`` holds the events (and
+    comments) the same ``feed()`` completed before the bound was passed, so
+    nothing already decoded is lost.
     """
 
-    def __init__(self, limit: str, size: int, maximum: int, setting: str) -> None:
+    def __init__(
+        self,
+        limit: str,
+        size: int,
+        maximum: int,
+        setting: str,
+        events: Sequence[Event | Comment] = (),
+    ) -> None:
         self.limit = limit
         self.size = size
         self.maximum = maximum
         self.setting = setting
+        #: What the failing ``feed()`` completed before the bound was passed.
+        self.events: list[Event | Comment] = list(events)
         super().__init__(
             f"{limit} reached {size} bytes, over the limit of {maximum} bytes; "
             f"raise {setting} if such input is expected"
@@ -115,3 +148,10 @@ class ResponseError(ClientError):
         self.status = status
         self.body = body
         super().__init__(message)
+
+
+class RetriesExhausted(ClientError):
+    """The client gave up reconnecting: ``max_retries`` or the ``deadline`` was reached.
+
+    Chained (``__cause__``) to the last connection's error, if there was one.
+    """

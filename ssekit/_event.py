@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as _json
 from dataclasses import dataclass
 
 __all__ = ("Comment", "Event")
@@ -17,7 +18,8 @@ class Event:
     reconnection time in milliseconds from a valid ``retry`` field in the same
     block, else None.
 
-    Built by users with keywords: ``Event(data="hi")``.
+    Built by users with keywords: ``Event(data="hi")``; ``data``, ``event``
+    and ``id`` must be str and ``retry`` an int or None, else :class:`TypeError`.
     """
 
     data: str = ""
@@ -30,11 +32,34 @@ class Event:
     ) -> None:
         # The generated __init__ of a frozen dataclass goes through
         # object.__setattr__ per field; the slot descriptors are ~2x faster,
-        # and events are built once per message on every hot path.
+        # and events are built once per message on every hot path. (The
+        # decoder builds its events without __init__: its fields are str.)
+        if type(data) is not str or type(event) is not str or type(id) is not str:
+            _check_types(data=data, event=event, id=id)
+        if retry is not None and not isinstance(retry, int):
+            raise TypeError(f"Event retry must be an int of milliseconds or None, got {retry!r}")
         _set_data(self, data)
         _set_event(self, event)
         _set_id(self, id)
         _set_retry(self, retry)
+
+    def json(self) -> object:
+        """The data parsed as JSON (``json.loads``); narrow the result with ``isinstance``.
+
+        Raises ``ValueError`` (``json.JSONDecodeError``) when the data is not
+        JSON. For OpenAI-style chunks see :func:`ssekit.openai.parse_chunk`,
+        which also knows the ``[DONE]`` sentinel and error objects.
+        """
+        return _json.loads(self.data)
+
+
+def _check_types(**fields: object) -> None:
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            hint = "; decode bytes first" if isinstance(value, bytes | bytearray) else ""
+            raise TypeError(
+                f"Event {name} must be a str, got {type(value).__name__} {value!r}{hint}"
+            )
 
 
 _set_data = Event.__dict__["data"].__set__

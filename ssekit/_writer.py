@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ._encoder import encode, encode_comment
+from ._encoder import encode, encode_comment, encode_fields
 from ._errors import StateError
 from ._event import Event
 
@@ -34,6 +34,12 @@ class EventWriter:
 
     async def send(self, event: Event, *, write_id: bool | None = None) -> None:
         data = encode(event, write_id=write_id)
+        self._check_open()
+        await self._sink.send(data)
+
+    async def fields(self, *, id: str | None = None, retry: int | None = None) -> None:
+        """Send ``id`` and/or ``retry`` without an event (see :func:`ssekit.encode_fields`)."""
+        data = encode_fields(id=id, retry=retry)
         self._check_open()
         await self._sink.send(data)
 

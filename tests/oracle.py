@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from ssekit import Comment, Event
 
+MAX_RETRY = 2**64 - 1
+
 
 @dataclass
 class Outcome:
@@ -76,6 +78,11 @@ def parse(stream: bytes) -> Outcome:
                     last_event_id_buffer = value
             elif name == "retry":
                 if value != "" and all(c in "0123456789" for c in value):
-                    out.reconnection_time = int(value)
-                    block_retry = int(value)
+                    # The spec's integer is unbounded; ssekit ignores values
+                    # over 2**64 - 1 as Chromium does (documented deviation).
+                    # Counting digits first keeps int() off huge values.
+                    significant = value.lstrip("0") or "0"
+                    if len(significant) <= 20 and int(significant) <= MAX_RETRY:
+                        out.reconnection_time = int(significant)
+                        block_retry = int(significant)
     return out

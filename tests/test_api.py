@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import inspect
+import pickle
 import subprocess
 import sys
 import types
+
+import pytest
 
 import ssekit
 
@@ -21,16 +26,113 @@ def test_all_lists_exactly_the_public_names() -> None:
         assert getattr(ssekit, name) is not None
 
 
-def test_importing_ssekit_loads_neither_anyio_nor_h11() -> None:
-    code = "import sys, ssekit; print(sorted(m for m in ('anyio', 'h11') if m in sys.modules))"
+def test_importing_ssekit_loads_neither_anyio_nor_h11_nor_httpx() -> None:
+    code = (
+        "import sys, ssekit; "
+        "print(sorted(m for m in ('anyio', 'h11', 'httpx', 'starlette') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-def test_reprs_and_tracebacks_read_ssekit_names() -> None:
-    assert ssekit.Decoder.__module__ == "ssekit"
-    assert repr(ssekit.Event(data="x")) == ("Event(data='x', event='message', id='', retry=None)")
-    assert ssekit.LimitExceeded.__module__ == "ssekit"
+def test_source_of_public_names_is_found_by_inspect() -> None:
+    # Debuggers and inspect.getsource look a class up in its __module__'s file.
+    assert "class Decoder" in inspect.getsource(ssekit.Decoder)
+    assert "class LimitExceeded" in inspect.getsource(ssekit.LimitExceeded)
+    assert "def encode(" in inspect.getsource(ssekit.encode)
+    assert "def iter_chunks(" in inspect.getsource(ssekit.iter_chunks)
+
+
+def test_reprs_stay_readable() -> None:
+    assert repr(ssekit.Event(data="x")) == "Event(data='x', event='message', id='', retry=None)"
+    assert repr(ssekit.Comment(text="hb")) == "Comment(text='hb')"
+    assert repr(ssekit.Decoder()).startswith("<ssekit.Decoder open ")
+    assert repr(ssekit.EncodeError("bad")) == "EncodeError('bad')"
+
+
+EXCEPTIONS = [
+    ssekit.SSEError("x"),
+    ssekit.StateError("closed"),
+    ssekit.LimitExceeded("line", 9, 8, "max_event_size", events=[ssekit.Event(data="a")]),
+    ssekit.EncodeError("bad id"),
+    ssekit.OpenAIStreamError("x"),
+    ssekit.ChunkError("not JSON"),
+    ssekit.APIErrorEvent("boom", {"message": "boom", "code": 500}),
+    ssekit.StreamIncomplete("cut"),
+    ssekit.ProxyError("x"),
+    ssekit.UpstreamError("timed out", 504),
+    ssekit.ConfigError("--port"),
+    ssekit.ClientError("x"),
+    ssekit.ResponseError("503", 503, "busy"),
+    ssekit.RetriesExhausted("gave up"),
+]
+
+
+def test_every_exception_is_listed_for_the_pickle_test() -> None:
+    listed = {type(exc) for exc in EXCEPTIONS}
+    exported = {
+        value
+        for value in vars(ssekit).values()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    }
+    assert exported == listed
+
+
+@pytest.mark.parametrize("exc", EXCEPTIONS, ids=lambda exc: type(exc).__name__)
+def test_exceptions_survive_pickling_with_their_attributes(exc: Exception) -> None:
+    # multiprocessing and concurrent.futures pickle exceptions to send them back.
+    copy = pickle.loads(pickle.dumps(exc))
+    assert type(copy) is type(exc)
+    assert str(copy) == str(exc)
+    assert copy.args == exc.args
+    assert vars(copy) == vars(exc)
+
+
+def test_an_exception_raised_in_a_worker_process_comes_back_whole() -> None:
+    with concurrent.futures.ProcessPoolExecutor(1) as pool:
+        future = pool.submit(_overflow)
+        with pytest.raises(ssekit.LimitExceeded) as info:
+            future.result(timeout=60)
+    assert (info.value.limit, info.value.size, info.value.maximum) == ("line", 9, 4)
+
+
+def _overflow() -> None:
+    ssekit.Decoder(max_event_size=4).feed(b"123456789")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"data": 1}, "data must be a str, got int"),
+        ({"data": b"x"}, "decode bytes first"),
+        ({"event": None}, "event must be a str"),
+        ({"id": 7}, "id must be a str"),
+        ({"retry": "5000"}, "retry must be an int"),
+    ],
+)
+def test_events_with_wrong_types_are_refused_at_construction(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(TypeError, match=message):
+        ssekit.Event(**kwargs)  # type: ignore[arg-type]
+
+
+def test_event_json_parses_the_data() -> None:
+    assert ssekit.Event(data='{"n": 1, "text": "你好"}').json() == {"n": 1, "text": "你好"}
+    assert ssekit.Event(data="[1, 2]").json() == [1, 2]
+    with pytest.raises(ValueError, match="Expecting value"):
+        ssekit.Event(data="[DONE]").json()
+
+
+def test_openai_helpers_are_a_public_module_and_top_level_names() -> None:
+    import ssekit.openai
+
+    for name in ssekit.openai.__all__:
+        if name != "Chunk":
+            assert getattr(ssekit, name) is getattr(ssekit.openai, name)
+    code = "import ssekit.openai, sys; print([m for m in ('anyio', 'h11') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_exception_families() -> None:
@@ -39,6 +141,7 @@ def test_exception_families() -> None:
     assert issubclass(ssekit.UpstreamError, ssekit.ProxyError)
     assert issubclass(ssekit.ConfigError, ssekit.ProxyError)
     assert issubclass(ssekit.StreamIncomplete, ssekit.OpenAIStreamError)
+    assert issubclass(ssekit.RetriesExhausted, ssekit.ClientError)
 
 
 def test_events_are_immutable() -> None:

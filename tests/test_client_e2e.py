@@ -9,7 +9,9 @@ from pathlib import Path
 import anyio
 import pytest
 from _servers import (
+    LAST_CHUNK,
     SSE_HEAD,
+    Script,
     Seen,
     chunk,
     deadline,
@@ -61,7 +63,7 @@ async def test_last_event_id_header_reaches_the_server_on_reconnection() -> None
     assert seen.header(b"last-event-id", 0) is None
     assert seen.header(b"last-event-id", 1) == b"abc"
     assert seen.header(b"accept", 1) == b"text/event-stream"
-    assert seen.header(b"cache-control", 1) == b"no-store"
+    assert seen.header(b"cache-control", 0) == b"no-cache"
 
 
 async def test_204_stops_without_reconnecting() -> None:
@@ -101,7 +103,7 @@ async def test_unreachable_server_gives_up_after_max_retries() -> None:
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     await listener.aclose()
     policy = RetryPolicy(initial_retry=10, jitter=0, max_retries=3)
-    with anyio.fail_after(10), pytest.raises(ssekit.ClientError, match="gave up after 3"):
+    with anyio.fail_after(10), pytest.raises(ssekit.RetriesExhausted, match="gave up after 3"):
         [e async for e in connect(f"http://127.0.0.1:{port}/", policy=policy)]
 
 
@@ -120,17 +122,35 @@ async def test_idle_timeout_counts_as_a_network_error() -> None:
     assert seen.connections == 2
 
 
-async def test_leaving_the_loop_closes_the_connection_at_once() -> None:
+async def test_leaving_the_async_with_block_closes_the_connection_at_once() -> None:
     async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
         await stream.send(SSE_HEAD + chunk(b"data: hi\n\n"))
         await wait_closed(stream, seen)
 
     async with deadline(10) as tg:
         upstream, seen = await start_upstream(tg, script)
-        events = connect(upstream)
-        async for _ in events:
-            break
-        await events.aclose()
+        async with connect(upstream) as events:
+            async for event in events:
+                assert event.data == "hi"
+                break
+        # ``events`` is still referenced: only the block's exit can have closed it.
+        with anyio.fail_after(2):
+            while not seen.closed_at:
+                await anyio.sleep(0.005)
+        assert events is not None
+
+
+async def test_an_error_inside_the_block_also_closes_the_connection() -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD + chunk(b"data: hi\n\n"))
+        await wait_closed(stream, seen)
+
+    async with deadline(10) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        with pytest.raises(KeyError):
+            async with connect(upstream) as events:
+                async for _ in events:
+                    raise KeyError("handler failed")
         with anyio.fail_after(2):
             while not seen.closed_at:
                 await anyio.sleep(0.005)
@@ -249,3 +269,97 @@ async def test_https_with_a_private_ca_through_a_connect_proxy(tmp_path: Path) -
     assert events == [ssekit.Event(data="secret")]
     assert targets == [upstream.removeprefix("https://").encode()]
     assert seen.header(b"authorization", 0) is None
+
+
+async def test_comments_before_a_cut_are_not_progress_so_max_retries_holds() -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD + chunk(b": ping\n\n") + chunk(b"retry: 5\n\n"))
+        # then cut: no event was ever dispatched
+
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        policy = RetryPolicy(initial_retry=5, jitter=0, max_retries=3)
+        with pytest.raises(ssekit.RetriesExhausted, match="gave up after 3"):
+            [e async for e in connect(upstream, policy=policy)]
+    assert seen.connections == 4  # the first connection and three retries
+
+
+async def test_last_event_id_survives_a_connection_that_only_sent_a_comment() -> None:
+    bodies = [b"retry: 5\nid: 7\ndata: one\n\n", b": just a comment\n\n", b"data: two\n\n"]
+
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD + chunk(bodies[min(seen.connections, 3) - 1]))
+
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        events = await collect(upstream, 2, policy=FAST)
+    assert events == [ssekit.Event(data="one", id="7", retry=5), ssekit.Event(data="two", id="7")]
+    assert [seen.header(b"last-event-id", i) for i in range(3)] == [None, b"7", b"7"]
+
+
+def redirecting(routes: dict[bytes, bytes]) -> Script:
+    """A script answering each request path with its head (a redirect) or an event stream."""
+
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        path = seen.requests[-1].split(b" ")[1]
+        if path in routes:
+            await stream.send(routes[path] + b"\r\ncontent-length: 0\r\n\r\n")
+            await wait_closed(stream, seen)
+        else:
+            await stream.send(SSE_HEAD + chunk(b"data: at " + path + b"\n\n") + LAST_CHUNK)
+
+    return script
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_redirects_are_followed_as_a_browser_does(status: int) -> None:
+    moved = b"HTTP/1.1 %d Moved\r\nlocation: /new?x=1" % status
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, redirecting({b"/old": moved}))
+        events = await collect(upstream + "/old", 1, policy=FAST)
+    assert events == [ssekit.Event(data="at /new?x=1")]
+    assert seen.requests[1].startswith(b"GET /new?x=1 HTTP/1.1")
+    assert seen.header(b"accept", 1) == b"text/event-stream"
+
+
+@pytest.mark.parametrize(("status", "method"), [(303, b"GET"), (307, b"POST"), (308, b"POST")])
+async def test_a_303_turns_a_post_into_a_get_and_307_308_keep_it(
+    status: int, method: bytes
+) -> None:
+    moved = b"HTTP/1.1 %d See Other\r\nlocation: http://127.0.0.1:%%d/answer" % status
+    async with deadline(20) as tg:
+        routes: dict[bytes, bytes] = {}
+        upstream, seen = await start_upstream(tg, redirecting(routes))
+        routes[b"/ask"] = moved % int(upstream.rpartition(":")[2])
+        events = [
+            e async for e in connect(upstream + "/ask", method="POST", json={"q": 1}, policy=FAST)
+        ]
+    assert events == [ssekit.Event(data="at /answer")]
+    assert seen.requests[1].startswith(method + b" /answer ")
+    if method == b"GET":
+        assert seen.header(b"content-type", 1) is None
+        assert seen.requests[1].endswith(b"\r\n\r\n")
+    else:
+        assert seen.requests[1].endswith(b'{"q": 1}')
+
+
+async def test_a_cross_origin_redirect_drops_the_authorization_header() -> None:
+    async with deadline(20) as tg:
+        target, seen_target = await start_upstream(tg, redirecting({}))
+        moved = b"HTTP/1.1 302 Found\r\nlocation: " + target.encode() + b"/there"
+        source, seen_source = await start_upstream(tg, redirecting({b"/here": moved}))
+        events = await collect(
+            source + "/here", 1, policy=FAST, headers={"Authorization": "Bearer secret"}
+        )
+    assert events == [ssekit.Event(data="at /there")]
+    assert seen_source.header(b"authorization", 0) == b"Bearer secret"
+    assert seen_target.header(b"authorization", 0) is None
+
+
+async def test_a_redirect_loop_fails_after_a_bounded_number_of_hops() -> None:
+    loop = b"HTTP/1.1 307 Again\r\nlocation: /loop"
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, redirecting({b"/loop": loop}))
+        with pytest.raises(ssekit.ResponseError, match="redirect"):
+            [e async for e in connect(upstream + "/loop", policy=FAST)]
+    assert seen.connections == 21  # the request and fetch's limit of 20 redirects

@@ -10,16 +10,17 @@ from ssekit.client import Reconnector, RetryPolicy, Verdict
 NO_JITTER = RetryPolicy(initial_retry=1000, jitter=0, max_retries=None)
 
 
-def test_requests_ask_for_an_event_stream_and_no_cache() -> None:
+def test_requests_ask_for_an_event_stream_and_no_cache_as_browsers_do() -> None:
+    # The fetch a browser's EventSource makes sends Cache-Control: no-cache.
     headers = dict(Reconnector(NO_JITTER).request_headers())
-    assert headers == {b"accept": b"text/event-stream", b"cache-control": b"no-store"}
+    assert headers == {b"accept": b"text/event-stream", b"cache-control": b"no-cache"}
 
 
 def test_last_event_id_is_sent_once_set() -> None:
     reconnector = Reconnector(NO_JITTER)
-    reconnector.on_progress("42", None)
+    reconnector.on_chunk("42", None, events=1)
     assert (b"last-event-id", b"42") in reconnector.request_headers()
-    reconnector.on_progress("", None)  # an empty id resets it: no header
+    reconnector.on_chunk("", None, events=1)  # an empty id resets it: no header
     assert all(k != b"last-event-id" for k, _ in reconnector.request_headers())
 
 
@@ -39,7 +40,7 @@ def test_200_event_stream_opens_204_stops_others_fail_without_retry() -> None:
 
 def test_clean_end_of_a_get_stream_reconnects_after_the_reconnection_time() -> None:
     reconnector = Reconnector(NO_JITTER)
-    reconnector.on_progress("1", None)
+    reconnector.on_chunk("1", None, events=1)
     decision = reconnector.on_end(now=0, random=0.5)
     assert decision.verdict is Verdict.RECONNECT
     assert decision.delay == pytest.approx(1.0)
@@ -47,7 +48,7 @@ def test_clean_end_of_a_get_stream_reconnects_after_the_reconnection_time() -> N
 
 def test_retry_field_updates_the_reconnection_time() -> None:
     reconnector = Reconnector(NO_JITTER)
-    reconnector.on_progress("", 250)
+    reconnector.on_chunk("", 250, events=0)
     assert reconnector.on_end(now=0, random=0.5).delay == pytest.approx(0.25)
 
 
@@ -57,7 +58,7 @@ def test_repeated_failures_back_off_exponentially_up_to_the_cap() -> None:
     error = ssekit.UpstreamError("refused")
     delays = [reconnector.on_end(now=0, random=0.5, error=error).delay for _ in range(6)]
     assert delays == pytest.approx([1, 2, 4, 5, 5, 5])
-    reconnector.on_progress("9", None)  # events arrived: failures start over
+    reconnector.on_chunk("9", None, events=1)  # an event arrived: failures start over
     assert reconnector.on_end(now=0, random=0.5).delay == pytest.approx(1)
 
 
@@ -76,6 +77,8 @@ def test_max_retries_gives_up_with_the_last_error() -> None:
     assert reconnector.on_end(now=0, random=0, error=error).verdict is Verdict.RECONNECT
     final = reconnector.on_end(now=0, random=0, error=error)
     assert final.verdict is Verdict.FAIL
+    assert isinstance(final.error, ssekit.RetriesExhausted)
+    assert final.error.__cause__ is error
     assert "gave up after 2" in str(final.error)
     assert "connection refused" in str(final.error)
 
@@ -83,7 +86,9 @@ def test_max_retries_gives_up_with_the_last_error() -> None:
 def test_deadline_fails_instead_of_waiting_past_it() -> None:
     reconnector = Reconnector(RetryPolicy(initial_retry=2000, jitter=0, deadline=5), now=100)
     assert reconnector.on_end(now=101, random=0).verdict is Verdict.RECONNECT
-    assert reconnector.on_end(now=103.5, random=0).verdict is Verdict.FAIL  # 103.5 + 4 > 105
+    final = reconnector.on_end(now=103.5, random=0)  # 103.5 + 4 > 105
+    assert final.verdict is Verdict.FAIL
+    assert isinstance(final.error, ssekit.RetriesExhausted)
 
 
 def test_post_is_not_replayed_unless_opted_in() -> None:
@@ -102,3 +107,19 @@ def test_bad_policies_are_refused() -> None:
         RetryPolicy(jitter=1.5)
     with pytest.raises(ValueError, match="backoff"):
         RetryPolicy(backoff=0.5)
+
+
+def test_only_a_dispatched_event_is_progress() -> None:
+    # A server that sends a comment (or a retry or id alone) and cuts is failing:
+    # the backoff must keep growing and max_retries must still bound it.
+    reconnector = Reconnector(RetryPolicy(initial_retry=100, jitter=0, max_retries=3))
+    delays = []
+    for _ in range(3):
+        reconnector.on_chunk("7", 100, events=0)  # ": ping", "id: 7", "retry: 100": no event
+        delays.append(reconnector.on_end(now=0, random=0).delay)
+    assert delays == pytest.approx([0.1, 0.2, 0.4])
+    assert reconnector.last_event_id == "7"  # the state is kept all the same
+    final = reconnector.on_end(now=0, random=0)
+    assert isinstance(final.error, ssekit.RetriesExhausted)
+    reconnector.on_chunk("8", None, events=1)
+    assert reconnector.on_end(now=0, random=0).verdict is Verdict.RECONNECT

@@ -12,7 +12,16 @@ import ssekit
 from ssekit import Event
 
 NAMES = st.sampled_from(["data", "event", "id", "retry", "foo", "Data", "", "da ta"])
-VALUES = st.text(alphabet=st.sampled_from(list("ab 1+٥\x00你好😀\ufeff\u2028:é")), max_size=8)
+SHORT_VALUES = st.text(alphabet=st.sampled_from(list("ab 1+٥\x00你好😀\ufeff\u2028:é")), max_size=8)
+# Long values too: digit runs around the 20-digit bound of a retry and past
+# Python's 4300-digit int() limit, with and without leading zeros.
+LONG_VALUES = st.builds(
+    lambda zeros, digits, tail: "0" * zeros + "9" * digits + tail,
+    st.sampled_from([0, 1, 4400]),
+    st.sampled_from([19, 20, 21, 4300, 4301, 6000]),
+    st.sampled_from(["", "x", "5"]),
+)
+VALUES = SHORT_VALUES | LONG_VALUES
 ENDINGS = st.sampled_from([b"\n", b"\r\n", b"\r"])
 
 
@@ -63,6 +72,11 @@ def streams_and_cuts(draw: st.DrawFn) -> tuple[bytes, list[int]]:
 @example(("retry: +5\nretry: ٥\nid: a\x00b\n\nid: 3\n\n".encode(), []))
 # a CR-only stream whose last CR ends the final chunk
 @example((b"data: 1\r\rdata: 2\r\r", [18]))
+# a retry too long for int() (4301+ digits) between events, in one chunk and cut
+@example((b"data: a\n\nretry: " + b"9" * 4301 + b"\ndata: b\n\n", []))
+@example((b"retry: 7\n\nretry: " + b"1" * 5000 + b"\n\n", [12, 3000]))
+# retry at the unsigned 64-bit bound and one past it
+@example((b"retry: 18446744073709551615\n\nretry: 18446744073709551616\n\n", [20]))
 @given(streams_and_cuts())
 def test_any_split_gives_the_oracles_events(case: tuple[bytes, list[int]]) -> None:
     check_against_oracle(*case)
@@ -143,11 +157,43 @@ def test_encoded_comments_decode_back_line_by_line(text: str, cuts: list[int]) -
     assert [c.text for c in feed_at(wire, cuts).items] == lines  # type: ignore[union-attr]
 
 
-@given(st.tuples(texts, st.sampled_from(["\n", "\r", "\r\n"]), texts).map("".join))
-def test_what_the_encoder_refuses_would_not_survive(text: str) -> None:
-    # An event type with a line break would end the field early on the wire.
-    with pytest.raises(ssekit.EncodeError):
-        ssekit.encode(Event(data="x", event=text))
-    raw = ("event: " + text + "\ndata: x\n\n").encode("utf-8", "surrogatepass")
-    decoded = feed_whole(raw).items
-    assert decoded != (Event(data="x", event=text),)
+def naive_wire(event: Event) -> bytes:
+    """What a writer that checks nothing sends (data lines split, as the encoder does)."""
+    head = f"event: {event.event}\nid: {event.id}\nretry: {event.retry}\n"
+    data = event.data.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\ndata: ")
+    return (head + f"data: {data}\n\n").encode("utf-8", "surrogatepass")
+
+
+@example(Event(data="x", event="a\nb"))
+@example(Event(data="x", id="1\r2"))
+@example(Event(data="x", id="a\x00"))
+@example(Event(data="x", retry=-5))
+@example(Event(data="\ud800"))
+@example(Event(data="x", event="", id="", retry=0))
+@given(
+    st.builds(
+        Event,
+        data=texts | st.just("\ud800"),
+        event=texts,
+        id=texts,
+        retry=st.none() | st.integers(-3, 10**6),
+    )
+)
+def test_the_encoder_refuses_exactly_what_would_not_survive(event: Event) -> None:
+    # Either the encoder writes the event and it decodes back, or it refuses
+    # and the unchecked wire form would not have decoded back: never a refusal
+    # of something SSE can carry, never bytes that arrive changed.
+    expected = Event(
+        data=event.data.replace("\r\n", "\n").replace("\r", "\n"),
+        event=event.event or "message",
+        id=event.id,
+        retry=event.retry,
+    )
+    naive_survives = feed_whole(naive_wire(event)).items == (expected,)
+    try:
+        wire = ssekit.encode(event, write_id=True)
+    except ssekit.EncodeError:
+        assert not naive_survives
+    else:
+        assert feed_whole(wire).items == (expected,)
+        assert naive_survives

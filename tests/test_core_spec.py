@@ -6,6 +6,8 @@ https://html.spec.whatwg.org/multipage/server-sent-events.html#parsing-an-event-
 from __future__ import annotations
 
 import itertools
+import sys
+import time
 
 import pytest
 from oracle import parse
@@ -317,3 +319,109 @@ def test_empty_chunk_is_a_no_op_not_end_of_stream() -> None:
 def test_invalid_max_event_size_is_refused() -> None:
     with pytest.raises(ValueError, match="max_event_size"):
         ssekit.Decoder(max_event_size=0)
+
+
+# -- retry values too long for an int, and the bound on them ------------------
+
+
+def test_retry_with_thousands_of_digits_is_ignored_and_loses_nothing() -> None:
+    # Python refuses int() of 4301+ digits; a browser (Chromium) ignores a
+    # retry value that does not fit its unsigned 64-bit integer. Either way the
+    # events around it must come out, and the decoder must keep working.
+    decoder = ssekit.Decoder()
+    stream = b"retry: 250\ndata: a\n\nretry: " + b"9" * 5000 + b"\ndata: b\n\n"
+    assert decoder.feed(stream) == [Event(data="a", retry=250), Event(data="b")]
+    assert decoder.retry == 250
+    assert decoder.feed(b"data: c\n\n") == [Event(data="c")]
+
+
+def test_retry_counts_up_to_the_unsigned_64_bit_bound_and_leading_zeros_are_free() -> None:
+    top = str(2**64 - 1).encode()
+    assert feed_whole(b"retry: " + top + b"\n\n").retry == 2**64 - 1
+    assert feed_whole(b"retry: " + str(2**64).encode() + b"\n\n").retry is None
+    assert feed_whole(b"retry: " + b"0" * 6000 + b"15\n\n").retry == 15
+    assert ssekit.MAX_RETRY == 2**64 - 1
+
+
+def test_a_megabyte_of_retry_digits_is_never_converted() -> None:
+    # With the interpreter's digit limit off, int() of a megabyte of digits
+    # takes seconds; the decoder must decide without converting it at all.
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        decoder = ssekit.Decoder()
+        started = time.process_time()
+        assert decoder.feed(b"retry: " + b"7" * 1_000_000 + b"\ndata: x\n\n") == [Event(data="x")]
+        elapsed = time.process_time() - started
+    finally:
+        sys.set_int_max_str_digits(old)
+    assert decoder.retry is None
+    assert elapsed < 0.5  # converting would take several seconds of CPU
+
+
+# -- LimitExceeded keeps what was already decoded -----------------------------
+
+
+def test_limit_exceeded_on_event_data_carries_the_events_completed_before_it() -> None:
+    decoder = ssekit.Decoder(max_event_size=20)
+    with pytest.raises(ssekit.LimitExceeded) as info:
+        decoder.feed(b"data: one\n\nid: 2\ndata: two\n\ndata: 0123456789\ndata: 0123456789\n")
+    assert info.value.events == [Event(data="one"), Event(data="two", id="2")]
+
+
+def test_limit_exceeded_on_a_long_line_carries_the_events_completed_before_it() -> None:
+    decoder = ssekit.Decoder(max_event_size=16, comments=True)
+    with pytest.raises(ssekit.LimitExceeded) as info:
+        decoder.feed(b": hb\ndata: one\n\n" + b"data: " + b"x" * 40 + b"\n\n")
+    assert info.value.events == [Comment(text="hb"), Event(data="one")]
+
+
+def test_limit_exceeded_by_the_partial_line_carries_the_events_before_it() -> None:
+    decoder = ssekit.Decoder(max_event_size=16)
+    with pytest.raises(ssekit.LimitExceeded) as info:
+        decoder.feed(b"data: one\n\ndata: " + b"x" * 40)
+    assert info.value.events == [Event(data="one")]
+
+
+def test_limit_exceeded_without_earlier_events_carries_none() -> None:
+    with pytest.raises(ssekit.LimitExceeded) as info:
+        ssekit.Decoder(max_event_size=4).feed(b"xxxxxxxxxx")
+    assert info.value.events == []
+
+
+# -- state for library authors ------------------------------------------------
+
+
+def test_decoder_starts_from_a_given_last_event_id() -> None:
+    # A reconnecting EventSource starts its new parser from the previous ID.
+    decoder = ssekit.Decoder(last_event_id="41")
+    assert decoder.last_event_id == "41"
+    assert decoder.feed(b": hello\n\ndata: x\n\n") == [Event(data="x", id="41")]
+    assert decoder.last_event_id == "41"
+    assert decoder.feed(b"id\ndata: y\n\n") == [Event(data="y", id="")]
+    assert decoder.last_event_id == ""
+
+
+def test_decoder_state_is_read_only() -> None:
+    decoder = ssekit.Decoder()
+    for name, value in [("last_event_id", "x"), ("retry", 5), ("closed", True)]:
+        with pytest.raises(AttributeError):
+            setattr(decoder, name, value)
+    assert (decoder.last_event_id, decoder.retry, decoder.closed) == ("", None, False)
+
+
+def test_decoder_repr_shows_state_but_not_buffered_content() -> None:
+    decoder = ssekit.Decoder(max_event_size=1000)
+    decoder.feed(b"retry: 30\nid: 7\n\ndata: secret-token")
+    text = repr(decoder)
+    assert "last_event_id='7'" in text
+    assert "retry=30" in text
+    assert "at_boundary=False" in text
+    assert "open" in text
+    assert "secret" not in text
+    decoder.close()
+    assert "closed" in repr(decoder)
+    failed = ssekit.Decoder(max_event_size=2)
+    with pytest.raises(ssekit.LimitExceeded):
+        failed.feed(b"data: x\n")
+    assert "failed" in repr(failed)

@@ -111,3 +111,50 @@ async def test_writer_over_an_anyio_memory_stream() -> None:
             await writer.send(Event(data="你好", id="1"))
         received = [item async for item in receive]
     assert list(ssekit.iter_events(received)) == [Event(data="你好", id="1")]
+
+
+# -- blocks without data --------------------------------------------------------
+
+
+def test_retry_alone_sets_the_reconnection_time_without_an_event() -> None:
+    wire = ssekit.encode_fields(retry=5000)
+    assert wire == b"retry: 5000\n\n"
+    decoder = ssekit.Decoder()
+    assert decoder.feed(wire) == []  # no empty event reaches the client
+    assert decoder.retry == 5000
+
+
+def test_id_alone_sets_the_last_event_id_without_an_event() -> None:
+    decoder = ssekit.Decoder()
+    assert decoder.feed(ssekit.encode_fields(id="42", retry=10)) == []
+    assert (decoder.last_event_id, decoder.retry) == ("42", 10)
+    assert decoder.feed(encode(Event(data="x"))) == [Event(data="x", id="42")]
+    # An empty id writes a bare id line: the client's last event ID is reset.
+    assert ssekit.encode_fields(id="") == b"id\n\n"
+    assert decoder.feed(ssekit.encode_fields(id="")) == []
+    assert decoder.last_event_id == ""
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({}, ssekit.EncodeError, "nothing to send"),
+        ({"id": "a\nb"}, ssekit.EncodeError, "line break"),
+        ({"id": "a\x00b"}, ssekit.EncodeError, "NUL"),
+        ({"retry": -1}, ssekit.EncodeError, "non-negative"),
+        ({"retry": 1.5}, ssekit.EncodeError, "non-negative"),
+        ({"id": 5}, TypeError, "must be a str"),
+    ],
+)
+def test_encode_fields_refuses_what_would_not_arrive(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        ssekit.encode_fields(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_writer_sends_fields_alone() -> None:
+    sink = Sink()
+    async with ssekit.EventWriter(sink) as writer:
+        await writer.fields(retry=2000)
+    assert sink.sent == [b"retry: 2000\n\n"]

@@ -280,6 +280,20 @@ async def test_unreachable_upstream_gets_502_after_the_retries() -> None:
         assert 'ssekit_streams_total{outcome="upstream_error"} 1' in metrics
 
 
+async def test_a_request_that_reached_the_upstream_is_never_sent_twice() -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        pass  # took the whole request, then the connection drops without an answer
+
+    async with deadline(10) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        base = await start_proxy(tg, upstream, retries=3, retry_backoff=0.01)
+        async with httpx.AsyncClient() as client:
+            response = await client.post(base + "/v1/chat/completions", json=CHAT)
+    assert response.status_code == 502
+    assert seen.connections == 1  # a second copy could run (and bill) the request twice
+    assert len(seen.requests) == 1
+
+
 async def test_connect_failures_before_the_first_byte_are_retried() -> None:
     async with deadline(10) as tg:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)

@@ -4,12 +4,23 @@ Importing this package imports anyio and h11; ``import ssekit`` does not. It
 reuses the proxy's HTTP/1.1 upstream code; it is not a second HTTP client.
 """
 
-from ._connect import EventListener, chat_chunks, chat_text, connect, listen, stream_sync
+from ._connect import (
+    MAX_REDIRECTS,
+    EventListener,
+    EventStream,
+    chat_chunks,
+    chat_text,
+    connect,
+    listen,
+    stream_sync,
+)
 from ._policy import Decision, Reconnector, RetryPolicy, Verdict
 
 __all__ = (
+    "MAX_REDIRECTS",
     "Decision",
     "EventListener",
+    "EventStream",
     "Reconnector",
     "RetryPolicy",
     "Verdict",

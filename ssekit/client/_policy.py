@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .._errors import ClientError, ResponseError
+from .._errors import ClientError, ResponseError, RetriesExhausted
 
 __all__ = ("Decision", "Reconnector", "RetryPolicy", "Verdict")
 
@@ -27,7 +27,8 @@ class RetryPolicy:
     ``retry:``; consecutive failures multiply it by ``backoff`` up to
     ``max_delay`` (ms); each delay is jittered by up to ±``jitter`` (a
     fraction). ``max_retries`` (None: no cap) counts reconnections without a
-    successful event in between; ``deadline`` (seconds, None: none) bounds
+    dispatched event in between (comments, or ``id``/``retry`` alone, are not
+    progress); ``deadline`` (seconds, None: none) bounds
     the whole stream. POST requests are not replayed unless ``replay_post``.
     """
 
@@ -70,14 +71,15 @@ class Reconnector:
         self.retry_ms = policy.initial_retry
         #: The last event ID, sent as Last-Event-ID on reconnection when non-empty.
         self.last_event_id = ""
-        #: Reconnections since the last successful event.
+        #: Reconnections since the last dispatched event.
         self.failures = 0
         self.connections = 0
         self._started = now
 
     def request_headers(self) -> list[tuple[bytes, bytes]]:
         """What every connection sends, Last-Event-ID included when one is set."""
-        headers = [(b"accept", b"text/event-stream"), (b"cache-control", b"no-store")]
+        # What a browser's EventSource fetch sends (no-cache, as browsers do).
+        headers = [(b"accept", b"text/event-stream"), (b"cache-control", b"no-cache")]
         if self.last_event_id:
             headers.append((b"last-event-id", self.last_event_id.encode("utf-8")))
         return headers
@@ -108,12 +110,18 @@ class Reconnector:
             )
         return Decision(Verdict.OPEN)
 
-    def on_progress(self, last_event_id: str, retry: int | None) -> None:
-        """After events arrived: remember the decoder's state; failures start over."""
+    def on_chunk(self, last_event_id: str, retry: int | None, *, events: int) -> None:
+        """After a chunk was decoded: keep the decoder's last event ID and reconnection time.
+
+        Only a dispatched event (``events`` > 0) is progress: then failures
+        start over. Comments, and ``id`` or ``retry`` without data, keep the
+        state but do not reset the backoff or the ``max_retries`` count.
+        """
         self.last_event_id = last_event_id
         if retry is not None:
             self.retry_ms = retry
-        self.failures = 0
+        if events:
+            self.failures = 0
 
     def on_end(self, *, now: float, random: float, error: Exception | None = None) -> Decision:
         """The connection ended (``error`` None: the body ended cleanly).
@@ -126,7 +134,9 @@ class Reconnector:
                 return Decision(Verdict.STOP)
             return Decision(
                 Verdict.FAIL,
-                error=_give_up(f"{self.method} stream was cut and is not replayed", error),
+                error=_give_up(
+                    f"{self.method} stream was cut and is not replayed", error, ClientError
+                ),
             )
         if policy.max_retries is not None and self.failures >= policy.max_retries:
             return Decision(
@@ -144,8 +154,10 @@ class Reconnector:
         return Decision(Verdict.RECONNECT, delay=delay)
 
 
-def _give_up(message: str, error: Exception | None) -> ClientError:
+def _give_up(
+    message: str, error: Exception | None, kind: type[ClientError] = RetriesExhausted
+) -> ClientError:
     detail = f" (last error: {error})" if error is not None else ""
-    failure = ClientError(message + detail)
+    failure = kind(message + detail)
     failure.__cause__ = error
     return failure

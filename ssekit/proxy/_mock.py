@@ -28,8 +28,8 @@ import h11
 
 from .._event import Event
 from .._http import BadRequest, ClientGone, Downstream, error_body
-from .._openai import DONE
 from .._writer import EventWriter
+from ..openai import DONE
 
 __all__ = ("TOKENS", "MockConfig", "mock_text", "serve_mock")
 

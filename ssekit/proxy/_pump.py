@@ -20,7 +20,7 @@ from .._encoder import encode, encode_comment
 from .._errors import SSEError, UpstreamError
 from .._event import Comment, Event
 from .._http import ClientGone, Downstream, OriginConnection
-from .._openai import DONE
+from ..openai import DONE
 from ._config import ProxyConfig
 from ._relay import Input, Relay, heartbeat_due
 from ._stats import StreamStats

@@ -1,7 +1,8 @@
 """OpenAI-style streams: the ``[DONE]`` sentinel, chunk JSON, joined deltas.
 
-Beside the decoder, not inside it: these are conventions of one API on top
-of SSE, not part of the event-stream format.
+A public module (``from ssekit.openai import iter_chunks``); its functions are
+also re-exported at the top level. Beside the decoder, not inside it: these are
+conventions of one API on top of SSE, not part of the event-stream format.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Final
 from ._errors import APIErrorEvent, ChunkError, StreamIncomplete
 from ._event import Event
 
-__all__ = ("DONE", "aiter_chunks", "iter_chunks", "join_deltas", "parse_chunk")
+__all__ = ("DONE", "Chunk", "aiter_chunks", "iter_chunks", "join_deltas", "parse_chunk")
 
 #: The data of the event that ends an OpenAI-style stream.
 DONE: Final = "[DONE]"
 
+#: One decoded chunk object (``chat.completion.chunk``).
 Chunk = dict[str, object]
 
 
