@@ -130,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
         if "help" in option.metadata:
             _add_config_option(proxy, option)
     proxy.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop when installed (pip install 'ssekit[speed]'), else asyncio",
+    )
+    proxy.add_argument(
         "--api-key-env",
         metavar="VAR",
         help="env var holding the upstream API key(s), comma-separated, rotated; "
@@ -168,6 +174,21 @@ def _parser() -> argparse.ArgumentParser:
         "--delay", type=float, default=0.05, metavar="S", help="seconds between chunk events"
     )
     return parser  # fmt: skip
+
+
+def _event_loop(choice: str) -> tuple[str, dict[str, Any]]:
+    """The loop's name for the banner and anyio's backend options for ``--loop choice``."""
+    if choice == "asyncio":
+        return "asyncio", {}
+    try:
+        import uvloop  # noqa: F401 -- only to learn whether it is installed
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "--loop uvloop: uvloop is not installed; pip install 'ssekit[speed]'"
+            ) from None
+        return "asyncio", {}
+    return "uvloop", {"use_uvloop": True}
 
 
 def _default(name: str) -> Any:
@@ -267,6 +288,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
     )
     # Validate every option before starting anything (the mock included).
     ProxyConfig(upstream=args.upstream or "http://127.0.0.1", **settings)
+    loop, backend_options = _event_loop(args.loop)
 
     async def run() -> None:
         # Signals are caught from before the banner: a SIGTERM right after it drains.
@@ -293,7 +315,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
             bound = await tg.start(run_proxy)
             base = f"http://{bound[0]}:{bound[1]}"
             print(
-                f"ssekit proxy listening on {base} -> {upstream}\n"
+                f"ssekit proxy listening on {base} -> {upstream} (event loop: {loop})\n"
                 f"metrics: {base}{config.admin_prefix}/metrics\n"
                 f"try:\n  curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' "
                 '-d \'{"model":"ssekit-mock","stream":true,'
@@ -310,5 +332,5 @@ def _run_proxy(args: argparse.Namespace) -> int:
             await finished.wait()
             tg.cancel_scope.cancel()
 
-    anyio.run(run)
+    anyio.run(run, backend_options=backend_options)
     return 0

@@ -137,3 +137,24 @@ def test_sigterm_lets_a_stream_in_flight_finish() -> None:
     finally:
         proxy.kill()
         stop(mock)
+
+
+@pytest.mark.parametrize(("choice", "expected"), [("asyncio", "asyncio"), ("uvloop", "uvloop")])
+def test_loop_option_picks_the_event_loop_shows_it_and_serves(choice: str, expected: str) -> None:
+    proc, base, banner = start("proxy", "--listen", "127.0.0.1:0", "--loop", choice)
+    try:
+        assert f"(event loop: {expected})" in "".join(banner)
+        with httpx.Client(timeout=20) as client:
+            response = client.post(base + "/v1/chat/completions", json=CHAT)
+        assert response.text.endswith("data: [DONE]\n\n")
+    finally:
+        code, _ = stop(proc)
+    assert code == 0
+
+
+def test_loop_auto_uses_uvloop_when_it_is_installed() -> None:
+    proc, _, banner = start("proxy", "--listen", "127.0.0.1:0")
+    try:
+        assert "(event loop: uvloop)" in "".join(banner)  # the test extra installs it
+    finally:
+        stop(proc)
