@@ -153,3 +153,45 @@ def test_events_are_immutable() -> None:
     else:
         raise AssertionError("Event must be frozen")
     assert event.data == "x"
+
+
+def _imported_modules(package: str) -> set[str]:
+    """Every module the files of ``ssekit.<package>`` import, as absolute names."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(ssekit.__file__).parent
+    found: set[str] = set()
+    for path in (root / package).rglob("*.py"):
+        here = ["ssekit", *path.relative_to(root).with_suffix("").parts[:-1]]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = here[: len(here) - node.level + 1] if node.level else []
+                module = ".".join([*base, *(node.module or "").split(".")]).strip(".")
+                found.add(module)
+                found.update(f"{module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_client_and_proxy_share_the_http_layer_not_each_others_internals() -> None:
+    client = _imported_modules("client")
+    proxy = _imported_modules("proxy")
+    assert not {m for m in client if m.startswith("ssekit.proxy")}, client
+    assert not {m for m in proxy if m.startswith("ssekit.client")}, proxy
+    assert "ssekit._http" in client
+    assert "ssekit._http" in proxy
+
+
+def test_cli_defaults_are_the_config_defaults() -> None:
+    import dataclasses
+
+    from ssekit._cli import _parser
+    from ssekit.proxy import ProxyConfig
+
+    args = _parser().parse_args(["proxy"])
+    for option in dataclasses.fields(ProxyConfig):
+        if "help" in option.metadata:
+            assert getattr(args, option.name) == option.default, option.name
+    assert args.listen == ("127.0.0.1", 8080)
