@@ -365,11 +365,12 @@ MALFORMED_BODIES = [
 
 @pytest.mark.parametrize(("request_bytes", "half_close"), MALFORMED_BODIES)
 async def test_a_malformed_request_body_is_the_clients_fault_400_not_502(
-    request_bytes: bytes, half_close: bool
+    caplog: pytest.LogCaptureFixture, request_bytes: bytes, half_close: bool
 ) -> None:
+    caplog.set_level(logging.INFO, logger="ssekit.proxy")
     async with deadline(10) as tg:
         upstream, seen = await start_raw_upstream(tg, silent_upstream)
-        base = await start_proxy(tg, upstream)
+        base = await start_proxy(tg, upstream, log_format="json")
         response = await exchange(base, request_bytes, half_close=half_close)
         metrics = await get_metrics(base)
         with anyio.move_on_after(2):
@@ -381,6 +382,10 @@ async def test_a_malformed_request_body_is_the_clients_fault_400_not_502(
     assert outcomes(metrics).get("bad_request") == 1, outcomes(metrics)
     assert "upstream_error" not in outcomes(metrics)
     assert metrics.get('ssekit_requests_total{status="502"}', 0) == 0
+    # One exchange: one log line, saying what the client saw.
+    assert [(line["status"], line["outcome"]) for line in exchange_logs(caplog)] == [
+        (400, "bad_request")
+    ]
 
 
 @pytest.mark.parametrize(
