@@ -587,3 +587,38 @@ async def test_drain_deadline_cuts_streams_that_run_too_long() -> None:
                 ) as r:
                     async for _ in r.aiter_bytes():
                         shutdown.set()
+
+
+async def test_chunks_arriving_in_one_upstream_read_keep_their_boundaries() -> None:
+    pieces = [b"data: 1\n\n", b"data: \xe4\xbd", b"\xa0\n\n", b"data: [DONE]\n\n"]
+
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        # Head, every chunk and the last-chunk in one write: one read on the proxy's side.
+        await stream.send(SSE_HEAD + b"".join(chunk(p) for p in pieces) + LAST_CHUNK)
+
+    async with deadline(10) as tg:
+        upstream, _ = await start_upstream(tg, script)
+        base = await start_proxy(tg, upstream)
+        raw = await raw_exchange(base, b"GET / HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n")
+    assert parse_chunked(raw.partition(b"\r\n\r\n")[2]) == (pieces, True)
+
+
+async def test_an_event_stream_with_a_content_length_gets_nothing_inserted() -> None:
+    body = b"data: one\n\n"
+
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n"
+            % (len(body) * 2)
+            + body
+        )
+        await anyio.sleep(0.3)  # idle long enough for several heartbeats
+        await stream.send(body)
+
+    async with deadline(10) as tg:
+        upstream, _ = await start_upstream(tg, script)
+        base = await start_proxy(tg, upstream, heartbeat=0.05)
+        async with httpx.AsyncClient() as client:
+            response = await client.get(base + "/")
+    assert response.status_code == 200
+    assert response.content == body * 2  # exactly the declared bytes, no heartbeat inside

@@ -232,45 +232,75 @@ class OriginConnection:
         byte arrives for ``idle_timeout`` (504) or the upstream closes before
         the end (502, the stream was cut).
         """
+        async for batch in self.receive_body_batches(idle_timeout=idle_timeout):
+            for chunk in batch:
+                yield chunk
+
+    async def receive_body_batches(self, *, idle_timeout: float) -> AsyncIterator[list[bytes]]:
+        """Like :meth:`receive_body`, but every chunk one read completed comes in one list.
+
+        A relay writes each list in one socket write (each chunk still its own
+        HTTP chunk): no added latency, since the bytes were all here already.
+        A chunk arriving over several reads is held whole up to MAX_CHUNK_HOLD.
+        Chunks completed before a framing error are yielded before it is raised.
+        """
         held: list[bytes] = []
         held_size = 0
         while True:
+            events: list[h11.Event | type[h11.PAUSED]] = []
+            failure: UpstreamError | None = None
             with _translated("reading the body", self._origin):
                 try:
-                    event = await self._next_event(idle_timeout)
+                    events.append(await self._next_event(idle_timeout))
+                    # Everything else this read already delivered, without waiting.
+                    while isinstance(events[-1], h11.Data):
+                        event = self._h11.next_event()
+                        if event is h11.NEED_DATA:
+                            break
+                        events.append(cast("h11.Event", event))
                 except h11.RemoteProtocolError as exc:
-                    raise UpstreamError(
+                    failure = UpstreamError(
                         f"upstream {self._origin.authority} closed the connection mid-body "
                         f"(the response was cut: {exc})",
                         502,
-                    ) from exc
-            if isinstance(event, h11.Data):
-                if event.chunk_end or (not event.chunk_start and not held):
-                    # A whole chunk, the end of one, or a body not chunked.
-                    if held:
-                        held.append(event.data)
-                        yield b"".join(held)
-                        held.clear()
-                        held_size = 0
+                    )
+                    failure.__cause__ = exc
+            batch: list[bytes] = []
+            ended = False
+            for event in events:
+                if isinstance(event, h11.Data):
+                    if event.chunk_end or (not event.chunk_start and not held):
+                        # A whole chunk, the end of one, or a body not chunked.
+                        if held:
+                            held.append(event.data)
+                            batch.append(b"".join(held))
+                            held.clear()
+                            held_size = 0
+                        else:
+                            batch.append(bytes(event.data))
                     else:
-                        yield bytes(event.data)
+                        held.append(event.data)
+                        held_size += len(event.data)
+                        if held_size >= MAX_CHUNK_HOLD:
+                            batch.append(b"".join(held))
+                            held.clear()
+                            held_size = 0
+                elif isinstance(event, h11.EndOfMessage):
+                    if held:
+                        batch.append(b"".join(held))
+                    ended = True
                 else:
-                    held.append(event.data)
-                    held_size += len(event.data)
-                    if held_size >= MAX_CHUNK_HOLD:
-                        yield b"".join(held)
-                        held.clear()
-                        held_size = 0
-            elif isinstance(event, h11.EndOfMessage):
-                if held:
-                    yield b"".join(held)
+                    failure = UpstreamError(
+                        f"upstream {self._origin.authority} closed the connection mid-body "
+                        "(the response was cut)",
+                        502,
+                    )
+            if batch:
+                yield batch
+            if failure is not None:
+                raise failure
+            if ended:
                 return
-            else:
-                raise UpstreamError(
-                    f"upstream {self._origin.authority} closed the connection mid-body "
-                    "(the response was cut)",
-                    502,
-                )
 
     def reusable(self) -> bool:
         """True when both sides finished the exchange and may keep the connection."""

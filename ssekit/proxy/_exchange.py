@@ -349,6 +349,8 @@ async def _answer(
                     started=started,
                     sse=is_event_stream(content_type),
                     read_to_close=_read_to_close(response),
+                    sized=get_header(response.headers, b"transfer-encoding") is None
+                    and get_header(response.headers, b"content-length") is not None,
                 )
             tg.cancel_scope.cancel()
     except* ClientGone:

@@ -9,6 +9,7 @@ where the tap saw an event boundary.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 
@@ -77,13 +78,17 @@ async def pump(
     started: float,
     sse: bool,
     read_to_close: bool,
+    sized: bool,
 ) -> bool:
     """Forward the body and its end; True when it ended cleanly (the upstream may be reused).
 
     A read-to-close event stream that stops inside an event was cut, not
-    finished: the client's response is cut too, never ended cleanly.
+    finished: the client's response is cut too, never ended cleanly. A body
+    with a Content-Length (``sized``) gets nothing inserted: it would not fit.
     """
     tap = Tap(stats, started) if sse else None
+    if sized:
+        config = dataclasses.replace(config, heartbeat=None, error_event=False)
     if tap is None or config.heartbeat is None:
         return await _forward(client, upstream, relay, stats, config, tap, None, read_to_close)
     lock = anyio.Lock()  # the heartbeat task writes too: one writer at a time
@@ -106,14 +111,17 @@ async def _forward(
     read_to_close: bool,
 ) -> bool:
     try:
-        async for chunk in upstream.receive_body(idle_timeout=config.idle_timeout):
-            await _write(client, lock, chunk)
+        async for batch in upstream.receive_body_batches(idle_timeout=config.idle_timeout):
+            # One socket write per upstream read, each chunk still its own HTTP chunk.
+            framed = b"".join([client.h11.send(h11.Data(data=chunk)) or b"" for chunk in batch])
+            await _write(client, lock, framed)
             if not relay.open:
                 return False  # the client left while we wrote (the watcher saw it)
-            relay.on(Input.CHUNK)
-            stats.body_bytes += len(chunk)
-            if tap is not None:
-                tap.feed(chunk)
+            for chunk in batch:
+                relay.on(Input.CHUNK)
+                stats.body_bytes += len(chunk)
+                if tap is not None:
+                    tap.feed(chunk)
         if read_to_close and tap is not None and not tap.at_boundary:
             raise UpstreamError(
                 "upstream closed the connection inside an event (a body without a length: "
@@ -128,7 +136,8 @@ async def _forward(
         if config.error_event and tap is not None and tap.at_boundary:
             message = json.dumps({"error": {"message": str(exc), "type": "proxy_error"}})
             with contextlib.suppress(ClientGone):
-                await _write(client, lock, encode(Event(event="error", data=message)))
+                error = encode(Event(event="error", data=message))
+                await _write(client, lock, client.h11.send(h11.Data(data=error)) or b"")
         return False
     if not relay.open:
         return False
@@ -137,12 +146,13 @@ async def _forward(
     return True
 
 
-async def _write(client: Downstream, lock: anyio.Lock | None, data: bytes) -> None:
+async def _write(client: Downstream, lock: anyio.Lock | None, framed: bytes) -> None:
+    """Write bytes h11 already framed; one writer at a time when a heartbeat task exists."""
     if lock is None:
-        await client.send(h11.Data(data=data))
+        await client.send_raw(framed)
     else:
         async with lock:
-            await client.send(h11.Data(data=data))
+            await client.send_raw(framed)
 
 
 async def _heartbeats(
