@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         proxy_port = free_port()
         proxy = subprocess.Popen(
             [sys.executable, "-m", "ssekit", "proxy", "--upstream", f"http://127.0.0.1:{up_port}",
-             "--listen", f"127.0.0.1:{proxy_port}", "--max-connections", "4096"],
+             "--listen", f"127.0.0.1:{proxy_port}", "--max-connections", "4096",
+             "--loop", os.environ.get("SSEKIT_BENCH_LOOP", "auto")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         procs.append(proxy)
