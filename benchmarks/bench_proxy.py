@@ -116,9 +116,41 @@ def wait_port(port: int, timeout: float = 10) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+def tree(pids: list[int]) -> list[int]:
+    """``pids`` and every process descended from them (workers)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, queue = list(pids), list(pids)
+    while queue:
+        parent = queue.pop()
+        for child, of in parents.items():
+            if of == parent and child not in found:
+                found.append(child)
+                queue.append(child)
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` and their live descendants."""
+    ticks = 0
+    for pid in tree(pids):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pids: list[int]) -> int:
     total = 0
-    for pid in pids:
+    for pid in tree(pids):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
@@ -153,6 +185,41 @@ async def latencies(port: int, n: int, gap: float) -> list[float]:
 async def concurrent_latencies(port: int, streams: int, n: int, gap: float) -> list[float]:
     results = await asyncio.gather(*(latencies(port, n, gap) for _ in range(streams)))
     return [x for r in results for x in r]
+
+
+async def first_bytes(port: int, streams: int) -> list[float]:
+    """Time (ms) to each response head when ``streams`` streams open at once."""
+
+    async def one() -> float:
+        start = time.perf_counter()
+        reader = await get(port, "/stream?n=1&size=10&gap=0")
+        took = (time.perf_counter() - start) * 1000
+        reader._bench_writer.close()  # type: ignore[attr-defined]
+        return took
+
+    return list(await asyncio.gather(*(one() for _ in range(streams))))
+
+
+async def complete_streams(port: int, streams: int, n: int, size: int) -> int:
+    """How many of ``streams`` concurrent streams arrive whole: ``n`` events of the
+    right shape in their own chunks, then the terminating chunk."""
+    tail = b" " + b"x" * size + b"\n\n\r\n"
+
+    async def one() -> bool:
+        reader = await get(port, f"/stream?n={n}&size={size}&gap=0.01")
+        try:
+            for _ in range(n):
+                size_line = await reader.readuntil(b"\r\n")
+                data = await reader.readexactly(int(size_line, 16) + 2)
+                if not (data.startswith(b"data: ") and data.endswith(tail)):
+                    return False
+            return await reader.readexactly(5) == b"0\r\n\r\n"
+        except (asyncio.IncompleteReadError, ValueError, ConnectionError):
+            return False
+        finally:
+            reader._bench_writer.close()  # type: ignore[attr-defined]
+
+    return sum(await asyncio.gather(*(one() for _ in range(streams))))
 
 
 async def throughput(port: int, megabytes: int) -> float:
@@ -218,8 +285,16 @@ async def measure(
     port: int, upstream: int, pids: list[int], quick: bool, name: str
 ) -> dict[str, float]:
     seq = await latencies(port, 60 if quick else 300, 0.005)
-    conc = await concurrent_latencies(port, 100, 10 if quick else 40, 0.02)
-    mbps = await throughput(port, 20 if quick else 100)
+    streams, events = 100, 10 if quick else 40
+    cpu = cpu_seconds(pids)
+    conc = await concurrent_latencies(port, streams, events, 0.02)
+    cpu_event = (cpu_seconds(pids) - cpu) / (streams * events) * 1e6
+    megabytes = 20 if quick else 100
+    cpu = cpu_seconds(pids)
+    mbps = await throughput(port, megabytes)
+    cpu_mb = (cpu_seconds(pids) - cpu) / megabytes * 1000
+    ttfb = await first_bytes(port, 100)
+    whole = await complete_streams(port, 500, 5 if quick else 20, 100)
     disc = [await disconnect_ms(port, upstream, f"{name}{i}") for i in range(5)]
     growth = await slow_client_growth(port, pids, 3 if quick else 20) if pids else 0
     return {
@@ -227,15 +302,34 @@ async def measure(
         "p99": pct(seq, 0.99),
         "c50": statistics.median(conc),
         "c99": pct(conc, 0.99),
+        "cpu_event_us": cpu_event,
         "mbps": mbps,
+        "cpu_mb_ms": cpu_mb,
+        "ttfb50": statistics.median(ttfb),
+        "whole500": whole,
         "disconnect": statistics.median(disc),
         "growth": growth,
     }
 
 
+def start_ssekit(up_port: int, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "ssekit", "proxy", "--upstream", f"http://127.0.0.1:{up_port}",
+         "--listen", f"127.0.0.1:{port}", "--max-connections", "4096",
+         "--loop", os.environ.get("SSEKIT_BENCH_LOOP", "auto"), *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port)
+    time.sleep(0.5)  # workers, if any, are up too
+    return proxy, port
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer events, 20 MB, 3 s slow client")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported")
+    parser.add_argument("--workers", type=int, default=0, help="also ssekit --workers N (0: no)")
     args = parser.parse_args(argv)
     procs: list[subprocess.Popen[bytes]] = []
     tmp = Path(tempfile.mkdtemp(prefix="ssekit-bench-"))
@@ -246,16 +340,13 @@ def main(argv: list[str] | None = None) -> list[str]:
         wait_port(up_port)
         paths: dict[str, tuple[int, list[int]]] = {"direct": (up_port, [])}
 
-        proxy_port = free_port()
-        proxy = subprocess.Popen(
-            [sys.executable, "-m", "ssekit", "proxy", "--upstream", f"http://127.0.0.1:{up_port}",
-             "--listen", f"127.0.0.1:{proxy_port}", "--max-connections", "4096",
-             "--loop", os.environ.get("SSEKIT_BENCH_LOOP", "auto")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        proxy, proxy_port = start_ssekit(up_port)
         procs.append(proxy)
-        wait_port(proxy_port)
         paths["ssekit"] = (proxy_port, [proxy.pid])
+        if args.workers:
+            workers, workers_port = start_ssekit(up_port, "--workers", str(args.workers))
+            procs.append(workers)
+            paths[f"ssekit --workers {args.workers}"] = (workers_port, [workers.pid])
 
         nginx = shutil.which("nginx") or (
             "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
@@ -271,14 +362,13 @@ def main(argv: list[str] | None = None) -> list[str]:
             )
             procs.append(ngx)
             wait_port(nginx_port)
-            children = subprocess.run(["pgrep", "-P", str(ngx.pid)], capture_output=True, text=True)
-            pids = [ngx.pid, *map(int, children.stdout.split())]
-            paths["nginx"] = (nginx_port, pids)
+            paths["nginx"] = (nginx_port, [ngx.pid])
 
-        results = {}
-        for name, (port, pids) in paths.items():
-            print(f"measuring {name} ...", file=sys.stderr, flush=True)
-            results[name] = asyncio.run(measure(port, up_port, pids, args.quick, name))
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
+        for number in range(1 if args.quick else args.rounds):
+            for name, (port, pids) in paths.items():  # interleaved: noise hits every path
+                print(f"round {number + 1}: measuring {name} ...", file=sys.stderr, flush=True)
+                rounds[name].append(asyncio.run(measure(port, up_port, pids, args.quick, name)))
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
@@ -288,35 +378,58 @@ def main(argv: list[str] | None = None) -> list[str]:
                 proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
+    results = {
+        name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for name, runs in rounds.items()
+    }
+    return report(results, len(rounds["direct"]))
+
+
+def report(results: dict[str, dict[str, float]], rounds: int) -> list[str]:
     direct = results["direct"]
     out = [
         "## Proxy",
         "",
-        "| path | added p50 ms (seq) | added p99 ms (seq) | added p50 ms (100 conc) | "
-        "added p99 ms (100 conc) | 1-stream MB/s | disconnect seen upstream, ms | "
-        "RSS growth, 1 KB/s client |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"Medians of {rounds} interleaved round(s); latency is added to the direct "
+        "connection's (direct: absolute).",
+        "",
+        "| path | p50 ms (seq) | p99 ms (seq) | p50 ms (100 conc) | p99 ms (100 conc) | "
+        "CPU us/event (100 conc) | 1-stream MB/s | CPU ms/MB | TTFB p50 ms (100 at once) | "
+        "500 conc whole | disconnect seen, ms | RSS growth, 1 KB/s client |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
-        added = [r[k] - direct[k] for k in ("p50", "p99", "c50", "c99")]
-        if name == "direct":
-            added = [direct[k] for k in ("p50", "p99", "c50", "c99")]
+        keys = ("p50", "p99", "c50", "c99")
+        lat = [r[k] if name == "direct" else r[k] - direct[k] for k in keys]
         growth = f"{r['growth'] / 1024:.1f} MB" if name != "direct" else "-"
+        cpu_e = f"{r['cpu_event_us']:.0f}" if name != "direct" else "-"
+        cpu_m = f"{r['cpu_mb_ms']:.1f}" if name != "direct" else "-"
         out.append(
-            f"| {name}{' (absolute)' if name == 'direct' else ''} | {added[0]:.3f} | "
-            f"{added[1]:.3f} | {added[2]:.3f} | {added[3]:.3f} | {r['mbps']:.0f} | "
+            f"| {name} | {lat[0]:.3f} | {lat[1]:.3f} | {lat[2]:.3f} | {lat[3]:.3f} | {cpu_e} | "
+            f"{r['mbps']:.0f} | {cpu_m} | {r['ttfb50']:.1f} | {r['whole500']:.0f}/500 | "
             f"{r['disconnect']:.1f} | {growth} |"
         )
     s = results["ssekit"]
     checks = [
-        ("added p50 <= 0.3 ms", s["p50"] - direct["p50"] <= 0.3),
+        ("added p50 <= 0.15 ms (sequential)", s["p50"] - direct["p50"] <= 0.15),
+        ("added p99 <= 1 ms (sequential)", s["p99"] - direct["p99"] <= 1),
         ("added p99 <= 3 ms with 100 concurrent", s["c99"] - direct["c99"] <= 3),
+        ("500 concurrent streams all whole", s["whole500"] == 500),
         ("disconnect seen upstream <= 10 ms", s["disconnect"] <= 10),
         ("memory growth <= 5 MB under a 1 KB/s client", s["growth"] <= 5 * 1024),
     ]
     if "nginx" in results:
-        ratio = s["mbps"] / results["nginx"]["mbps"]
-        checks.append((f"throughput >= 0.5x nginx ({ratio:.2f}x)", ratio >= 0.5))
+        n = results["nginx"]
+        cpu_ratio = s["cpu_event_us"] / max(n["cpu_event_us"], 1e-9)
+        mb_ratio = s["cpu_mb_ms"] / max(n["cpu_mb_ms"], 1e-9)
+        tp_ratio = s["mbps"] / n["mbps"]
+        ttfb_ratio = s["ttfb50"] / n["ttfb50"]
+        checks += [
+            (f"CPU per event <= 3x nginx ({cpu_ratio:.1f}x)", cpu_ratio <= 3),
+            (f"1-stream throughput >= 0.7x nginx ({tp_ratio:.2f}x)", tp_ratio >= 0.7),
+            (f"CPU per MB <= 3x nginx ({mb_ratio:.1f}x)", mb_ratio <= 3),
+            (f"TTFB p50, 100 at once <= 1.5x nginx ({ttfb_ratio:.2f}x)", ttfb_ratio <= 1.5),
+        ]
     out += ["", "### Targets", ""]
     out += [f"- {label}: {'PASS' if ok else 'FAIL'}" for label, ok in checks]
     print("\n".join(out), flush=True)
