@@ -135,8 +135,10 @@ class StderrLines:
         self._thread.start()
 
     def _read(self, stream: object) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            self.lines.append((time.monotonic(), line))
+        # stop() may close the pipe under us (communicate): then there is no more to read.
+        with contextlib.suppress(ValueError, OSError):
+            for line in stream:  # type: ignore[attr-defined]
+                self.lines.append((time.monotonic(), line))
 
     def since(self, moment: float) -> list[str]:
         return [line for at, line in self.lines if at >= moment]

@@ -21,8 +21,10 @@ import h11
 from anyio.streams.tls import TLSStream
 
 from .._errors import UpstreamError
+from . import _stream
 from ._headers import head_size
 from ._origin import Origin
+from ._stream import FastStream, Stream, on_asyncio
 
 __all__ = (
     "DEFAULT_MAX_HEAD_SIZE",
@@ -66,9 +68,20 @@ def _translated(what: str, origin: Origin) -> Iterator[None]:
         raise UpstreamError(f"upstream {origin.authority}: bad HTTP {what}: {exc}", 502) from exc
 
 
-async def _tunnel(proxy: Origin, origin: Origin, connect_timeout: float) -> anyio.abc.SocketStream:
+async def _tcp(host: str, port: int) -> Stream:
+    """A TCP connection with TCP_NODELAY: a :class:`FastStream` on asyncio, else anyio's."""
+    if on_asyncio():
+        return await _stream.connect(host, port)
+    stream = await anyio.connect_tcp(host, port)
+    stream.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(
+        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+    )
+    return stream
+
+
+async def _tunnel(proxy: Origin, origin: Origin, connect_timeout: float) -> Stream:
     """Open a CONNECT tunnel to ``origin`` through the HTTP proxy ``proxy``."""
-    stream = await anyio.connect_tcp(proxy.host, proxy.port)
+    stream = await _tcp(proxy.host, proxy.port)
     try:
         target = f"{origin.host}:{origin.port}".encode()
         await stream.send(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n")
@@ -109,20 +122,22 @@ async def open_connection(
     with _translated("connecting", origin):
         with anyio.fail_after(connect_timeout):
             if proxy is not None:
-                raw: anyio.abc.ByteStream = await _tunnel(proxy, origin, connect_timeout)
+                raw = await _tunnel(proxy, origin, connect_timeout)
             else:
-                raw = await anyio.connect_tcp(origin.host, origin.port)
+                raw = await _tcp(origin.host, origin.port)
             sock = raw.extra(anyio.abc.SocketAttribute.raw_socket, None)
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if origin.scheme == "https":
+                context = ssl_context or make_ssl_context()
                 try:
-                    raw = await TLSStream.wrap(
-                        raw,
-                        hostname=origin.host,
-                        ssl_context=ssl_context or make_ssl_context(),
-                        standard_compatible=False,
-                    )
+                    if isinstance(raw, FastStream):
+                        raw = await _stream.start_tls(raw, context, origin.host)
+                    else:
+                        raw = await TLSStream.wrap(
+                            raw,
+                            hostname=origin.host,
+                            ssl_context=context,
+                            standard_compatible=False,
+                        )
                 except BaseException:
                     await raw.aclose()
                     raise
@@ -140,7 +155,7 @@ class OriginConnection:
 
     def __init__(
         self,
-        stream: anyio.abc.ByteStream,
+        stream: Stream,
         origin: Origin,
         sock: socket.socket | None = None,
         *,
@@ -187,14 +202,16 @@ class OriginConnection:
             event = self._h11.next_event()
             if event is not h11.NEED_DATA:
                 return cast("h11.Event | type[h11.PAUSED]", event)
+            stream = self._stream
             try:
                 if idle_timeout is None:
-                    data = await self._stream.receive(READ_SIZE)
+                    data = await stream.receive(READ_SIZE)
+                elif isinstance(stream, FastStream):
+                    # The per-chunk path: a timer only while the read really waits.
+                    data = await stream.receive_within(READ_SIZE, idle_timeout)
                 else:
-                    # A deadline only around a real wait: an event h11 already
-                    # holds costs no cancel scope (this is the per-chunk path).
                     with anyio.fail_after(idle_timeout):
-                        data = await self._stream.receive(READ_SIZE)
+                        data = await stream.receive(READ_SIZE)
             except anyio.EndOfStream:
                 data = b""
             self.bytes_received += len(data)

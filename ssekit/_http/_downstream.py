@@ -16,6 +16,8 @@ import anyio
 import anyio.abc
 import h11
 
+from ._stream import Stream
+
 __all__ = (
     "JSON",
     "REASONS",
@@ -80,7 +82,7 @@ class Downstream:
 
     __slots__ = ("addr", "h11", "last_write", "stream")
 
-    def __init__(self, stream: anyio.abc.SocketStream, max_header_size: int) -> None:
+    def __init__(self, stream: Stream, max_header_size: int) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
         addr = stream.extra(anyio.abc.SocketAttribute.remote_address, ("?", 0))

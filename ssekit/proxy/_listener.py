@@ -21,6 +21,7 @@ import h11
 
 from .._errors import ConfigError
 from .._http import BadRequest, ClientGone, Downstream, error_body, raw_response
+from .._http._stream import Stream, accept, on_asyncio
 from ._config import ProxyConfig
 from ._exchange import Shared, serve_exchange
 from ._relay import Input, Relay
@@ -147,11 +148,16 @@ class Proxy:
                 await self.shared.pool.aclose()
 
     async def _accept(self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
-        """Accept until cancelled; a failed accept (EMFILE...) pauses, never stops, serving."""
+        """Accept until cancelled; a failed accept (EMFILE...) pauses, never stops, serving.
+
+        On asyncio, connections become :class:`FastStream`s (the hot path without
+        anyio's per-operation tolls); elsewhere anyio's own streams.
+        """
+        raw = listener.extra(anyio.abc.SocketAttribute.raw_socket) if on_asyncio() else None
         backoff = ACCEPT_BACKOFF
         while True:
             try:
-                stream = await listener.accept()
+                stream: Stream = await (accept(raw) if raw is not None else listener.accept())
             except anyio.ClosedResourceError:
                 return
             except OSError as exc:
@@ -173,10 +179,10 @@ class Proxy:
             backoff = ACCEPT_BACKOFF
             tg.start_soon(self._connection, stream)
 
-    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+    async def _connection(self, stream: Stream) -> None:
         self._connections += 1
         try:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, AttributeError):
                 sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = Downstream(stream, self.config.max_header_size)

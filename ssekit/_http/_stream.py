@@ -1,0 +1,242 @@
+"""A byte stream straight on an asyncio transport: the proxy's hot path without anyio's tolls.
+
+anyio's asyncio ``SocketStream`` pays, per operation, an event-loop trip on every
+send (a ``sleep(0)`` checkpoint), a pause and resume of reading (two
+``epoll_ctl`` calls) around every wait in ``receive``, and a cancel scope per
+deadline. This stream keeps reading on, into a queue bounded by ``HIGH_WATER``
+(past it reading pauses, so TCP pushes back), returns queued data without
+waiting, writes at once and waits only when the transport's buffer is over its
+limit, and arms one timer only when a read really waits. It still lives inside
+anyio: cancellation reaches its awaits as it reaches any asyncio await.
+
+It offers what the rest of ``ssekit._http`` uses of an anyio byte stream
+(``receive``, ``send``, ``send_eof``, ``aclose``, ``extra``) and raises the same
+exceptions (``anyio.EndOfStream``, ``BrokenResourceError``, ``ClosedResourceError``),
+so either kind of stream fits under ``Downstream`` and ``OriginConnection``.
+Used on the asyncio backend (uvloop included); elsewhere anyio's streams are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections import deque
+from typing import Any, Final, TypeAlias, cast
+
+import anyio
+import anyio.abc
+
+__all__ = ("FastStream", "Stream", "accept", "connect", "on_asyncio", "start_tls")
+
+#: Bytes queued from the peer before reading pauses (and TCP pushes back).
+HIGH_WATER: Final = 256 * 1024
+#: Bytes written but not yet taken by the kernel before ``send`` waits.
+WRITE_HIGH_WATER: Final = 64 * 1024
+
+
+def on_asyncio() -> bool:
+    """True when running on an asyncio event loop (anyio's asyncio backend, uvloop included)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
+    """One TCP (or TLS) connection as a byte stream; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._eof = False
+        self._lost: BaseException | None = None
+        self._closed = False
+        self._reading_paused = False
+        self._readable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._write_paused = False
+
+    # -- asyncio.Protocol --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's are not asyncio.Transport subclasses).
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(WRITE_HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._queued >= HIGH_WATER and not self._reading_paused and self._transport:
+            self._reading_paused = True
+            self._transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        # Keep a TCP transport open: we may still write (half-close). TLS cannot.
+        transport = self._transport
+        return transport is not None and transport.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = exc or ConnectionResetError("connection lost")
+        self._eof = True
+        self._wake_reader()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        if self._readable is not None and not self._readable.done():
+            self._readable.set_result(None)
+
+    def _wake_writer(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # -- the stream --------------------------------------------------------
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """Queued bytes at once, else wait for some; ``anyio.EndOfStream`` at EOF."""
+        return await self.receive_within(max_bytes, None)
+
+    async def receive_within(self, max_bytes: int, idle_limit: float | None) -> bytes:
+        """Like :meth:`receive`, raising ``TimeoutError`` after ``idle_limit`` s without data.
+
+        The timer exists only while the read really waits: queued data costs
+        no clock read, no timer and no loop trip.
+        """
+        if not self._queue:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if not self._eof:
+                await self._wait_readable(idle_limit)
+            if not self._queue:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if self._lost is not None and not isinstance(self._lost, ConnectionResetError):
+                    raise anyio.BrokenResourceError from self._lost
+                raise anyio.EndOfStream
+        chunk = self._queue.popleft()
+        if len(chunk) > max_bytes:
+            chunk, rest = chunk[:max_bytes], chunk[max_bytes:]
+            self._queue.appendleft(rest)
+        self._queued -= len(chunk)
+        if self._reading_paused and self._queued < HIGH_WATER // 2 and self._transport:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        return chunk
+
+    async def _wait_readable(self, idle_limit: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self._readable = loop.create_future()
+        timer = None
+        if idle_limit is not None:
+            timer = loop.call_later(idle_limit, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self._readable = None
+            if timer is not None:
+                timer.cancel()
+
+    async def send(self, data: bytes, /) -> None:
+        """Write ``data``; wait only while the transport holds more than its limit."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        transport = self._transport
+        if self._lost is not None or transport is None or transport.is_closing():
+            raise anyio.BrokenResourceError from self._lost
+        transport.write(data)
+        while self._write_paused and self._lost is None and not self._closed:
+            self._writable = asyncio.get_running_loop().create_future()
+            try:
+                await self._writable
+            finally:
+                self._writable = None
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._lost is not None:
+            raise anyio.BrokenResourceError from self._lost
+
+    async def send_eof(self) -> None:
+        if self._transport is not None and self._transport.can_write_eof():
+            self._transport.write_eof()
+
+    async def aclose(self) -> None:
+        """Close at once (abort: unsent bytes are dropped), never raising."""
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+        self._wake_reader()
+        self._wake_writer()
+
+    def extra(self, attribute: Any, default: Any = None) -> Any:
+        """The few anyio socket attributes ssekit reads: addresses and the raw socket."""
+        transport = self._transport
+        if transport is None:
+            return default
+        if attribute is anyio.abc.SocketAttribute.remote_address:
+            return transport.get_extra_info("peername", default)
+        if attribute is anyio.abc.SocketAttribute.local_address:
+            return transport.get_extra_info("sockname", default)
+        if attribute is anyio.abc.SocketAttribute.raw_socket:
+            return transport.get_extra_info("socket", default)
+        return default
+
+
+#: A byte stream ``ssekit._http`` reads and writes: anyio's, or a :class:`FastStream`.
+Stream: TypeAlias = "anyio.abc.ByteStream | FastStream"
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+async def accept(listening: socket.socket) -> FastStream:
+    """Accept one connection on a listening socket (TCP_NODELAY set); OSError as accept's."""
+    loop = asyncio.get_running_loop()
+    try:
+        sock, _ = await loop.sock_accept(listening)
+    except asyncio.CancelledError:
+        # A cancelled sock_accept can leave its reader behind (bpo-41317).
+        with contextlib.suppress(ValueError, NotImplementedError, OSError):
+            loop.remove_reader(listening)
+        raise
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _, protocol = await loop.connect_accepted_socket(FastStream, sock)
+    except BaseException:
+        sock.close()
+        raise
+    return protocol
+
+
+async def connect(host: str, port: int) -> FastStream:
+    """Open a TCP connection (TCP_NODELAY set, as asyncio does for TCP)."""
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(FastStream, host, port)
+    return protocol
+
+
+async def start_tls(stream: FastStream, context: ssl.SSLContext, hostname: str) -> FastStream:
+    """Upgrade ``stream`` to TLS in place (after a CONNECT tunnel, or right away)."""
+    assert stream._transport is not None
+    assert not stream._queue, "bytes after the CONNECT reply were refused before this"
+    loop = asyncio.get_running_loop()
+    transport = await loop.start_tls(
+        stream._transport, stream, context, server_hostname=hostname, ssl_handshake_timeout=None
+    )
+    stream._transport = tls = cast(asyncio.Transport, transport)
+    tls.set_write_buffer_limits(WRITE_HIGH_WATER)
+    return stream
