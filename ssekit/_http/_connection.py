@@ -22,7 +22,8 @@ from anyio.streams.tls import TLSStream
 
 from .._errors import UpstreamError
 from . import _stream
-from ._headers import head_size
+from ._chunked import MAX_CHUNK_HOLD, ChunkedReader, ChunkError
+from ._headers import get_header, head_size
 from ._origin import Origin
 from ._stream import FastStream, Stream, on_asyncio
 
@@ -38,9 +39,6 @@ __all__ = (
 READ_SIZE: Final = 256 * 1024
 #: The largest response head accepted, however it arrives (then 502).
 DEFAULT_MAX_HEAD_SIZE: Final = 64 * 1024
-# A chunk that arrives in several reads is forwarded whole, up to this size,
-# so chunk boundaries survive without unbounded buffering.
-MAX_CHUNK_HOLD: Final = 65536
 
 
 def make_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -144,6 +142,18 @@ async def open_connection(
     return OriginConnection(raw, origin, sock, max_head_size=max_head_size)
 
 
+def _chunked_body(response: h11.Response) -> bool | None:
+    """For a chunked response, whether the connection may carry another exchange after
+    it; None when the body is not chunked (or has none)."""
+    if response.status_code in (204, 304):
+        return None
+    coding = get_header(response.headers, b"transfer-encoding")
+    if coding is None or coding.split(b",")[-1].strip().lower() != b"chunked":
+        return None
+    connection = (get_header(response.headers, b"connection") or b"").lower()
+    return response.http_version == b"1.1" and b"close" not in connection
+
+
 class OriginConnection:
     """One HTTP/1.1 connection to an origin server, driven by h11.
 
@@ -170,6 +180,9 @@ class OriginConnection:
         self.bytes_sent = 0
         #: Bytes read since this exchange's request began (0: no answer at all).
         self.bytes_received = 0
+        # After a chunked response head: whether the connection may be kept once
+        # the body ends cleanly (None: h11 reads the body).
+        self._chunked: bool | None = None
 
     async def _send(self, event: h11.Event) -> None:
         data = self._h11.send(event)
@@ -232,6 +245,7 @@ class OriginConnection:
                                 502,
                             )
                     if isinstance(event, h11.Response):
+                        self._chunked = _chunked_body(event)
                         return event
                     if isinstance(event, h11.ConnectionClosed):
                         raise UpstreamError(
@@ -260,7 +274,13 @@ class OriginConnection:
         HTTP chunk): no added latency, since the bytes were all here already.
         A chunk arriving over several reads is held whole up to MAX_CHUNK_HOLD.
         Chunks completed before a framing error are yielded before it is raised.
+        A chunked body is read by ssekit's own :class:`ChunkedReader` (h11 keeps
+        the heads); other framings by h11.
         """
+        if self._chunked is not None:
+            async for chunks in self._receive_chunked(idle_timeout):
+                yield chunks
+            return
         held: list[bytes] = []
         held_size = 0
         while True:
@@ -319,8 +339,51 @@ class OriginConnection:
             if ended:
                 return
 
+    async def _receive_chunked(self, idle_timeout: float) -> AsyncIterator[list[bytes]]:
+        reader = ChunkedReader()
+        data, closed = self._h11.trailing_data  # body bytes h11 read past the head
+        stream = self._stream
+        while True:
+            try:
+                chunks = reader.feed(bytes(data)) if data else []
+            except ChunkError as exc:
+                raise UpstreamError(
+                    f"upstream {self._origin.authority} sent a malformed chunked body "
+                    f"(the response was cut: {exc})",
+                    502,
+                ) from exc
+            if chunks:
+                yield chunks
+            if reader.done:
+                # Clean end: a next request may follow on a fresh h11 state,
+                # unless bytes came after the body or either side wants a close.
+                self._chunked = not reader.leftover and self._chunked
+                return
+            if closed:
+                raise UpstreamError(
+                    f"upstream {self._origin.authority} closed the connection mid-body "
+                    "(the response was cut)",
+                    502,
+                )
+            with _translated("reading the body", self._origin):
+                try:
+                    if isinstance(stream, FastStream):
+                        data = await stream.receive_within(READ_SIZE, idle_timeout)
+                    else:
+                        with anyio.fail_after(idle_timeout):
+                            data = await stream.receive(READ_SIZE)
+                except anyio.EndOfStream:
+                    data, closed = b"", True
+            self.bytes_received += len(data)
+
     def reusable(self) -> bool:
         """True when both sides finished the exchange and may keep the connection."""
+        if self._chunked is not None:
+            # The body was read past h11: start the next exchange on a fresh state.
+            keep = self._chunked and self._h11.our_state is h11.DONE
+            self._chunked = None
+            self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max_head_size)
+            return keep
         if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
             return False
         try:

@@ -24,6 +24,7 @@ from .._http import (
     BadRequest,
     ClientGone,
     Downstream,
+    Headers,
     OriginConnection,
     OriginPool,
     error_body,
@@ -332,11 +333,10 @@ async def _answer(
                 stats.upstream_first_byte = time.monotonic() - started
                 stats.status = response.status_code
                 content_type = get_header(response.headers, b"content-type") or b""
+                headers = response_headers(list(response.headers))
                 await client.send(
                     h11.Response(
-                        status_code=response.status_code,
-                        headers=response_headers(list(response.headers)),
-                        reason=response.reason,
+                        status_code=response.status_code, headers=headers, reason=response.reason
                     )
                 )
                 relay.on(Input.HEAD)
@@ -349,14 +349,25 @@ async def _answer(
                     started=started,
                     sse=is_event_stream(content_type),
                     read_to_close=_read_to_close(response),
-                    sized=get_header(response.headers, b"transfer-encoding") is None
-                    and get_header(response.headers, b"content-length") is not None,
+                    sized=get_header(headers, b"content-length") is not None,
+                    chunked=_chunked_to_client(client, headers, response.status_code),
                 )
             tg.cancel_scope.cancel()
     except* ClientGone:
         if relay.open:
             relay.on(Input.CLIENT_GONE)
     return failure, done
+
+
+def _chunked_to_client(client: Downstream, headers: Headers, status: int) -> bool:
+    """True when h11 frames our response to the client in chunks (RFC 9112 6.1): an
+    HTTP/1.1 client, a body, and no Content-Length."""
+    return (
+        client.h11.their_http_version == b"1.1"
+        and client.h11.our_state is h11.SEND_BODY
+        and status not in (204, 304)
+        and get_header(headers, b"content-length") is None
+    )
 
 
 def _read_to_close(response: h11.Response) -> bool:

@@ -21,6 +21,7 @@ from .._encoder import encode, encode_comment
 from .._errors import SSEError, UpstreamError
 from .._event import Comment, Event
 from .._http import ClientGone, Downstream, OriginConnection
+from .._http._chunked import frame_chunk
 from ..openai import DONE
 from ._config import ProxyConfig
 from ._relay import Input, Relay, heartbeat_due
@@ -79,23 +80,30 @@ async def pump(
     sse: bool,
     read_to_close: bool,
     sized: bool,
+    chunked: bool,
 ) -> bool:
     """Forward the body and its end; True when it ended cleanly (the upstream may be reused).
 
     A read-to-close event stream that stops inside an event was cut, not
     finished: the client's response is cut too, never ended cleanly. A body
     with a Content-Length (``sized``) gets nothing inserted: it would not fit.
+    ``chunked``: the client's response is chunk-framed, so chunks are framed
+    here (h11 still writes the head and the last chunk).
     """
     tap = Tap(stats, started) if sse else None
     if sized:
         config = dataclasses.replace(config, heartbeat=None, error_event=False)
     if tap is None or config.heartbeat is None:
-        return await _forward(client, upstream, relay, stats, config, tap, None, read_to_close)
+        return await _forward(
+            client, upstream, relay, stats, config, tap, None, read_to_close, chunked
+        )
     lock = anyio.Lock()  # the heartbeat task writes too: one writer at a time
     done = False
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeats, client, tap, lock, config.heartbeat, relay, tg.cancel_scope)
-        done = await _forward(client, upstream, relay, stats, config, tap, lock, read_to_close)
+        done = await _forward(
+            client, upstream, relay, stats, config, tap, lock, read_to_close, chunked
+        )
         tg.cancel_scope.cancel()
     return done
 
@@ -109,11 +117,15 @@ async def _forward(
     tap: Tap | None,
     lock: anyio.Lock | None,
     read_to_close: bool,
+    chunked: bool,
 ) -> bool:
     try:
         async for batch in upstream.receive_body_batches(idle_timeout=config.idle_timeout):
             # One socket write per upstream read, each chunk still its own HTTP chunk.
-            framed = b"".join([client.h11.send(h11.Data(data=chunk)) or b"" for chunk in batch])
+            if chunked:
+                framed = b"".join([frame_chunk(chunk) for chunk in batch])
+            else:
+                framed = b"".join([client.h11.send(h11.Data(data=c)) or b"" for c in batch])
             await _write(client, lock, framed)
             if not relay.open:
                 return False  # the client left while we wrote (the watcher saw it)
