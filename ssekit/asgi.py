@@ -219,16 +219,22 @@ async def stream_events(
     """
     source = _async_items(events)
     writer = _Writer(send, send_timeout, ping)
+    failure: Exception | None = None
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_watch_disconnect, receive, tasks.cancel_scope)
-            await writer.start(status, list(headers))
-            if ping is not None:
-                tasks.start_soon(writer.ping, ping)
-            async for item in source:
-                await writer.write(item)
-            await writer.finish()
+            try:
+                await writer.start(status, list(headers))
+                if ping is not None:
+                    tasks.start_soon(writer.ping, ping)
+                async for item in source:
+                    await writer.write(item)
+                await writer.finish()
+            except Exception as exc:
+                failure = exc  # raised as itself below, not in an exception group
             tasks.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
     except anyio.get_cancelled_exc_class():
         # Not the disconnect (that scope is ours and swallows its own
         # cancellation): the server cancelled the request, at shutdown.

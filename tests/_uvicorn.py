@@ -52,7 +52,7 @@ def running(app: Any, **config: Any) -> Iterator[Running]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="auto", access_log=False, **config)
+        uvicorn.Config(app, **{"log_level": "warning", "access_log": False, **config})
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     state = Running(f"http://127.0.0.1:{port}", server, thread)
