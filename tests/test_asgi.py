@@ -270,8 +270,10 @@ def test_server_shutdown_ends_open_streams_cleanly() -> None:
         took = server.stop()  # what SIGTERM does
         reader.join(5)
     assert len(outcome) == 1
-    assert isinstance(outcome[0], int) and outcome[0] > 0  # a clean end, not an error
-    assert len(probe.finally_at) == 1 and probe.finished == 0
+    assert isinstance(outcome[0], int)
+    assert outcome[0] > 0
+    assert len(probe.finally_at) == 1
+    assert probe.finished == 0
     assert took < 3
     assert not [r for r in server.errors if "Exception in ASGI application" in r.getMessage()]
 
