@@ -10,11 +10,11 @@ import platform
 import sys
 from importlib.metadata import version
 
-from benchmarks import bench_decoder, bench_encoder
+from benchmarks import bench_decoder, bench_encoder, bench_integrations
 
 PACKAGES = (
     "ssekit", "httpx", "httpx-sse", "sseclient-py", "launchdarkly-eventsource", "requests-sse",
-    "openai", "sse-starlette",
+    "openai", "sse-starlette", "uvicorn", "starlette",
 )  # fmt: skip
 
 
@@ -38,6 +38,7 @@ def main() -> None:
     print("\n".join(machine()))
     bench_decoder.main(argv)
     bench_encoder.main([a for a in argv if a == "--quick"])
+    bench_integrations.main([a for a in argv if a == "--quick"])
 
 
 if __name__ == "__main__":

@@ -141,12 +141,15 @@ class ClientError(SSEError):
 class ResponseError(ClientError):
     """The server answered with something that is not an event stream.
 
-    ``status`` and ``body`` (the first bytes, decoded) say what came back.
+    ``status``, ``content_type`` (the header as sent, "" when absent) and
+    ``body`` (the first bytes, decoded) say what came back: an OpenAI JSON
+    error is readable from ``body``.
     """
 
-    def __init__(self, message: str, status: int, body: str = "") -> None:
+    def __init__(self, message: str, status: int, body: str = "", content_type: str = "") -> None:
         self.status = status
         self.body = body
+        self.content_type = content_type
         super().__init__(message)
 
 

@@ -195,3 +195,24 @@ def test_cli_defaults_are_the_config_defaults() -> None:
         if "help" in option.metadata:
             assert getattr(args, option.name) == option.default, option.name
     assert args.listen == ("127.0.0.1", 8080)
+
+
+def test_asgi_core_loads_no_framework_and_httpx_module_no_starlette() -> None:
+    code = (
+        "import sys, ssekit.asgi; a = sorted(m for m in ('starlette', 'httpx', 'fastapi') "
+        "if m in sys.modules); import ssekit.httpx; "
+        "print(a, 'starlette' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] False"
+
+
+def test_integration_modules_export_what_they_list() -> None:
+    import ssekit.asgi
+    import ssekit.httpx
+    import ssekit.starlette
+
+    for module in (ssekit.asgi, ssekit.httpx, ssekit.starlette):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, (module.__name__, name)
+    assert ssekit.httpx.RetryPolicy is __import__("ssekit.client").client.RetryPolicy

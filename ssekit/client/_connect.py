@@ -20,7 +20,7 @@ from .._errors import ClientError, ConfigError, ResponseError, UpstreamError
 from .._event import Event
 from .._http import Origin, OriginConnection, get_header, make_ssl_context, open_connection
 from ..openai import Chunk, aiter_chunks, join_deltas
-from ._policy import Reconnector, RetryPolicy, Verdict
+from ._policy import MAX_ERROR_BODY, Reconnector, RetryPolicy, Verdict, judge_response
 
 __all__ = (
     "MAX_REDIRECTS",
@@ -32,8 +32,6 @@ __all__ = (
     "listen",
     "stream_sync",
 )
-
-MAX_ERROR_BODY = 64 * 1024
 
 
 async def _error_body(conn: OriginConnection, idle_timeout: float) -> str:
@@ -176,7 +174,7 @@ async def _events(
                 decision = reconnector.on_response(response.status_code, content_type)
                 if decision.verdict is Verdict.FAIL:
                     text = await _error_body(conn, idle_timeout)
-                    decision = reconnector.on_response(response.status_code, content_type, text)
+                    decision = judge_response(response.status_code, content_type, text)
                     assert decision.error is not None
                     raise decision.error
                 if decision.verdict is Verdict.STOP:

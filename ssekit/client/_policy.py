@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from .._errors import ClientError, ResponseError, RetriesExhausted
 
-__all__ = ("Decision", "Reconnector", "RetryPolicy", "Verdict")
+__all__ = ("MAX_ERROR_BODY", "Decision", "Reconnector", "RetryPolicy", "Verdict", "judge_response")
+
+#: How much of a refused response's body a :class:`ResponseError` carries (bytes).
+MAX_ERROR_BODY: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,28 +91,7 @@ class Reconnector:
     def on_response(self, status: int, content_type: str, body: str = "") -> Decision:
         """Judge a response head (``body``: the first bytes, for error messages)."""
         self.connections += 1
-        if status == 204:
-            return Decision(Verdict.STOP)  # the server asks the client to stop reconnecting
-        if status != 200:
-            return Decision(
-                Verdict.FAIL,
-                error=ResponseError(
-                    f"server answered {status}, not 200; not reconnecting: {body[:200]!r}",
-                    status,
-                    body,
-                ),
-            )
-        if content_type.split(";", 1)[0].strip().lower() != "text/event-stream":
-            return Decision(
-                Verdict.FAIL,
-                error=ResponseError(
-                    f"server answered with content type {content_type!r}, not "
-                    "text/event-stream; check the URL (not reconnecting)",
-                    status,
-                    body,
-                ),
-            )
-        return Decision(Verdict.OPEN)
+        return judge_response(status, content_type, body)
 
     def on_chunk(self, last_event_id: str, retry: int | None, *, events: int) -> None:
         """After a chunk was decoded: keep the decoder's last event ID and reconnection time.
@@ -152,6 +135,26 @@ class Reconnector:
             )
         self.failures += 1
         return Decision(Verdict.RECONNECT, delay=delay)
+
+
+def judge_response(status: int, content_type: str, body: str = "") -> Decision:
+    """Judge one response head by the EventSource's rules (HTML 9.2.3), without state.
+
+    In: the status, the Content-Type header ("" when absent) and, for the
+    error message, the start of the body. Out: OPEN for a 200
+    ``text/event-stream`` (any parameters), STOP for 204 (the server asks the
+    client to stop), else FAIL carrying a :class:`ResponseError` with all three.
+    """
+    if status == 204:
+        return Decision(Verdict.STOP)
+    if status != 200:
+        problem = f"server answered {status}, not 200"
+    elif content_type.split(";", 1)[0].strip().lower() != "text/event-stream":
+        problem = f"server answered with content type {content_type!r}, not text/event-stream"
+    else:
+        return Decision(Verdict.OPEN)
+    message = f"{problem}; not reconnecting (content type {content_type!r}): {body[:200]!r}"
+    return Decision(Verdict.FAIL, error=ResponseError(message, status, body, content_type))
 
 
 def _give_up(

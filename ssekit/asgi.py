@@ -1,0 +1,349 @@
+"""Stream server-sent events over ASGI ``send``, watching ``receive`` for the disconnect.
+
+No framework: :func:`stream_events` works under any ASGI server (uvicorn,
+hypercorn, granian) and :class:`EventStreamResponse` is a plain ASGI app;
+:mod:`ssekit.starlette` wraps it for Starlette and FastAPI.
+
+What it guarantees:
+
+- Each item leaves in its own ``http.response.body`` message, encoded by
+  :func:`ssekit.encode`: :class:`ssekit.Event`; ``str`` (the data of a
+  message event); ``bytes`` (already-encoded wire bytes, written as they are);
+  ``dict`` (the fields by name, ``data``/``event``/``id``/``retry``, or a
+  ``comment``, as sse-starlette users write them).
+- An ``http.disconnect`` stops the producer at once: the stream stops, an
+  async generator gets ``aclose()`` (its ``finally`` runs), a sync one
+  ``close()`` after its current step; no task outlives the call and nothing
+  is raised or logged.
+- ``ping`` seconds without a write sends a ``: ping`` comment, only between
+  events (bytes items are tracked by a :class:`ssekit.Decoder`, so a ping
+  never lands inside an event written in pieces).
+- ``send_timeout`` bounds each write to a stuck client: past it the producer
+  is closed and :class:`TimeoutError` raised (the server then drops the
+  connection).
+- When the server cancels the request (uvicorn's ``--timeout-graceful-shutdown``
+  expiring on SIGTERM, say), the body is ended cleanly (clients reconnect, with
+  Last-Event-ID) and the producer closed; the cancellation is not re-raised,
+  since the response is complete and there is nothing left to cancel.
+- A producer that raises mid-stream leaves the body unterminated, so the
+  client sees a cut stream, never a clean end; the error propagates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+)
+from typing import Any, Final
+
+import anyio
+
+from ._decoder import Decoder
+from ._encoder import encode, encode_comment
+from ._event import Event
+
+__all__ = (
+    "DEFAULT_HEADERS",
+    "EventStreamResponse",
+    "Item",
+    "encode_item",
+    "response_headers",
+    "stream_events",
+)
+
+Message = MutableMapping[str, Any]  # ASGI messages are dicts of any values
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: What a producer may yield.
+Item = Event | str | bytes | bytearray | memoryview | Mapping[str, object]
+
+#: The response headers of an event stream (a caller's header of the same name wins).
+DEFAULT_HEADERS: Final = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx passes the stream on live
+)
+
+_PING: Final = encode_comment("ping")
+#: How long closing a producer may take once the stream is over (seconds).
+_CLOSE_TIMEOUT: Final = 5.0
+_FIELDS: Final = frozenset({"data", "event", "id", "retry"})
+
+
+def encode_item(item: Item) -> bytes:
+    """The wire bytes of one item a producer yielded.
+
+    In: an Event, a str (the data of a message event), bytes (returned as
+    they are) or a mapping of fields (``data``, ``event``, ``id``, ``retry``;
+    or only ``comment``). Out: bytes. Raises :class:`ssekit.EncodeError` for
+    what SSE cannot carry, :class:`TypeError` for another type or field name.
+    """
+    if isinstance(item, Event):
+        return encode(item)
+    if isinstance(item, str):
+        return encode(Event(data=item))
+    if isinstance(item, bytes | bytearray | memoryview):
+        return bytes(item)
+    if isinstance(item, Mapping):
+        return _encode_fields(item)
+    raise TypeError(
+        f"an event stream item must be an Event, str, bytes or dict, got {type(item).__name__}"
+    )
+
+
+def _encode_fields(fields: Mapping[str, object]) -> bytes:
+    if set(fields) == {"comment"}:
+        text = fields["comment"]
+        if not isinstance(text, str):
+            raise TypeError(f"comment must be a str, got {type(text).__name__}")
+        return encode_comment(text)
+    unknown = set(fields) - _FIELDS
+    if unknown:
+        raise TypeError(
+            f"unknown event fields {sorted(unknown)}; use data, event, id and retry "
+            "(or comment alone)"
+        )
+    return encode(Event(**fields))  # type: ignore[arg-type]  # Event checks the types
+
+
+def response_headers(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+) -> list[tuple[bytes, bytes]]:
+    """The event stream's headers with the caller's ``headers`` (which win by name) added.
+
+    In: a mapping or pairs of str. Out: ASGI header pairs, names lower-cased.
+    """
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    given = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
+    names = {name for name, _ in given}
+    return [*(pair for pair in DEFAULT_HEADERS if pair[0] not in names), *given]
+
+
+class _Writer:
+    """Writes to ``send``: one message per item, ``send_timeout`` per write, pings at boundaries."""
+
+    def __init__(self, send: Send, send_timeout: float | None, ping: float | None) -> None:
+        self._send = send
+        self._timeout = send_timeout
+        self._lock = anyio.Lock() if ping is not None else None
+        self._decoder: Decoder[Event] | None = None  # only once a bytes item was seen
+        self.last_write = time.monotonic()
+        self.finished = False
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._decoder is None or self._decoder.at_boundary
+
+    async def write(self, item: Item) -> None:
+        data = encode_item(item)
+        if not isinstance(item, Event | str | Mapping):
+            # Raw bytes may end mid-event; follow them so pings stay between events.
+            if self._decoder is None:
+                self._decoder = Decoder()
+            self._decoder.feed(data)
+        await self._body(data, more=True)
+
+    async def ping(self, interval: float) -> None:
+        """Send ``: ping`` when ``interval`` passed without a write, at an event boundary."""
+        while True:
+            await anyio.sleep(max(0.0, self.last_write + interval - time.monotonic()))
+            if time.monotonic() - self.last_write >= interval and self.at_boundary:
+                await self._body(_PING, more=True)
+
+    async def finish(self) -> None:
+        """End the body cleanly (the client sees a complete response)."""
+        if not self.finished:
+            self.finished = True
+            await self._body(b"", more=False)
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        await self._message({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def _body(self, data: bytes, *, more: bool) -> None:
+        await self._message({"type": "http.response.body", "body": data, "more_body": more})
+        self.last_write = time.monotonic()
+
+    async def _message(self, message: Message) -> None:
+        if self._lock is None:
+            await self._timed(message)
+        else:
+            async with self._lock:
+                await self._timed(message)
+
+    async def _timed(self, message: Message) -> None:
+        if self._timeout is None:
+            await self._send(message)
+            return
+        try:
+            with anyio.fail_after(self._timeout):
+                await self._send(message)
+        except TimeoutError:
+            raise TimeoutError(
+                f"a write to the client took over send_timeout={self._timeout}s; "
+                "the stream was abandoned"
+            ) from None
+
+
+async def stream_events(
+    receive: Receive,
+    send: Send,
+    events: AsyncIterable[Item] | Iterable[Item],
+    *,
+    status: int = 200,
+    headers: Iterable[tuple[bytes, bytes]] = DEFAULT_HEADERS,
+    ping: float | None = None,
+    send_timeout: float | None = None,
+) -> None:
+    """Send the response head, then each item of ``events`` as it comes, then the end.
+
+    In: the ASGI ``receive`` and ``send`` of an HTTP request; ``events``, an
+    async or sync iterable of :data:`Item` (a sync one is iterated in a worker
+    thread, except lists and tuples); ``headers``, the ASGI head's headers as
+    they go out (:func:`response_headers` builds them from yours); ``ping`` and
+    ``send_timeout`` in seconds. Returns when the producer is exhausted, the
+    client disconnected, or the server cancelled the request; the producer
+    is closed in every case (see the module docstring).
+
+    Raises what the producer raises (the body is then left cut), what
+    :func:`encode_item` raises, and :class:`TimeoutError` past ``send_timeout``.
+    """
+    source = _async_items(events)
+    writer = _Writer(send, send_timeout, ping)
+    failure: Exception | None = None
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_watch_disconnect, receive, tasks.cancel_scope)
+            try:
+                await writer.start(status, list(headers))
+                if ping is not None:
+                    tasks.start_soon(writer.ping, ping)
+                async for item in source:
+                    await writer.write(item)
+                await writer.finish()
+            except Exception as exc:
+                failure = exc  # raised as itself below, not in an exception group
+            tasks.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+    except anyio.get_cancelled_exc_class():
+        # Not the disconnect (that scope is ours and swallows its own
+        # cancellation): the server cancelled the request, at shutdown.
+        with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            await writer.finish()
+    finally:
+        with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            await _close(source)
+
+
+async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` when the client goes away (request body messages are skipped)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+def _async_items(events: AsyncIterable[Item] | Iterable[Item]) -> AsyncIterator[Item]:
+    """``events`` as an async iterator (an async one as it is: no extra layer per item)."""
+    if isinstance(events, AsyncIterable):
+        return aiter(events)
+    if isinstance(events, list | tuple):
+        return _listed(events)
+    return _threaded(iter(events))
+
+
+async def _listed(events: list[Item] | tuple[Item, ...]) -> AsyncIterator[Item]:
+    for item in events:  # in memory: nothing can block
+        yield item
+
+
+async def _threaded(events: Iterator[Item]) -> AsyncIterator[Item]:
+    """Each step of a sync iterator in a worker thread (it may block); closed when closed."""
+    try:
+        while True:
+            item = await anyio.to_thread.run_sync(next, events, _END)
+            if item is _END:
+                return
+            yield item
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
+_END: Final[Any] = object()
+
+
+async def _close(iterator: AsyncIterator[Item]) -> None:
+    """``aclose()`` the iterator when it has one (an async generator's ``finally`` runs)."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+class EventStreamResponse:
+    """An ASGI app answering one HTTP request with the event stream of ``events``.
+
+    ``status``, ``headers``, ``ping`` and ``send_timeout`` are those of
+    :func:`stream_events`. A HEAD request gets the head only, and the
+    producer is closed without being started.
+    """
+
+    def __init__(
+        self,
+        events: AsyncIterable[Item] | Iterable[Item],
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        ping: float | None = None,
+        send_timeout: float | None = None,
+    ) -> None:
+        if ping is not None and ping <= 0:
+            raise ValueError(f"ping is an interval in seconds > 0, got {ping!r}")
+        self.events = events
+        self.status = status
+        #: The head's headers, as they go out (a list: may be changed before the call).
+        self.raw_headers = response_headers(headers)
+        self.ping = ping
+        self.send_timeout = send_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") == "HEAD":
+            await _answer_head(send, self.status, self.raw_headers, self.events)
+            return
+        await stream_events(
+            receive,
+            send,
+            self.events,
+            status=self.status,
+            headers=self.raw_headers,
+            ping=self.ping,
+            send_timeout=self.send_timeout,
+        )
+
+
+async def _answer_head(
+    send: Send,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    events: AsyncIterable[Item] | Iterable[Item],
+) -> None:
+    """The head of the stream and an empty body; the producer is closed unstarted."""
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        closer = getattr(events, "aclose", None) or getattr(events, "close", None)
+        if closer is not None:
+            result = closer()
+            if isinstance(result, Awaitable):
+                await result

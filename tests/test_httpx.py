@@ -1,0 +1,329 @@
+"""ssekit.httpx with real httpx clients against a real uvicorn server on 127.0.0.1.
+
+The server is a bare ASGI app writing scripted bytes, so every case (a cut, a retry field,
+a JSON error, a 204) is exactly what a real server sends, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+import httpx
+import pytest
+from _uvicorn import Running, running, wait_for
+
+import ssekit
+from ssekit.httpx import EventSource, RetryPolicy, aconnect_sse, connect_sse
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.anyio]
+
+FAST = RetryPolicy(initial_retry=10, jitter=0.0, max_retries=3)
+OPENAI_ERROR = {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
+# Blocks httpx-sse gets wrong: a data-less block after an id, a comment block, retry "+5".
+SPEC_BODY = (
+    b"\xef\xbb\xbfid: 1\ndata: first\n\n"
+    b": keep-alive\n\n"
+    b"id: 2\n\n"
+    b"event: update\nretry: +5\n\n"
+    b"retry: 1500\ndata: second\r\n\r\n"
+    b"data: cut off"
+)
+
+
+class Log:
+    """What the server saw: each request's method, path, headers, body; streams closed."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.closed: list[float] = []
+
+
+async def _body(receive: Any) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+def make_app(log: Log) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+        body = await _body(receive)
+        log.requests.append((scope["method"], scope["path"], headers, body))
+        path = scope["path"]
+
+        async def start(status: int, content_type: str) -> None:
+            head = [(b"content-type", content_type.encode())] if content_type else []
+            await send({"type": "http.response.start", "status": status, "headers": head})
+
+        async def chunk(data: bytes, more: bool = True) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": more})
+
+        if path == "/events":
+            # Numbered events from Last-Event-ID on, at most `per` per connection;
+            # cut_after=N cuts the first connection after event N.
+            first = int(headers.get("last-event-id", "0")) + 1
+            await start(200, "text/event-stream")
+            if "retry" in query:
+                await chunk(b"retry: %s\n\n" % query["retry"].encode())
+            last = min(int(query.get("count", "5")), first - 1 + int(query.get("per", "1000")))
+            for n in range(first, last + 1):
+                await chunk(b"id: %d\ndata: event %d\n\n" % (n, n))
+                if "last-event-id" not in headers and n == int(query.get("cut_after", "0")):
+                    raise RuntimeError("cut on purpose: the body is left unterminated")
+            await chunk(b"", more=False)
+        elif path == "/spec":
+            await start(200, "text/event-stream; charset=utf-8")
+            for i in range(0, len(SPEC_BODY), 7):  # 7-byte reads: the BOM and CRLF get split
+                await chunk(SPEC_BODY[i : i + 7])
+            await chunk(b"", more=False)
+        elif path == "/json-error":
+            await start(401, "application/json")
+            await chunk(json.dumps(OPENAI_ERROR).encode(), more=False)
+        elif path == "/html":
+            await start(200, "text/html")
+            await chunk(b"<html>not a stream</html>", more=False)
+        elif path == "/no-content":
+            await start(204, "")
+            await chunk(b"", more=False)
+        elif path == "/echo":
+            await start(200, "text/event-stream")
+            await chunk(b"data: %s\n\n" % body, more=False)
+        elif path == "/endless":
+            await start(200, "text/event-stream")
+            async with anyio.create_task_group() as tasks:
+
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    log.closed.append(time.monotonic())
+                    tasks.cancel_scope.cancel()
+
+                tasks.start_soon(watch)
+                for n in range(2_000):
+                    await chunk(b"data: tick %d\n\n" % n)
+                    await anyio.sleep(0.005)
+
+    return app
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[Running, Log]]:
+    log = Log()
+    with running(make_app(log)) as state:
+        yield state, log
+
+
+def test_iter_sse_yields_ssekit_events_with_default_headers(server: tuple[Running, Log]) -> None:
+    state, log = server
+    with httpx.Client(base_url=state.url) as client:
+        with connect_sse(client, "GET", "/events", params={"count": "3"}) as source:
+            assert isinstance(source, EventSource)
+            assert source.response.status_code == 200
+            events = list(source.iter_sse())
+    assert events == [ssekit.Event(data=f"event {n}", id=str(n)) for n in (1, 2, 3)]
+    _, path, headers, _ = log.requests[0]
+    assert path == "/events"
+    assert headers["accept"] == "text/event-stream"
+    assert headers["cache-control"] == "no-store"
+
+
+def test_given_headers_win_and_the_callers_dict_is_not_changed(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    mine = {"Accept": "text/event-stream, */*", "Authorization": "Bearer sk-test"}
+    with httpx.Client(base_url=state.url) as client:
+        with connect_sse(client, "GET", "/events", headers=mine) as source:
+            list(source.iter_sse())
+    headers = log.requests[0][2]
+    assert headers["accept"] == "text/event-stream, */*"
+    assert headers["authorization"] == "Bearer sk-test"
+    assert headers["cache-control"] == "no-store"
+    assert mine == {"Accept": "text/event-stream, */*", "Authorization": "Bearer sk-test"}
+
+
+def test_events_follow_the_spec_where_httpx_sse_does_not(server: tuple[Running, Log]) -> None:
+    state, _ = server
+    with httpx.Client(base_url=state.url) as client:
+        with connect_sse(client, "GET", "/spec") as source:
+            events = list(source.iter_sse())
+    # The BOM is stripped; blocks without data dispatch nothing; "+5" is no retry; the
+    # unterminated last event is dropped; CRLF ends lines.
+    assert events == [
+        ssekit.Event(data="first", id="1"),
+        ssekit.Event(data="second", id="2", retry=1500),
+    ]
+
+
+def test_json_error_raises_response_error_with_status_type_and_body(
+    server: tuple[Running, Log],
+) -> None:
+    state, _ = server
+    with httpx.Client(base_url=state.url) as client:
+        with connect_sse(client, "POST", "/json-error", json={"model": "x"}) as source:
+            with pytest.raises(ssekit.ResponseError) as info:
+                list(source.iter_sse())
+    error = info.value
+    assert error.status == 401
+    assert error.content_type == "application/json"
+    assert json.loads(error.body) == OPENAI_ERROR
+    assert "401" in str(error)
+    assert "Incorrect API key" in str(error)
+
+
+async def test_async_wrong_content_type_raises_response_error(
+    server: tuple[Running, Log],
+) -> None:
+    state, _ = server
+    async with httpx.AsyncClient(base_url=state.url) as client:
+        async with aconnect_sse(client, "GET", "/html") as source:
+            with pytest.raises(ssekit.ResponseError, match="text/html") as info:
+                [event async for event in source.aiter_sse()]
+    assert (info.value.status, info.value.content_type) == (200, "text/html")
+    assert info.value.body == "<html>not a stream</html>"
+
+
+def test_204_yields_nothing_and_does_not_reconnect(server: tuple[Running, Log]) -> None:
+    state, log = server
+    with httpx.Client(base_url=state.url) as client:
+        with connect_sse(client, "GET", "/no-content") as source:
+            assert list(source.iter_sse(reconnect=FAST)) == []
+    assert len(log.requests) == 1
+
+
+async def test_async_post_sends_json_and_reads_the_events(server: tuple[Running, Log]) -> None:
+    state, log = server
+    async with httpx.AsyncClient(base_url=state.url) as client:
+        async with aconnect_sse(client, "POST", "/echo", json={"q": "你好"}) as source:
+            events = [event async for event in source.aiter_sse()]
+    assert [event.json() for event in events] == [{"q": "你好"}]
+    assert log.requests[0][0] == "POST"
+
+
+def test_leaving_the_with_mid_stream_closes_the_response_at_once(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    with httpx.Client(base_url=state.url) as client:
+        with connect_sse(client, "GET", "/endless") as source:
+            for event in source.iter_sse():
+                if event.data == "tick 2":
+                    break
+            left = time.monotonic()
+        assert source.response.is_closed
+        wait_for(lambda: log.closed, 2, "the server never saw the client leave")
+    assert log.closed[0] - left < 0.5
+
+
+async def test_async_leaving_the_with_mid_stream_closes_the_response_at_once(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    async with httpx.AsyncClient(base_url=state.url) as client:
+        async with aconnect_sse(client, "GET", "/endless") as source:
+            async for event in source.aiter_sse():
+                if event.data == "tick 2":
+                    break  # the generator is left suspended: the block must close anyway
+            left = time.monotonic()
+        assert source.response.is_closed
+        with anyio.fail_after(2):
+            while not log.closed:
+                await anyio.sleep(0.005)
+    assert log.closed[0] - left < 0.5
+
+
+def test_without_reconnect_a_cut_raises_httpx_error(server: tuple[Running, Log]) -> None:
+    state, log = server
+    seen = []
+    with httpx.Client(base_url=state.url) as client:
+        with connect_sse(client, "GET", "/events", params={"cut_after": "2"}) as source:
+            with pytest.raises(httpx.RemoteProtocolError):
+                seen.extend(event.data for event in source.iter_sse())
+    assert seen == ["event 1", "event 2"]
+    assert len(log.requests) == 1
+
+
+def test_reconnect_resumes_with_last_event_id_after_a_cut(server: tuple[Running, Log]) -> None:
+    state, log = server
+    params = {"cut_after": "2", "count": "4", "retry": "20"}
+    with httpx.Client(base_url=state.url) as client:
+        with connect_sse(client, "GET", "/events", params=params) as source:
+            ids = []
+            for event in source.iter_sse(reconnect=RetryPolicy(max_retries=2, jitter=0.0)):
+                ids.append(event.id)
+                if event.id == "4":
+                    break
+    assert ids == ["1", "2", "3", "4"]
+    assert "last-event-id" not in log.requests[0][2]
+    assert log.requests[1][2]["last-event-id"] == "2"
+    assert log.requests[1][2]["accept"] == "text/event-stream"
+
+
+async def test_async_reconnect_waits_the_retry_field_time(server: tuple[Running, Log]) -> None:
+    state, log = server
+    # The server's retry: 300 replaces the policy's 10 ms; the end of a GET stream reconnects.
+    params = {"count": "2", "per": "1", "retry": "300"}
+    times = []
+    async with httpx.AsyncClient(base_url=state.url) as client:
+        async with aconnect_sse(client, "GET", "/events", params=params) as source:
+            async for _event in source.aiter_sse(reconnect=FAST):
+                times.append(time.monotonic())
+                if len(times) == 2:
+                    break
+    assert len(log.requests) == 2
+    assert log.requests[1][2]["last-event-id"] == "1"
+    assert times[1] - times[0] >= 0.3
+
+
+def test_post_is_not_replayed_unless_asked(server: tuple[Running, Log]) -> None:
+    state, log = server
+    with httpx.Client(base_url=state.url) as client:
+        with connect_sse(client, "POST", "/echo", json={"n": 1}) as source:
+            assert [e.data for e in source.iter_sse(reconnect=FAST)] == ['{"n":1}']
+        assert len(log.requests) == 1
+        replay = RetryPolicy(initial_retry=10, jitter=0.0, max_retries=1, replay_post=True)
+        with connect_sse(client, "POST", "/echo", json={"n": 2}) as source:
+            data = []
+            for event in source.iter_sse(reconnect=replay):
+                data.append(event.data)
+                if len(data) == 2:
+                    break
+    assert data == ['{"n":2}', '{"n":2}']
+    assert [method for method, *_ in log.requests] == ["POST"] * 3
+    assert log.requests[2][3] == b'{"n":2}'
+
+
+def test_reconnect_gives_up_with_retries_exhausted(server: tuple[Running, Log]) -> None:
+    state, log = server
+    with httpx.Client(base_url=state.url) as client:
+        with connect_sse(client, "GET", "/no-such-thing") as source:
+            # A 404 is not retried: the EventSource fails the connection.
+            with pytest.raises(ssekit.ResponseError):
+                list(source.iter_sse(reconnect=FAST))
+    assert len(log.requests) == 1
+    with httpx.Client() as client:
+        with connect_sse(client, "GET", f"{state.url}/events", params={"count": "0"}) as source:
+            with pytest.raises(ssekit.RetriesExhausted):
+                list(source.iter_sse(reconnect=FAST))
+    # The first connection and max_retries=3 reconnections, none with an event.
+    assert len(log.requests) == 1 + 4
+
+
+def test_reconnect_needs_connect_sse() -> None:
+    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=b"")
+    response.request = httpx.Request("GET", "http://127.0.0.1:9/")
+    source = EventSource(response)
+    assert list(source.iter_sse()) == []
+    with pytest.raises(TypeError, match="connect_sse"):
+        list(EventSource(response).iter_sse(reconnect=FAST))
