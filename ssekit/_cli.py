@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -130,6 +131,14 @@ def _parser() -> argparse.ArgumentParser:
         if "help" in option.metadata:
             _add_config_option(proxy, option)
     proxy.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="worker processes sharing the port (SO_REUSEPORT; auto: one per core); "
+        "SIGTERM drains them all, a worker that dies is replaced, metrics are summed",
+    )
+    proxy.add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
@@ -174,6 +183,14 @@ def _parser() -> argparse.ArgumentParser:
         "--delay", type=float, default=0.05, metavar="S", help="seconds between chunk events"
     )
     return parser  # fmt: skip
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        return max(1, os.cpu_count() or 1)
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of workers >= 1, or auto")
+    return int(value)
 
 
 def _event_loop(choice: str) -> tuple[str, dict[str, Any]]:
@@ -268,11 +285,6 @@ async def _first_signal(signals: AsyncIterator[int]) -> None:
 
 
 def _run_proxy(args: argparse.Namespace) -> int:
-    import anyio
-    import anyio.abc
-
-    from .proxy import MockConfig, serve, serve_mock
-
     host, port = args.listen
     settings: dict[str, Any] = {
         option.name: getattr(args, option.name)
@@ -288,14 +300,75 @@ def _run_proxy(args: argparse.Namespace) -> int:
     )
     # Validate every option before starting anything (the mock included).
     ProxyConfig(upstream=args.upstream or "http://127.0.0.1", **settings)
-    loop, backend_options = _event_loop(args.loop)
+    loop = _event_loop(args.loop)
+    if args.workers > 1:
+        return _run_workers(args, settings, loop)
+    return _run_single(args, settings, loop)
+
+
+def _banner(base: str, upstream: str, admin_prefix: str, how: str) -> None:
+    print(
+        f"ssekit proxy listening on {base} -> {upstream} ({how})\n"
+        f"metrics: {base}{admin_prefix}/metrics\n"
+        f"try:\n  curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' "
+        '-d \'{"model":"ssekit-mock","stream":true,'
+        '"messages":[{"role":"user","content":"hi"}]}\'',
+        flush=True,
+    )
+
+
+async def _serve_until_signal(
+    config: ProxyConfig,
+    *,
+    started: Callable[[tuple[str, int]], None] = lambda _: None,
+    reuse_port: bool = False,
+    metrics_dir: str | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain (up to ``config.drain_timeout``)."""
+    import anyio
+    import anyio.abc
+
+    from .proxy import serve
+
+    # Signals are caught from before the banner: a SIGTERM right after it drains.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            shutdown = anyio.Event()
+            finished = anyio.Event()
+
+            async def run_proxy(*, task_status: anyio.abc.TaskStatus[tuple[str, int]]) -> None:
+                try:
+                    await serve(
+                        config,
+                        task_status=task_status,
+                        shutdown=shutdown,
+                        reuse_port=reuse_port,
+                        metrics_dir=metrics_dir,
+                    )
+                finally:
+                    finished.set()
+
+            started(await tg.start(run_proxy))
+            await _first_signal(signals)
+            if not reuse_port:  # workers: the supervisor says it once
+                print(
+                    f"ssekit: shutting down, draining streams up to {config.drain_timeout:g}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            shutdown.set()
+            await finished.wait()
+            tg.cancel_scope.cancel()
+
+
+def _run_single(args: argparse.Namespace, settings: dict[str, Any], loop: tuple[str, Any]) -> int:
+    import anyio
+
+    from .proxy import MockConfig, serve_mock
+
+    name, backend_options = loop
 
     async def run() -> None:
-        # Signals are caught from before the banner: a SIGTERM right after it drains.
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            await run_until(signals)
-
-    async def run_until(signals: AsyncIterator[int]) -> None:
         async with anyio.create_task_group() as tg:
             upstream = args.upstream
             if upstream is None:
@@ -303,34 +376,93 @@ def _run_proxy(args: argparse.Namespace) -> int:
                 upstream = f"http://{mock_host}:{mock_port}"
                 print(f"ssekit: no --upstream given; built-in mock upstream on {upstream}")
             config = ProxyConfig(upstream=upstream, **settings)
-            shutdown = anyio.Event()
-            finished = anyio.Event()
 
-            async def run_proxy(*, task_status: anyio.abc.TaskStatus[tuple[str, int]]) -> None:
-                try:
-                    await serve(config, task_status=task_status, shutdown=shutdown)
-                finally:
-                    finished.set()
+            def started(bound: tuple[str, int]) -> None:
+                base = f"http://{bound[0]}:{bound[1]}"
+                _banner(base, upstream, config.admin_prefix, f"event loop: {name}")
 
-            bound = await tg.start(run_proxy)
-            base = f"http://{bound[0]}:{bound[1]}"
-            print(
-                f"ssekit proxy listening on {base} -> {upstream} (event loop: {loop})\n"
-                f"metrics: {base}{config.admin_prefix}/metrics\n"
-                f"try:\n  curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' "
-                '-d \'{"model":"ssekit-mock","stream":true,'
-                '"messages":[{"role":"user","content":"hi"}]}\'',
-                flush=True,
-            )
-            await _first_signal(signals)
-            print(
-                f"ssekit: shutting down, draining streams up to {config.drain_timeout:g}s",
-                file=sys.stderr,
-                flush=True,
-            )
-            shutdown.set()
-            await finished.wait()
+            await _serve_until_signal(config, started=started)
             tg.cancel_scope.cancel()
 
     anyio.run(run, backend_options=backend_options)
     return 0
+
+
+def _run_workers(args: argparse.Namespace, settings: dict[str, Any], loop: tuple[str, Any]) -> int:
+    """``--workers N``: the supervisor holds the port, forks the workers, and keeps them."""
+    import shutil
+    import socket
+    import tempfile
+    import time
+
+    import anyio
+
+    from .proxy import MockConfig, serve_mock
+    from .proxy._workers import Supervisor, fork, reserve_port
+
+    name, backend_options = loop
+    host = settings["listen_host"]
+    reservation = reserve_port(host, settings["listen_port"])
+    port = reservation.getsockname()[1]
+    upstream = args.upstream
+    mock_pid = None
+    if upstream is None:
+        read_end, write_end = os.pipe()
+
+        def run_mock() -> int:
+            async def main() -> None:
+                async with anyio.create_task_group() as tg:
+                    _, bound = await tg.start(serve_mock, MockConfig(listen_port=0))
+                    os.write(write_end, b"%d\n" % bound)
+
+            anyio.run(main, backend_options=backend_options)
+            return 0
+
+        sys.stdout.flush()
+        mock_pid = fork(run_mock)
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            upstream = f"http://127.0.0.1:{int(pipe.readline())}"
+        print(f"ssekit: no --upstream given; built-in mock upstream on {upstream}")
+    config = ProxyConfig(upstream=upstream, **{**settings, "listen_port": port})
+    metrics_dir = tempfile.mkdtemp(prefix="ssekit-metrics-")
+
+    def run_worker(index: int) -> int:
+        reservation.close()  # the supervisor keeps its own copy
+        try:
+            anyio.run(
+                lambda: _serve_until_signal(config, reuse_port=True, metrics_dir=metrics_dir),
+                backend_options=backend_options,
+            )
+        except BaseException as exc:
+            if _config_error(exc) is not None:
+                print(f"ssekit: error: {_config_error(exc)}", file=sys.stderr, flush=True)
+                return 2
+            raise
+        return 0
+
+    sys.stdout.flush()
+    supervisor = Supervisor(args.workers, run_worker, config.drain_timeout)
+    try:
+        supervisor.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # ready when a worker accepts
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        _banner(
+            f"http://{host}:{port}",
+            upstream,
+            config.admin_prefix,
+            f"{args.workers} workers, event loop: {name}",
+        )
+        return supervisor.run()
+    finally:
+        if mock_pid is not None:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(mock_pid, signal.SIGKILL)
+                os.waitpid(mock_pid, 0)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        reservation.close()

@@ -9,10 +9,13 @@ fault on either side, a client leaving, or the drain deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Final
 
 import anyio
@@ -64,9 +67,11 @@ class Shared:
     the exchanges still running, so they end as ``shutdown``.
     """
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, metrics_dir: str | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
+        #: Where sibling worker processes leave their counters (None: one process).
+        self.metrics_dir = None if metrics_dir is None else Path(metrics_dir)
         ssl_context = (
             make_ssl_context(config.upstream_ca) if config.origin.scheme == "https" else None
         )
@@ -80,6 +85,30 @@ class Shared:
         )
         self.cutting = False
         self._key = 0
+
+    def snapshot_path(self) -> Path | None:
+        """This process's counters file among its siblings', when there are workers."""
+        return None if self.metrics_dir is None else self.metrics_dir / f"{os.getpid()}.json"
+
+    def write_snapshot(self) -> None:
+        """Leave this worker's counters for its siblings (atomically: write, then rename)."""
+        path = self.snapshot_path()
+        if path is not None:
+            scratch = path.with_suffix(".tmp")
+            scratch.write_text(json.dumps(self.metrics.snapshot()))
+            scratch.replace(path)
+
+    def render_metrics(self) -> bytes:
+        """Prometheus text: this process's counters, plus every sibling worker's."""
+        mine = self.snapshot_path()
+        if self.metrics_dir is None or mine is None:
+            return self.metrics.render()
+        others = []
+        for path in self.metrics_dir.glob("*.json"):
+            if path != mine:
+                with contextlib.suppress(OSError, ValueError):
+                    others.append(json.loads(path.read_text()))
+        return self.metrics.plus(others).render()
 
     def next_api_key(self) -> str | None:
         keys = self.config.api_keys
@@ -213,7 +242,7 @@ async def _serve(
     if isinstance(decision, Admin):
         await discard_body(client, cfg.body_timeout)
         if decision.name == "metrics":
-            body = shared.metrics.render()
+            body = shared.render_metrics()
             await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
         else:
             await client.answer(200, b'{"status":"ok"}')

@@ -42,6 +42,8 @@ RESERVED_DESCRIPTORS: Final = 16
 #: Pause before accepting again after a failed accept, doubled up to ACCEPT_BACKOFF_MAX.
 ACCEPT_BACKOFF: Final = 0.01
 ACCEPT_BACKOFF_MAX: Final = 1.0
+#: How often a worker leaves its counters for its siblings' /metrics (seconds).
+METRICS_EVERY: Final = 1.0
 
 
 def check_descriptor_limit(config: ProxyConfig) -> None:
@@ -72,10 +74,13 @@ def check_descriptor_limit(config: ProxyConfig) -> None:
 class Proxy:
     """One running proxy: the listener, its connections, and the state exchanges share."""
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(
+        self, config: ProxyConfig, *, reuse_port: bool = False, metrics_dir: str | None = None
+    ) -> None:
         self.config = config
+        self._reuse_port = reuse_port
         try:
-            self.shared = Shared(config)
+            self.shared = Shared(config, metrics_dir)
         except OSError as exc:  # the CA file: missing or unreadable
             raise ConfigError(f"--upstream-ca {config.upstream_ca}: {exc.strerror or exc}") from exc
         self._busy = 0
@@ -94,7 +99,10 @@ class Proxy:
         check_descriptor_limit(cfg)
         try:
             return await anyio.create_tcp_listener(
-                local_host=cfg.listen_host, local_port=cfg.listen_port, backlog=1024
+                local_host=cfg.listen_host,
+                local_port=cfg.listen_port,
+                backlog=1024,
+                reuse_port=self._reuse_port,
             )
         except OSError as exc:
             raise ConfigError(
@@ -125,6 +133,8 @@ class Proxy:
                                 loops.start_soon(self._accept, one, tg)
 
                 tg.start_soon(accept_all)
+                if self.shared.metrics_dir is not None:
+                    tg.start_soon(self._share_metrics)
                 task_status.started((host, port))
                 if shutdown is None:
                     await anyio.sleep_forever()
@@ -146,6 +156,18 @@ class Proxy:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
                 await self.shared.pool.aclose()
+
+    async def _share_metrics(self) -> None:
+        """Leave this worker's counters for its siblings every METRICS_EVERY seconds."""
+        try:
+            while True:
+                self.shared.write_snapshot()
+                await anyio.sleep(METRICS_EVERY)
+        finally:
+            with contextlib.suppress(OSError):
+                path = self.shared.snapshot_path()
+                if path is not None:
+                    path.unlink()
 
     async def _accept(self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
         """Accept until cancelled; a failed accept (EMFILE...) pauses, never stops, serving.
@@ -286,6 +308,8 @@ async def serve(
     *,
     task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
     shutdown: anyio.Event | None = None,
+    reuse_port: bool = False,
+    metrics_dir: str | None = None,
 ) -> None:
     """Run the proxy until cancelled, or until ``shutdown`` is set (then drain).
 
@@ -293,6 +317,8 @@ async def serve(
     reports the bound ``(host, port)`` through ``task_status``, so
     ``host, port = await task_group.start(serve, config)`` works. Raises
     :class:`ConfigError` when it cannot listen, or the descriptor limit is too
-    low for ``max_connections``.
+    low for ``max_connections``. Worker processes pass ``reuse_port`` (to share
+    the port, SO_REUSEPORT) and ``metrics_dir`` (to sum their counters).
     """
-    await Proxy(config).serve(task_status=task_status, shutdown=shutdown)
+    proxy = Proxy(config, reuse_port=reuse_port, metrics_dir=metrics_dir)
+    await proxy.serve(task_status=task_status, shutdown=shutdown)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ("Metrics", "Outcome", "StreamStats")
 
@@ -58,6 +60,18 @@ class StreamStats:
         }
 
 
+_SUMMED = (
+    "events",
+    "body_bytes",
+    "active",
+    "upstream_connects",
+    "upstream_reuses",
+    "accept_errors",
+    "first_event_seconds_sum",
+    "first_event_count",
+)
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
@@ -76,6 +90,29 @@ class Metrics:
     accept_errors: int = 0
     first_event_seconds_sum: float = 0.0
     first_event_count: int = 0
+
+    def snapshot(self) -> dict[str, object]:
+        """The counters as JSON-able data, for another worker process to add up."""
+        return {
+            "requests": {str(k): v for k, v in self.requests.items()},
+            "outcomes": {k.value: v for k, v in self.outcomes.items()},
+            **{name: getattr(self, name) for name in _SUMMED},
+        }
+
+    def plus(self, snapshots: Iterable[dict[str, Any]]) -> Metrics:
+        """A new Metrics: these counters plus other workers' ``snapshot()`` data."""
+        total = Metrics(requests=dict(self.requests), outcomes=dict(self.outcomes))
+        for name in _SUMMED:
+            setattr(total, name, getattr(self, name))
+        for snap in snapshots:
+            for status, count in snap["requests"].items():
+                total.requests[int(status)] = total.requests.get(int(status), 0) + count
+            for outcome, count in snap["outcomes"].items():
+                key = Outcome(outcome)
+                total.outcomes[key] = total.outcomes.get(key, 0) + count
+            for name in _SUMMED:
+                setattr(total, name, getattr(total, name) + snap[name])
+        return total
 
     def record(self, stats: StreamStats) -> None:
         self.requests[stats.status] = self.requests.get(stats.status, 0) + 1

@@ -1,0 +1,236 @@
+"""``ssekit proxy --workers N``: several processes on one port, as an operator runs them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from ssekit._http import _stream
+
+CHAT = {"stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ssekit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def listening(proc: subprocess.Popen[str], what: str) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 20
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+        if match and what in line:
+            return match.group(1)
+    proc.kill()
+    raise AssertionError(f"no listening line in {seen}")
+
+
+class Stderr:
+    """A child's stderr, collected as it comes (so the pipe never fills)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.text = ""
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for line in proc.stderr:  # type: ignore[union-attr]
+                self.text += line
+
+
+@contextlib.contextmanager
+def proxy_with_workers(count: int, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    mock = spawn("mock-upstream", "--listen", "127.0.0.1:0", "--delay", "0.05")
+    try:
+        upstream = listening(mock, "mock")
+        proc = spawn(
+            "proxy", "--upstream", upstream, "--listen", "127.0.0.1:0",
+            "--workers", str(count), *extra,
+        )  # fmt: skip
+        try:
+            yield proc, listening(proc, "proxy")
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            finish(proc)
+    finally:
+        mock.kill()
+        finish(mock)
+
+
+def finish(proc: subprocess.Popen[str]) -> None:
+    """Wait for ``proc`` (killing it after 20 s) and close its pipes."""
+    try:
+        proc.wait(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.close()
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+def established_on(port: int) -> set[int]:
+    """Socket inodes of established TCP connections whose local port is ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(int(fields[9]))
+    return inodes
+
+
+def sockets_of(pid: int) -> set[int]:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def wait_for(check: object, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_two_workers_serve_at_once_and_metrics_sum_over_both() -> None:
+    with proxy_with_workers(2) as (proc, base):
+        port = int(base.rsplit(":", 1)[1])
+        assert wait_for(lambda: len(children(proc.pid)) == 2)
+        workers = children(proc.pid)
+        owners: dict[int, int] = {}
+
+        def stream() -> None:
+            with httpx.Client(timeout=20) as client:
+                with client.stream("POST", base + "/v1/chat/completions", json=CHAT) as r:
+                    for _ in r.iter_bytes():
+                        pass
+
+        threads = [threading.Thread(target=stream) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)  # the streams run ~2 s each (40 tokens, 50 ms apart)
+        live = established_on(port)
+        for pid in workers:
+            owners[pid] = len(sockets_of(pid) & live)
+        for thread in threads:
+            thread.join(timeout=20)
+        # SO_REUSEPORT spreads connections: both workers hold some at the same time.
+        assert all(count > 0 for count in owners.values()), owners
+        assert sum(owners.values()) == 16, owners
+        time.sleep(1.5)  # each worker leaves its counters every second
+        with httpx.Client(timeout=10) as client:
+            text = client.get(base + "/_ssekit/metrics").text
+        assert 'ssekit_streams_total{outcome="complete"} 16' in text, text
+
+
+def test_sigterm_drains_every_worker() -> None:
+    with proxy_with_workers(2, "--drain-timeout", "10") as (proc, base):
+        bodies: list[bytes] = []
+        first_bytes = threading.Barrier(5, timeout=20)
+
+        def stream() -> None:
+            body = b""
+            with httpx.Client(timeout=20) as client:
+                with client.stream("POST", base + "/v1/chat/completions", json=CHAT) as r:
+                    for data in r.iter_bytes():
+                        if not body:
+                            first_bytes.wait()
+                        body += data
+            bodies.append(body)
+
+        threads = [threading.Thread(target=stream) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        first_bytes.wait()  # every stream is flowing, spread over the workers
+        proc.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=20)
+        assert proc.wait(timeout=20) == 0
+        assert len(bodies) == 4
+        assert all(body.endswith(b"data: [DONE]\n\n") for body in bodies)
+        assert children(proc.pid) == set()
+
+
+def test_a_killed_worker_is_replaced_and_serving_goes_on() -> None:
+    with proxy_with_workers(2) as (proc, base):
+        errors = Stderr(proc)
+        assert wait_for(lambda: len(children(proc.pid)) == 2)
+        victim = min(children(proc.pid))
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: len(children(proc.pid) - {victim}) == 2)
+        assert victim not in children(proc.pid)
+        with httpx.Client(timeout=20) as client:
+            for _ in range(4):
+                assert client.get(base + "/_ssekit/health").json() == {"status": "ok"}
+        assert wait_for(lambda: "starting a replacement" in errors.text)
+        assert f"pid {victim}" in errors.text
+
+
+@pytest.mark.anyio
+async def test_accepted_sockets_have_nagle_off() -> None:
+    # Every worker accepts through this path; a pre-bound socket must not bring Nagle back.
+    with socket.create_server(("127.0.0.1", 0)) as listening_socket:
+        listening_socket.setblocking(False)
+        port = listening_socket.getsockname()[1]
+        async with await anyio.connect_tcp("127.0.0.1", port):
+            with anyio.fail_after(5):
+                stream = await _stream.accept(listening_socket)
+            sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            await stream.aclose()
+
+
+def test_workers_option_is_explained_and_checked() -> None:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "ssekit", "proxy", "--help"], capture_output=True, text=True
+    ).stdout
+    assert "--workers N|auto" in help_text
+    bad = subprocess.run(
+        [sys.executable, "-m", "ssekit", "proxy", "--workers", "0"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert "number of workers" in bad.stderr
