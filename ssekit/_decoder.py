@@ -13,7 +13,7 @@ replaced by U+FFFD the same way either way, and a character split across two
 
 from __future__ import annotations
 
-from typing import Final, Generic, Literal, TypeVar, overload
+from typing import Final, Generic, Literal, NoReturn, TypeVar, overload
 
 from ._errors import LimitExceeded, StateError
 from ._event import Comment, Event
@@ -28,6 +28,9 @@ DEFAULT_MAX_EVENT_SIZE: Final = 16 * 1024 * 1024
 MAX_RETRY: Final = 2**64 - 1
 
 _BOM: Final = b"\xef\xbb\xbf"
+
+# The fields whose values the decoder keeps or interprets.
+_KEPT: Final = (b"data", b"event", b"id", b"retry")
 
 T = TypeVar("T", Event, "Event | Comment")
 
@@ -52,17 +55,32 @@ class Decoder(Generic[T]):
     With ``comments=True``, :class:`Comment` items are returned too, in stream
     order, so a relay can see heartbeats.
 
-    ``max_event_size`` (bytes) bounds what the decoder must hold, whatever
-    the split: (1) every line, of any kind, excluding its line break, must be
-    at most that long, since an unterminated line is buffered whole until its
-    end arrives (a comment or unknown field too: whether it is one cannot
-    depend on where the stream was cut); (2) an event's data buffer, counted
-    as the sum of its data values plus one per ``data`` line (the LF that
-    joins them), must be at most that size. Passing either makes ``feed``
-    raise :class:`LimitExceeded`, carrying in ``events`` what that chunk
-    completed before the offending line. The decoder then stays failed: every
-    later call raises :class:`StateError`. Nothing else is ever raised for
-    content, since the spec gives every byte sequence a meaning.
+    ``max_event_size`` (bytes, call it N) bounds what the decoder holds: the
+    unterminated line and the event's data buffer. The rule, the same for
+    every split of the input:
+
+    1. A line (excluding its line break) longer than N is *dropped* when its
+       first N bytes already show that the decoder ignores it: they begin
+       with ``:`` and ``comments`` is false (a comment nobody asked for), or
+       they hold a colon and the field name before it is not ``data``,
+       ``event``, ``id`` or ``retry``, or they hold no colon and do not begin
+       any of those four names (so the name is some other, longer one). Such a
+       line is interpreted as what it is, an ignored line, and its bytes past
+       the first N are discarded as they arrive, never held.
+    2. Any other line longer than N raises: its value would be held (data,
+       the event type until dispatch, the last event ID, a returned comment)
+       or could only be judged whole (``retry: 000...05`` is a valid 5).
+       A line still arriving raises as soon as it passes N bytes, an
+       unterminated last line included.
+    3. An event's data buffer, counted as the sum of its data values plus
+       one per ``data`` line (the LF that joins them), must be at most N.
+
+    Passing 2 or 3 makes ``feed`` raise :class:`LimitExceeded`, carrying in
+    ``events`` what that chunk completed before the offending line. The
+    decoder then stays failed: every later call raises :class:`StateError`.
+    Nothing else is ever raised for content, since the spec gives every byte
+    sequence a meaning. So the decoder holds at most about N bytes of line
+    plus N of data, and one chunk while it looks at it.
 
     Stream-level state the spec keeps on the EventSource is readable (and
     read-only) here: ``last_event_id`` (set at each dispatch, even of an empty
@@ -89,6 +107,7 @@ class Decoder(Generic[T]):
         "_pending",
         "_retry",
         "_skip_lf",
+        "_skipping",
         "_slow",
     )
 
@@ -143,6 +162,8 @@ class Decoder(Generic[T]):
         self._slow = True
         # The previous chunk ended in CR: an LF opening this one belongs to it.
         self._skip_lf = False
+        # Inside a dropped line longer than the bound: discard up to its end.
+        self._skipping = False
         # The unterminated line (see _extend_line).
         self._line = bytearray()
         # The spec's buffers. The data buffer is kept as its lines (bytes),
@@ -189,7 +210,9 @@ class Decoder(Generic[T]):
         A relay may insert its own event or comment here without changing the
         meaning of what it forwards.
         """
-        return not (self._line or self._data or self._pending or self._bom_pending)
+        return not (
+            self._line or self._data or self._pending or self._bom_pending or self._skipping
+        )
 
     @property
     def ended_mid_event(self) -> bool:
@@ -241,7 +264,7 @@ class Decoder(Generic[T]):
             line = self._line
             line += chunk  # in place
             if len(line) > self._max:
-                self._fail(LimitExceeded("line", len(line), self._max, "max_event_size"))
+                self._overflow()
             return []
         elif (
             chunk[-1] == 0x0A
@@ -266,13 +289,18 @@ class Decoder(Generic[T]):
                     lines[0] = bytes(self._line)
                     self._line = bytearray()
                 if len(chunk) > self._max or len(lines[0]) > self._max:
-                    # Only a chunk this large can hold a line over the bound:
-                    # interpret the lines before it, then fail on it.
+                    # Only a chunk this large can hold a line over the bound.
                     limit = self._max
                     for index, whole in enumerate(lines):
                         if len(whole) > limit:
-                            self._process(lines[:index], out)
-                            self._fail(LimitExceeded("line", len(whole), limit, "max_event_size"))
+                            stand_in = self._maybe_stand_in(whole)
+                            if stand_in is None:
+                                # Interpret the lines before it, then fail on it.
+                                self._process(lines[:index], out)
+                                self._fail(
+                                    LimitExceeded("line", len(whole), limit, "max_event_size")
+                                )
+                            lines[index] = stand_in
                 self._process(lines, out)
             if rest:
                 self._extend_line(rest)
@@ -314,14 +342,55 @@ class Decoder(Generic[T]):
             self._skip_lf = False
             if chunk[0] == 0x0A:
                 chunk = chunk[1:]
-        self._slow = self._skip_lf
+        if self._skipping and chunk:
+            # Discard the rest of a dropped line, up to and including its end.
+            lf = chunk.find(b"\n")
+            cr = chunk.find(b"\r", 0, len(chunk) if lf < 0 else lf)
+            end = lf if cr < 0 else cr
+            if end < 0:
+                return None
+            self._skipping = False
+            if cr >= 0:
+                if end + 1 == len(chunk):
+                    self._skip_lf = True  # the CR ends the chunk: an LF may follow
+                elif chunk[end + 1] == 0x0A:
+                    end += 1
+            chunk = chunk[end + 1 :]
+        self._slow = self._skip_lf or self._skipping
         return chunk or None
 
     def _extend_line(self, piece: bytes) -> None:
-        size = len(self._line) + len(piece)
-        if size > self._max:
-            self._fail(LimitExceeded("line", size, self._max, "max_event_size"))
         self._line += piece
+        if len(self._line) > self._max:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        """The unterminated line passed the bound: start skipping it, or fail."""
+        stand_in = self._maybe_stand_in(self._line)
+        if stand_in is None:
+            self._fail(LimitExceeded("line", len(self._line), self._max, "max_event_size"))
+        # Interpret the line now (ignored: at most it marks the block as having
+        # a field), then let go of it and discard the rest as it arrives.
+        self._line = bytearray()
+        self._process([stand_in], [])
+        self._skipping = self._slow = True
+
+    def _maybe_stand_in(self, line: bytes | bytearray) -> bytes | None:
+        """For a line over the bound that is dropped (rule 1 of the class
+        docstring), a short line the decoder ignores the same way; None for a
+        line it keeps, which must raise.
+
+        Its first min(N, 6) bytes decide as its first N would: a kept field
+        name is at most five bytes, so six bytes without a colon already name
+        another field, and a colon within them is the first one of the line.
+        """
+        head = bytes(line[: min(self._max, 6)])
+        if head[0] == 0x3A:
+            return None if self._comments else head
+        name, colon, _ = head.partition(b":")
+        if name in _KEPT if colon else any(kept.startswith(name) for kept in _KEPT):
+            return None
+        return head
 
     def close(self) -> list[T]:
         """End the stream. Returns [] : the spec drops an unterminated event.
@@ -341,7 +410,7 @@ class Decoder(Generic[T]):
         if self._closed:
             raise StateError("this Decoder is closed; make a new Decoder for a new stream")
 
-    def _fail(self, error: LimitExceeded) -> None:
+    def _fail(self, error: LimitExceeded) -> NoReturn:
         self._error = error
         self._slow = True
         raise error
