@@ -522,3 +522,14 @@ def test_memory_stays_bounded_while_a_huge_dropped_line_streams_through() -> Non
     assert decoder.feed(b"\ndata: after\n\n") == [Event(data="after")]
     # The partial line grows to just past the bound, then is let go.
     assert held < bound * 1.2 + 2 * len(chunk)
+
+
+def test_decoded_events_are_plain_events() -> None:
+    # The decoder builds events on a twin class with Event's slots, then
+    # assigns __class__: what comes out must be an Event in every respect.
+    for stream in (b"data: a\n\n", b"data: a\r\n\r\n", b"event: e\nid: 1\ndata: a\ndata: b\n\n"):
+        (event,) = ssekit.Decoder().feed(stream)
+        assert type(event) is Event
+        assert event == Event(data=event.data, event=event.event, id=event.id)
+        with pytest.raises(AttributeError):
+            event.data = "changed"  # type: ignore[misc]
