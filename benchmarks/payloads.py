@@ -84,12 +84,14 @@ def build(quick: bool = False) -> list[Workload]:
         for _ in range(40 // scale)
     )
     tiny = b"data: x\n\n" * (40000 // scale)
-    mixed = b"".join(
+    blocks = [
         b": ping\n\n" * (i % 7 == 0)
         + ssekit.encode(ssekit.Event(data=json.dumps({"n": i, "text": "你好 hello"}),
                                      event="delta", id=str(i)))
         for i in range(4000 // scale)
-    )  # fmt: skip
+    ]  # fmt: skip
+    mixed = b"".join(blocks)
+    mixed_crlf = mixed.replace(b"\n", b"\r\n")
     cr_only = en_wire.replace(b"\n", b"\r")
     one_byte = b"".join(zh[: 300 // scale])
 
@@ -108,6 +110,11 @@ def build(quick: bool = False) -> list[Workload]:
         w("large 64 KiB events, 16384 B cuts", large, lambda d: cut_every(d, 16384)),
         w("tiny events, 1460 B cuts", tiny, lambda d: cut_every(d, 1460)),
         w("id/event/heartbeats, random", mixed, lambda d: cut_random(d, rnd)),
+        # The shapes issue 9 measured: CRLF pairs straddling random reads, and
+        # field-heavy blocks one per read or CRLF at random reads.
+        w("openai-en CRLF, random 1-4096 B", crlf_wire, lambda d: cut_random(d, rnd)),
+        Workload("id/event/heartbeats, block per read", blocks, expected_of(mixed)),
+        w("id/event/heartbeats CRLF, random", mixed_crlf, lambda d: cut_random(d, rnd)),
     ]
 
 

@@ -18,10 +18,16 @@ def ssekit_decoder(chunks: list[bytes]) -> Decoded:
     decoder = ssekit.Decoder()
     out: Decoded = []
     feed = decoder.feed
+    append = out.append
     for chunk in chunks:
+        # Each event converted as it comes, as every peer's adapter does over
+        # its iterator (a comprehension per chunk would add a call per chunk
+        # the peers do not pay; keeping the events for one pass at the end
+        # would keep them alive, which the peers do not either).
         events = feed(chunk)
-        if events:  # the adapter adds no per-chunk cost the peers do not have
-            out += [(e.event, e.data, e.id) for e in events]
+        if events:
+            for e in events:
+                append((e.event, e.data, e.id))
     return out
 
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT.parent / "tests"))
 from oracle import parse  # noqa: E402
 
 import ssekit  # noqa: E402
+from ssekit import DEFAULT_MAX_EVENT_SIZE  # noqa: E402
 
 CORPUS = ROOT / "corpus"
 LIMIT = 64  # a small bound, so the limit paths are exercised too
@@ -49,6 +50,9 @@ TOKENS = [
     b"retry: 18446744073709551616\n",
     b"0" * 5000,
     b"x" * 5000,
+    # Lines past the 64-byte bound the decoder drops (comments, unknown fields).
+    b":" + b"c" * 100,
+    b"foo: " + b"v" * 100,
 ]
 MAX_INPUT = 64 * 1024  # past 4 KiB, so long lines and values survive mutation
 
@@ -60,31 +64,50 @@ def cuts_from(data: bytes) -> list[int]:
     return sorted(rnd.sample(range(len(data) + 1), min(len(data) + 1, rnd.randint(0, 8))))
 
 
-def run(data: bytes, max_event_size: int | None = None) -> tuple[object, ...]:
+def run(
+    data: bytes, max_event_size: int | None = None, comments: bool = True
+) -> tuple[object, ...]:
+    """What the decoder gives whole, byte by byte and at input-derived cuts.
+
+    Each result is (items, last event ID, reconnection time), or on
+    LimitExceeded ("LimitExceeded", its limit, everything decoded before it).
+    """
     kwargs = {} if max_event_size is None else {"max_event_size": max_event_size}
-    results = []
+    bound = DEFAULT_MAX_EVENT_SIZE if max_event_size is None else max_event_size
+    results: list[object] = []
     for cuts in ([], list(range(1, len(data))), cuts_from(data)):
-        decoder = ssekit.Decoder(comments=True, **kwargs)
+        decoder = ssekit.Decoder(comments=comments, **kwargs)
         items: list[object] = []
         bounds = [0, *cuts, len(data)]
         try:
             for start, end in itertools.pairwise(bounds):
                 items.extend(decoder.feed(data[start:end]))
+                # White-box: what the decoder holds between feeds stays bounded.
+                assert len(decoder._line) <= bound, "partial line over the bound"
+                assert decoder._data_size <= bound, "data buffer over the bound"
             decoder.close()
             results.append((items, decoder.last_event_id, decoder.retry))
-        except ssekit.LimitExceeded:
-            results.append("LimitExceeded")
+        except ssekit.LimitExceeded as exc:
+            results.append(("LimitExceeded", exc.limit, [*items, *exc.events]))
     return tuple(results)
+
+
+def expected(data: bytes, max_event_size: int | None = None, comments: bool = True) -> object:
+    outcome = parse(data, max_event_size=max_event_size, comments=comments)
+    if outcome.error is not None:
+        return ("LimitExceeded", outcome.error, outcome.items)
+    return (outcome.items, outcome.last_event_id, outcome.reconnection_time)
 
 
 def check(data: bytes) -> None:
     """Raise AssertionError when any invariant fails for ``data``."""
     whole, bytewise, cut = run(data)
     assert whole == bytewise == cut, "split invariance"
-    expected = parse(data)
-    assert whole == (expected.items, expected.last_event_id, expected.reconnection_time), "oracle"
-    bounded = run(data, LIMIT)
-    assert bounded[0] == bounded[1] == bounded[2], "split invariance with a limit"
+    assert whole == expected(data), "oracle"
+    for comments in (True, False):
+        whole, bytewise, cut = run(data, LIMIT, comments)
+        assert whole == bytewise == cut, f"split invariance with a limit, comments={comments}"
+        assert whole == expected(data, LIMIT, comments), f"oracle with a limit, {comments=}"
 
 
 def mutate(rnd: random.Random, data: bytes) -> bytes:

@@ -13,7 +13,7 @@ replaced by U+FFFD the same way either way, and a character split across two
 
 from __future__ import annotations
 
-from typing import Final, Generic, Literal, TypeVar, overload
+from typing import Final, Generic, Literal, NoReturn, TypeVar, overload
 
 from ._errors import LimitExceeded, StateError
 from ._event import Comment, Event
@@ -29,16 +29,38 @@ MAX_RETRY: Final = 2**64 - 1
 
 _BOM: Final = b"\xef\xbb\xbf"
 
+# The fields whose values the decoder keeps or interprets.
+_KEPT: Final = (b"data", b"event", b"id", b"retry")
+
 T = TypeVar("T", Event, "Event | Comment")
 
-# Events are frozen dataclasses; building them through their slot descriptors
-# skips the generated __init__ (a frozen dataclass sets each field through
-# object.__setattr__), which is most of the cost of a small event.
-_new_event = object.__new__
-_set_data = Event.__dict__["data"].__set__
-_set_type = Event.__dict__["event"].__set__
-_set_id = Event.__dict__["id"].__set__
-_set_retry = Event.__dict__["retry"].__set__
+
+class _Building:
+    """An Event under construction: Event's slots, without its frozen ``__setattr__``.
+
+    Building an event is most of the cost of a small one. A frozen dataclass
+    sets each field through ``object.__setattr__`` (or a slot descriptor call,
+    ~40 ns each); this ``__init__`` stores straight into the slots, and
+    assigning ``__class__`` then makes the object the complete, frozen Event
+    it is (CPython allows it between classes with the same slots): 40% less
+    per event. ``test_decoded_events_are_plain_events`` pins the layout.
+    """
+
+    __slots__ = ("data", "event", "id", "retry")
+
+    def __init__(self, data: str, event: str, id: str, retry: int | None) -> None:
+        self.data = data
+        self.event = event
+        self.id = id
+        self.retry = retry
+
+
+def _decode(raw: bytes) -> str:
+    """UTF-8 with U+FFFD replacement (strict first: the same result, faster when valid)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
 
 
 class Decoder(Generic[T]):
@@ -52,17 +74,32 @@ class Decoder(Generic[T]):
     With ``comments=True``, :class:`Comment` items are returned too, in stream
     order, so a relay can see heartbeats.
 
-    ``max_event_size`` (bytes) bounds what the decoder must hold, whatever
-    the split: (1) every line, of any kind, excluding its line break, must be
-    at most that long, since an unterminated line is buffered whole until its
-    end arrives (a comment or unknown field too: whether it is one cannot
-    depend on where the stream was cut); (2) an event's data buffer, counted
-    as the sum of its data values plus one per ``data`` line (the LF that
-    joins them), must be at most that size. Passing either makes ``feed``
-    raise :class:`LimitExceeded`, carrying in ``events`` what that chunk
-    completed before the offending line. The decoder then stays failed: every
-    later call raises :class:`StateError`. Nothing else is ever raised for
-    content, since the spec gives every byte sequence a meaning.
+    ``max_event_size`` (bytes, call it N) bounds what the decoder holds: the
+    unterminated line and the event's data buffer. The rule, the same for
+    every split of the input:
+
+    1. A line (excluding its line break) longer than N is *dropped* when its
+       first N bytes already show that the decoder ignores it: they begin
+       with ``:`` and ``comments`` is false (a comment nobody asked for), or
+       they hold a colon and the field name before it is not ``data``,
+       ``event``, ``id`` or ``retry``, or they hold no colon and do not begin
+       any of those four names (so the name is some other, longer one). Such a
+       line is interpreted as what it is, an ignored line, and its bytes past
+       the first N are discarded as they arrive, never held.
+    2. Any other line longer than N raises: its value would be held (data,
+       the event type until dispatch, the last event ID, a returned comment)
+       or could only be judged whole (``retry: 000...05`` is a valid 5).
+       A line still arriving raises as soon as it passes N bytes, an
+       unterminated last line included.
+    3. An event's data buffer, counted as the sum of its data values plus
+       one per ``data`` line (the LF that joins them), must be at most N.
+
+    Passing 2 or 3 makes ``feed`` raise :class:`LimitExceeded`, carrying in
+    ``events`` what that chunk completed before the offending line. The
+    decoder then stays failed: every later call raises :class:`StateError`.
+    Nothing else is ever raised for content, since the spec gives every byte
+    sequence a meaning. So the decoder holds at most about N bytes of line
+    plus N of data, and one chunk while it looks at it.
 
     Stream-level state the spec keeps on the EventSource is readable (and
     read-only) here: ``last_event_id`` (set at each dispatch, even of an empty
@@ -89,6 +126,7 @@ class Decoder(Generic[T]):
         "_pending",
         "_retry",
         "_skip_lf",
+        "_skipping",
         "_slow",
     )
 
@@ -143,6 +181,8 @@ class Decoder(Generic[T]):
         self._slow = True
         # The previous chunk ended in CR: an LF opening this one belongs to it.
         self._skip_lf = False
+        # Inside a dropped line longer than the bound: discard up to its end.
+        self._skipping = False
         # The unterminated line (see _extend_line).
         self._line = bytearray()
         # The spec's buffers. The data buffer is kept as its lines (bytes),
@@ -189,7 +229,9 @@ class Decoder(Generic[T]):
         A relay may insert its own event or comment here without changing the
         meaning of what it forwards.
         """
-        return not (self._line or self._data or self._pending or self._bom_pending)
+        return not (
+            self._line or self._data or self._pending or self._bom_pending or self._skipping
+        )
 
     @property
     def ended_mid_event(self) -> bool:
@@ -203,18 +245,18 @@ class Decoder(Generic[T]):
         ``max_event_size``, and :class:`StateError` after ``close()`` or after
         an earlier error.
         """
-        chunk = data if type(data) is bytes else bytes(data)
         if self._slow:
             # Rare states first: failed or closed, a BOM still undecided, an LF
-            # owed to a CR that ended the previous chunk.
-            maybe_chunk = self._maybe_prelude(chunk)
+            # owed to a CR that ended the previous chunk, a dropped line.
+            maybe_chunk = self._maybe_prelude(data if type(data) is bytes else bytes(data))
             if maybe_chunk is None:
                 return []
-            chunk = maybe_chunk
-        if 0x0D in chunk:
+            data = maybe_chunk
+        if 0x0D in data:
             # CRLF, lone CR and LF all end lines: bytes.splitlines splits on
             # exactly these three, in one pass. A CR ending the chunk ends its
             # line now (latency); the LF that may open the next chunk is dropped.
+            chunk = data if type(data) is bytes else bytes(data)
             last = chunk[-1]
             if last == 0x0D:
                 self._skip_lf = self._slow = True
@@ -231,31 +273,39 @@ class Decoder(Generic[T]):
                     and len(chunk) <= self._max
                 ):
                     # One whole single-line event with CRLF or CR endings.
-                    return [self._dispatch_one(lines[0][6:])]
+                    self._last_event_id = last_id = self._id_buffer
+                    event = _Building(_decode(lines[0][6:]), "message", last_id, None)
+                    event.__class__ = Event  # type: ignore[assignment]
+                    return [event]  # type: ignore[list-item]
             else:
                 rest = lines.pop()
-        elif 0x0A not in chunk:
-            # No line break: the whole chunk extends the partial line. It is one
-            # bytearray, so appending is amortised O(len(chunk)) with no rescan,
-            # and memory stays the line's length.
+        elif 0x0A not in data:
+            # No line break (the path of every byte-sized read): the whole
+            # chunk extends the partial line. It is one bytearray, so appending
+            # is amortised O(len(chunk)) with no rescan, and memory stays the
+            # line's length. Any buffer type appends as it is.
             line = self._line
-            line += chunk  # in place
+            line += data  # in place
             if len(line) > self._max:
-                self._fail(LimitExceeded("line", len(line), self._max, "max_event_size"))
+                self._overflow()
             return []
-        elif (
-            chunk[-1] == 0x0A
-            and chunk[:6] == b"data: "
-            and chunk.find(b"\n") == len(chunk) - 2
-            and not self._line
-            and not self._data
-            and not self._pending
-            and len(chunk) <= self._max
-        ):
-            # The common case, one whole single-line event per chunk: dispatch
-            # it at once, as _process would with every buffer empty.
-            return [self._dispatch_one(chunk[6:-2])]
         else:
+            chunk = data if type(data) is bytes else bytes(data)
+            if (
+                chunk[-1] == 0x0A
+                and chunk[:6] == b"data: "
+                and chunk.find(b"\n") == len(chunk) - 2
+                and not self._line
+                and not self._data
+                and not self._pending
+                and len(chunk) <= self._max
+            ):
+                # The common case, one whole single-line event per chunk:
+                # dispatch it at once, as _process would with every buffer empty.
+                self._last_event_id = last_id = self._id_buffer
+                event = _Building(_decode(chunk[6:-2]), "message", last_id, None)
+                event.__class__ = Event  # type: ignore[assignment]
+                return [event]  # type: ignore[list-item]
             lines = chunk.split(b"\n")
             rest = lines.pop()
         out: list[T] = []
@@ -266,13 +316,18 @@ class Decoder(Generic[T]):
                     lines[0] = bytes(self._line)
                     self._line = bytearray()
                 if len(chunk) > self._max or len(lines[0]) > self._max:
-                    # Only a chunk this large can hold a line over the bound:
-                    # interpret the lines before it, then fail on it.
+                    # Only a chunk this large can hold a line over the bound.
                     limit = self._max
                     for index, whole in enumerate(lines):
                         if len(whole) > limit:
-                            self._process(lines[:index], out)
-                            self._fail(LimitExceeded("line", len(whole), limit, "max_event_size"))
+                            stand_in = self._maybe_stand_in(whole)
+                            if stand_in is None:
+                                # Interpret the lines before it, then fail on it.
+                                self._process(lines[:index], out)
+                                self._fail(
+                                    LimitExceeded("line", len(whole), limit, "max_event_size")
+                                )
+                            lines[index] = stand_in
                 self._process(lines, out)
             if rest:
                 self._extend_line(rest)
@@ -282,16 +337,6 @@ class Decoder(Generic[T]):
             exc.events = list(out)
             raise
         return out
-
-    def _dispatch_one(self, data: bytes) -> T:
-        """Dispatch a lone ``data: `` line's event, every buffer being empty."""
-        self._last_event_id = self._id_buffer
-        event = _new_event(Event)
-        _set_data(event, data.decode("utf-8", "replace"))
-        _set_type(event, "message")
-        _set_id(event, self._id_buffer)
-        _set_retry(event, None)
-        return event
 
     def _maybe_prelude(self, chunk: bytes) -> bytes | None:
         """Handle the rare states; the chunk left to parse, or None when nothing is."""
@@ -314,14 +359,55 @@ class Decoder(Generic[T]):
             self._skip_lf = False
             if chunk[0] == 0x0A:
                 chunk = chunk[1:]
-        self._slow = self._skip_lf
+        if self._skipping and chunk:
+            # Discard the rest of a dropped line, up to and including its end.
+            lf = chunk.find(b"\n")
+            cr = chunk.find(b"\r", 0, len(chunk) if lf < 0 else lf)
+            end = lf if cr < 0 else cr
+            if end < 0:
+                return None
+            self._skipping = False
+            if cr >= 0:
+                if end + 1 == len(chunk):
+                    self._skip_lf = True  # the CR ends the chunk: an LF may follow
+                elif chunk[end + 1] == 0x0A:
+                    end += 1
+            chunk = chunk[end + 1 :]
+        self._slow = self._skip_lf or self._skipping
         return chunk or None
 
     def _extend_line(self, piece: bytes) -> None:
-        size = len(self._line) + len(piece)
-        if size > self._max:
-            self._fail(LimitExceeded("line", size, self._max, "max_event_size"))
         self._line += piece
+        if len(self._line) > self._max:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        """The unterminated line passed the bound: start skipping it, or fail."""
+        stand_in = self._maybe_stand_in(self._line)
+        if stand_in is None:
+            self._fail(LimitExceeded("line", len(self._line), self._max, "max_event_size"))
+        # Interpret the line now (ignored: at most it marks the block as having
+        # a field), then let go of it and discard the rest as it arrives.
+        self._line = bytearray()
+        self._process([stand_in], [])
+        self._skipping = self._slow = True
+
+    def _maybe_stand_in(self, line: bytes | bytearray) -> bytes | None:
+        """For a line over the bound that is dropped (rule 1 of the class
+        docstring), a short line the decoder ignores the same way; None for a
+        line it keeps, which must raise.
+
+        Its first min(N, 6) bytes decide as its first N would: a kept field
+        name is at most five bytes, so six bytes without a colon already name
+        another field, and a colon within them is the first one of the line.
+        """
+        head = bytes(line[: min(self._max, 6)])
+        if head[0] == 0x3A:
+            return None if self._comments else head
+        name, colon, _ = head.partition(b":")
+        if name in _KEPT if colon else any(kept.startswith(name) for kept in _KEPT):
+            return None
+        return head
 
     def close(self) -> list[T]:
         """End the stream. Returns [] : the spec drops an unterminated event.
@@ -341,7 +427,7 @@ class Decoder(Generic[T]):
         if self._closed:
             raise StateError("this Decoder is closed; make a new Decoder for a new stream")
 
-    def _fail(self, error: LimitExceeded) -> None:
+    def _fail(self, error: LimitExceeded) -> NoReturn:
         self._error = error
         self._slow = True
         raise error
@@ -358,25 +444,23 @@ class Decoder(Generic[T]):
             if not line:
                 # Empty line: dispatch the event. The last event ID is set
                 # even for a block without data, which dispatches nothing.
-                self._last_event_id = self._id_buffer
+                self._last_event_id = last_id = self._id_buffer
                 if data:
-                    event = _new_event(Event)
-                    _set_data(
-                        event,
-                        (data[0] if len(data) == 1 else b"\n".join(data)).decode(
-                            "utf-8", "replace"
-                        ),
-                    )
+                    raw = data[0] if len(data) == 1 else b"\n".join(data)
+                    try:  # _decode, inlined: strict first, the same text when valid
+                        text = raw.decode()
+                    except UnicodeDecodeError:
+                        text = raw.decode("utf-8", "replace")
                     if self._pending:
                         kind = self._event_type
-                        _set_type(event, kind.decode("utf-8", "replace") if kind else "message")
-                        _set_retry(event, self._block_retry)
+                        event = _Building(
+                            text, _decode(kind) if kind else "message", last_id, self._block_retry
+                        )
                     else:
-                        _set_type(event, "message")
-                        _set_retry(event, None)
-                    _set_id(event, self._id_buffer)
-                    out.append(event)
-                    data = self._data = []
+                        event = _Building(text, "message", last_id, None)
+                    event.__class__ = Event  # type: ignore[assignment]
+                    out.append(event)  # type: ignore[arg-type]
+                    data.clear()  # the text is built: the same list serves the next event
                     size = 0
                 if self._pending:
                     self._event_type = b""
@@ -391,13 +475,13 @@ class Decoder(Generic[T]):
             elif line[0] == 0x3A:
                 # Line starts with a colon: a comment.
                 if self._comments:
-                    text = line[2:] if line[1:2] == b" " else line[1:]
-                    out.append(Comment(text=text.decode("utf-8", "replace")))  # type: ignore[arg-type]
+                    value = line[2:] if line[1:2] == b" " else line[1:]
+                    out.append(Comment(text=_decode(value)))  # type: ignore[arg-type]
             elif line[:4] == b"id: ":
                 # Fast path for "id: " (see _field): an id containing NUL is ignored.
                 self._pending = True
                 if 0 not in line:
-                    self._id_buffer = line[4:].decode("utf-8", "replace")
+                    self._id_buffer = _decode(line[4:])
             elif line[:7] == b"event: ":
                 # Fast path for "event: " (see _field).
                 self._pending = True
@@ -427,7 +511,7 @@ class Decoder(Generic[T]):
         elif name == b"id":
             # An id containing NUL is ignored entirely.
             if 0 not in value:
-                self._id_buffer = value.decode("utf-8", "replace")
+                self._id_buffer = _decode(value)
         elif name == b"retry":
             # Only ASCII digits count (bytes.isdigit is ASCII-only); anything
             # else, "+5", " 5" or an empty value, is ignored.

@@ -97,7 +97,7 @@ def test_an_exception_raised_in_a_worker_process_comes_back_whole() -> None:
 
 
 def _overflow() -> None:
-    ssekit.Decoder(max_event_size=4).feed(b"123456789")
+    ssekit.Decoder(max_event_size=4).feed(b"data:6789")
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from oracle import parse
 from splits import feed_at, feed_bytewise, feed_whole
 
@@ -82,13 +82,21 @@ def test_any_split_gives_the_oracles_events(case: tuple[bytes, list[int]]) -> No
     check_against_oracle(*case)
 
 
-def check_against_oracle(stream: bytes, cuts: list[int]) -> None:
-    expected = parse(stream)
-    for result in (feed_whole(stream), feed_bytewise(stream), feed_at(stream, cuts)):
-        assert result.error is None
+def check_against_oracle(
+    stream: bytes, cuts: list[int], max_event_size: int | None = None, comments: bool = True
+) -> None:
+    expected = parse(stream, max_event_size=max_event_size, comments=comments)
+    options = {"max_event_size": max_event_size, "comments": comments}
+    for result in (
+        feed_whole(stream, **options),  # type: ignore[arg-type]
+        feed_bytewise(stream, **options),  # type: ignore[arg-type]
+        feed_at(stream, cuts, **options),  # type: ignore[arg-type]
+    ):
+        assert result.error == expected.error
         assert list(result.items) == expected.items
-        assert result.last_event_id == expected.last_event_id
-        assert result.retry == expected.reconnection_time
+        if expected.error is None:
+            assert result.last_event_id == expected.last_event_id
+            assert result.retry == expected.reconnection_time
 
 
 @given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=8))
@@ -96,28 +104,84 @@ def test_random_bytes_match_oracle_and_never_raise(stream: bytes, cuts: list[int
     check_against_oracle(stream, cuts)
 
 
-@given(st.binary(max_size=200), st.lists(st.integers(0, 200), max_size=6), st.integers(1, 40))
-def test_only_limit_exceeded_is_raised_and_it_is_split_invariant(
-    stream: bytes, cuts: list[int], limit: int
+# Bounds around the field names' lengths (a kept name is at most 5 bytes) and
+# around the long values' lengths.
+BOUNDS = st.integers(1, 40) | st.sampled_from([4, 5, 6, 7, 4300, 4310, 5000, 6010])
+
+
+# a long comment and a long unknown field are dropped, a long data line is not
+@example((b": " + b"x" * 50 + b"\ndata: a\n\n", [3, 30]), 16, False)
+@example((b": " + b"x" * 50 + b"\ndata: a\n\n", [3, 30]), 16, True)
+@example((b"foo" + b"x" * 50 + b"\r\rdata: a\r\r", [53, 54]), 16, False)
+@example((b"data: a\n\ndata: " + b"x" * 50 + b"\n\n", [12]), 16, False)
+# only the first N bytes decide: "data" could still be the data field
+@example((b"datax: 1\n\n", []), 4, False)
+@example((b"dax: 1\n\n", []), 4, False)
+# a dropped line still makes the block non-empty; an unterminated long last line
+@example((b"id: 1\nfoo: " + b"x" * 20, []), 8, False)
+@example((b"data: " + b"x" * 20, [9]), 8, False)
+@given(streams_and_cuts(), BOUNDS, st.booleans())
+def test_any_split_with_a_bound_gives_the_oracles_outcome(
+    case: tuple[bytes, list[int]], limit: int, comments: bool
 ) -> None:
-    whole = feed_whole(stream, max_event_size=limit)
-    assert feed_at(stream, cuts, max_event_size=limit) == whole
-    assert feed_bytewise(stream, max_event_size=limit) == whole
+    check_against_oracle(*case, max_event_size=limit, comments=comments)
 
 
-@given(st.integers(1, 5000), st.integers(1, 700))
-def test_endless_line_trips_the_limit_with_bounded_buffering(limit: int, chunk: int) -> None:
+@given(
+    st.binary(max_size=200),
+    st.lists(st.integers(0, 200), max_size=6),
+    st.integers(1, 40),
+    st.booleans(),
+)
+def test_random_bytes_with_a_bound_match_the_oracle_and_raise_only_limit_exceeded(
+    stream: bytes, cuts: list[int], limit: int, comments: bool
+) -> None:
+    check_against_oracle(stream, cuts, max_event_size=limit, comments=comments)
+
+
+@given(
+    st.integers(1, 5000),
+    st.integers(1, 700),
+    st.sampled_from([b"data: ", b"data:", b"event:", b"id:", b"retry: 0"]),
+)
+def test_endless_kept_line_trips_the_limit_with_bounded_buffering(
+    limit: int, chunk: int, start: bytes
+) -> None:
     decoder = ssekit.Decoder(max_event_size=limit)
+    stream = start + b"0" * (limit + chunk)
     fed = 0
     with pytest.raises(ssekit.LimitExceeded) as info:
-        for _ in range(limit // chunk + 2):
-            decoder.feed(b"x" * chunk)
+        for index in range(0, len(stream), chunk):
+            decoder.feed(stream[index : index + chunk])
             fed += chunk
     # It raised on the first chunk that took the line past the bound: what it
     # held before that chunk was within the limit.
     assert fed <= limit
     assert fed + chunk > limit
     assert info.value.size == fed + chunk
+    assert info.value.limit == "line"
+
+
+@given(
+    st.integers(1, 5000),
+    st.integers(1, 700),
+    st.sampled_from([b":", b": ", b"foo:", b"x", b"dataa", b"retry0"]),
+    st.sampled_from([b"\n", b"\r", b"\r\n"]),
+)
+def test_endless_dropped_line_never_raises_and_holds_at_most_the_bound(
+    limit: int, chunk: int, start: bytes, end: bytes
+) -> None:
+    assume(not (limit < 6 and start in (b"dataa", b"retry0")))  # "data" may be kept
+    assume(not (limit < 4 and start == b"foo:"))  # "f" ... "foo": no colon seen yet
+    decoder = ssekit.Decoder(max_event_size=limit)
+    after = b"data: after" if limit >= 11 else b""  # a line within the bound
+    stream = start + b"y" * (3 * limit + 2 * chunk) + end + after + end + end
+    events = []
+    for index in range(0, len(stream), chunk):
+        events += decoder.feed(stream[index : index + chunk])
+        # White-box: the partial line the decoder holds between feeds.
+        assert len(decoder._line) <= limit
+    assert events == ([Event(data="after")] if after else [])
 
 
 texts = st.text(

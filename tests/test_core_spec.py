@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
+import tracemalloc
 
 import pytest
 from oracle import parse
@@ -267,6 +268,7 @@ def test_nul_in_data_is_kept() -> None:
 
 def test_limit_on_a_long_line_raises_limit_exceeded_naming_the_setting() -> None:
     decoder = ssekit.Decoder(max_event_size=64)
+    decoder.feed(b"data: ")
     with pytest.raises(ssekit.LimitExceeded) as info:
         for _ in range(100):
             decoder.feed(b"x")
@@ -385,7 +387,7 @@ def test_limit_exceeded_by_the_partial_line_carries_the_events_before_it() -> No
 
 def test_limit_exceeded_without_earlier_events_carries_none() -> None:
     with pytest.raises(ssekit.LimitExceeded) as info:
-        ssekit.Decoder(max_event_size=4).feed(b"xxxxxxxxxx")
+        ssekit.Decoder(max_event_size=4).feed(b"data: xxxxxxxxxx")
     assert info.value.events == []
 
 
@@ -425,3 +427,109 @@ def test_decoder_repr_shows_state_but_not_buffered_content() -> None:
     with pytest.raises(ssekit.LimitExceeded):
         failed.feed(b"data: x\n")
     assert "failed" in repr(failed)
+
+
+# -- max_event_size bounds what is held, not lines the decoder drops ------------
+
+MIB = 1024 * 1024
+
+
+def feed_in_chunks(decoder: ssekit.Decoder[Event], stream: bytes, size: int) -> list[Event]:
+    events: list[Event] = []
+    for start in range(0, len(stream), size):
+        events += decoder.feed(stream[start : start + size])
+    return events
+
+
+@pytest.mark.parametrize("chunk", [64 * 1024, 20 * MIB + 100])
+def test_a_comment_longer_than_the_bound_is_skipped_when_comments_are_not_returned(
+    chunk: int,
+) -> None:
+    stream = b"data: a\n\n:" + b"c" * (20 * MIB) + b"\r\ndata: b\n\n"
+    decoder = ssekit.Decoder(max_event_size=16 * MIB)
+    assert feed_in_chunks(decoder, stream, chunk) == [Event(data="a"), Event(data="b")]
+    assert decoder.at_boundary
+
+
+def test_an_unknown_field_longer_than_the_bound_is_skipped_under_every_cut() -> None:
+    stream = b"id: 1\nfoo: " + b"v" * 50 + b"\r\rdata: b\r\n\r\nx" + b"y" * 40 + b"\n\n"
+    expected = (Event(data="b", id="1"),)
+    for i, j in itertools.combinations_with_replacement(range(len(stream) + 1), 2):
+        result = feed_at(stream, (i, j), max_event_size=16)
+        assert result.error is None, (i, j)
+        assert result.items == expected, (i, j)
+        assert result.last_event_id == "1"
+
+
+def test_the_decoder_is_mid_event_while_it_skips_a_long_line() -> None:
+    decoder = ssekit.Decoder(max_event_size=8)
+    assert decoder.feed(b": " + b"x" * 20) == []
+    assert not decoder.at_boundary
+    assert decoder.feed(b"x" * 20 + b"\r") == []
+    assert decoder.at_boundary
+    # The LF of the CRLF pair that ended the skipped line is not a blank line.
+    assert decoder.feed(b"\ndata: y\n") == []
+    assert decoder.feed(b"\n") == [Event(data="y")]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"data: " + b"x" * 40,  # the data buffer holds it
+        b"data:" + b"x" * 40,
+        b"event: " + b"x" * 40,  # the event type is held until dispatch
+        b"id: " + b"7" * 40,  # the last event ID is kept
+        b"retry: " + b"0" * 40 + b"5",  # only the whole value says whether it counts
+    ],
+)
+def test_a_long_line_of_a_field_the_decoder_keeps_still_raises(line: bytes) -> None:
+    for chunk in (1, 7, len(line) + 2):
+        decoder = ssekit.Decoder(max_event_size=16)
+        with pytest.raises(ssekit.LimitExceeded) as info:
+            feed_in_chunks(decoder, b"data: a\n\n" + line + b"\n\n", chunk)
+        assert info.value.limit == "line"
+
+
+def test_a_long_comment_raises_when_comments_are_returned() -> None:
+    decoder = ssekit.Decoder(max_event_size=16, comments=True)
+    with pytest.raises(ssekit.LimitExceeded) as info:
+        decoder.feed(b": hb\n:" + b"x" * 40 + b"\n")
+    assert info.value.events == [Comment(text="hb")]
+
+
+def test_the_first_max_event_size_bytes_decide_whether_a_long_line_is_dropped() -> None:
+    # With a 4-byte bound, "data" could still be the field "data": kept, so it
+    # raises, even though the whole line names the unknown field "datax".
+    with pytest.raises(ssekit.LimitExceeded):
+        ssekit.Decoder(max_event_size=4).feed(b"datax: 12345\n")
+    # "dax:" names a field the decoder ignores: skipped.
+    assert ssekit.Decoder(max_event_size=4).feed(b"dax: 12345\ndata\n\n") == [Event(data="")]
+    # Past five bytes without a colon the name is none the decoder keeps.
+    assert ssekit.Decoder(max_event_size=16).feed(b"data" + b"x" * 40 + b"\n\n") == []
+
+
+def test_memory_stays_bounded_while_a_huge_dropped_line_streams_through() -> None:
+    bound, chunk = 1 * MIB, b"z" * (64 * 1024)
+    decoder = ssekit.Decoder(max_event_size=bound)
+    tracemalloc.start()
+    try:
+        decoder.feed(b":")
+        for _ in range(20 * MIB // len(chunk)):  # a 20 MiB comment
+            decoder.feed(chunk)
+        held = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert decoder.feed(b"\ndata: after\n\n") == [Event(data="after")]
+    # The partial line grows to just past the bound, then is let go.
+    assert held < bound * 1.2 + 2 * len(chunk)
+
+
+def test_decoded_events_are_plain_events() -> None:
+    # The decoder builds events on a twin class with Event's slots, then
+    # assigns __class__: what comes out must be an Event in every respect.
+    for stream in (b"data: a\n\n", b"data: a\r\n\r\n", b"event: e\nid: 1\ndata: a\ndata: b\n\n"):
+        (event,) = ssekit.Decoder().feed(stream)
+        assert type(event) is Event
+        assert event == Event(data=event.data, event=event.event, id=event.id)
+        with pytest.raises(AttributeError):
+            event.data = "changed"  # type: ignore[misc]
