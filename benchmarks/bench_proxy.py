@@ -312,13 +312,14 @@ async def measure(
     }
 
 
-def start_ssekit(up_port: int, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_ssekit(up_port: int, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The proxy in its own process; its log goes to ``log`` (shown if a round fails)."""
     port = free_port()
     proxy = subprocess.Popen(
         [sys.executable, "-m", "ssekit", "proxy", "--upstream", f"http://127.0.0.1:{up_port}",
          "--listen", f"127.0.0.1:{port}", "--max-connections", "4096",
          "--loop", os.environ.get("SSEKIT_BENCH_LOOP", "auto"), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )  # fmt: skip
     wait_port(port)
     time.sleep(0.5)  # workers, if any, are up too
@@ -340,11 +341,13 @@ def main(argv: list[str] | None = None) -> list[str]:
         wait_port(up_port)
         paths: dict[str, tuple[int, list[int]]] = {"direct": (up_port, [])}
 
-        proxy, proxy_port = start_ssekit(up_port)
+        proxy, proxy_port = start_ssekit(up_port, tmp / "ssekit.log")
         procs.append(proxy)
         paths["ssekit"] = (proxy_port, [proxy.pid])
         if args.workers:
-            workers, workers_port = start_ssekit(up_port, "--workers", str(args.workers))
+            workers, workers_port = start_ssekit(
+                up_port, tmp / "workers.log", "--workers", str(args.workers)
+            )
             procs.append(workers)
             paths[f"ssekit --workers {args.workers}"] = (workers_port, [workers.pid])
 
@@ -368,7 +371,15 @@ def main(argv: list[str] | None = None) -> list[str]:
         for number in range(1 if args.quick else args.rounds):
             for name, (port, pids) in paths.items():  # interleaved: noise hits every path
                 print(f"round {number + 1}: measuring {name} ...", file=sys.stderr, flush=True)
-                rounds[name].append(asyncio.run(measure(port, up_port, pids, args.quick, name)))
+                try:
+                    result = asyncio.run(measure(port, up_port, pids, args.quick, name))
+                except Exception:
+                    for log in tmp.glob("*.log"):  # what the proxies said, for the failure
+                        lines = log.read_text(errors="replace").splitlines()
+                        problems = [x for x in lines if "outcome=complete" not in x]
+                        print(f"--- {log.name}", *problems[-20:], sep="\n", file=sys.stderr)
+                    raise
+                rounds[name].append(result)
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
