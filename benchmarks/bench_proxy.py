@@ -295,7 +295,7 @@ async def measure(
     cpu_mb = (cpu_seconds(pids) - cpu) / megabytes * 1000
     ttfb = await first_bytes(port, 100)
     whole = await complete_streams(port, 500, 5 if quick else 20, 100)
-    disc = [await disconnect_ms(port, upstream, f"{name}{i}") for i in range(5)]
+    disc = [await disconnect_ms(port, upstream, f"{name.replace(' ', '_')}{i}") for i in range(5)]
     growth = await slow_client_growth(port, pids, 3 if quick else 20) if pids else 0
     return {
         "p50": statistics.median(seq),
