@@ -12,6 +12,7 @@ import contextlib
 import select
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Final, cast
 
@@ -210,21 +211,23 @@ class OriginConnection:
                         await self._send(h11.Data(data=piece))
             await self._send(h11.EndOfMessage())
 
-    async def _next_event(self, idle_timeout: float | None = None) -> h11.Event | type[h11.PAUSED]:
+    async def _next_event(
+        self, idle_timeout: float | None = None, deadline: float | None = None
+    ) -> h11.Event | type[h11.PAUSED]:
+        """The next h11 event; each read waits at most ``idle_timeout``, or until
+        ``deadline`` (``time.monotonic()``): then ``TimeoutError``."""
         while True:
             event = self._h11.next_event()
             if event is not h11.NEED_DATA:
                 return cast("h11.Event | type[h11.PAUSED]", event)
-            stream = self._stream
+            limit = idle_timeout
+            if deadline is not None:
+                limit = deadline - time.monotonic()
+                if limit <= 0:
+                    raise TimeoutError
             try:
-                if idle_timeout is None:
-                    data = await stream.receive(READ_SIZE)
-                elif isinstance(stream, FastStream):
-                    # The per-chunk path: a timer only while the read really waits.
-                    data = await stream.receive_within(READ_SIZE, idle_timeout)
-                else:
-                    with anyio.fail_after(idle_timeout):
-                        data = await stream.receive(READ_SIZE)
+                # The per-chunk path: a timer only while a read really waits.
+                data = await _stream.receive(self._stream, READ_SIZE, limit)
             except anyio.EndOfStream:
                 data = b""
             self.bytes_received += len(data)
@@ -232,29 +235,28 @@ class OriginConnection:
 
     async def receive_response(self, *, first_byte_timeout: float) -> h11.Response:
         """Wait up to ``first_byte_timeout`` for the response head (1xx skipped)."""
+        deadline = time.monotonic() + first_byte_timeout
         with _translated("waiting for the response head", self._origin):
-            with anyio.fail_after(first_byte_timeout):
-                while True:
-                    event = await self._next_event()
-                    if isinstance(event, h11.Response | h11.InformationalResponse):
-                        size = head_size(event.reason, event.headers)
-                        if size > self._max_head_size:
-                            raise UpstreamError(
-                                f"upstream {self._origin.authority} sent a response head of "
-                                f"{size} bytes, over the limit of {self._max_head_size}",
-                                502,
-                            )
-                    if isinstance(event, h11.Response):
-                        self._chunked = _chunked_body(event)
-                        return event
-                    if isinstance(event, h11.ConnectionClosed):
+            while True:
+                event = await self._next_event(deadline=deadline)
+                if isinstance(event, h11.Response | h11.InformationalResponse):
+                    size = head_size(event.reason, event.headers)
+                    if size > self._max_head_size:
                         raise UpstreamError(
-                            f"upstream {self._origin.authority} closed the connection "
-                            "before answering",
+                            f"upstream {self._origin.authority} sent a response head of "
+                            f"{size} bytes, over the limit of {self._max_head_size}",
                             502,
                         )
-                    if not isinstance(event, h11.InformationalResponse):
-                        raise UpstreamError(f"unexpected {event!r} from upstream", 502)
+                if isinstance(event, h11.Response):
+                    self._chunked = _chunked_body(event)
+                    return event
+                if isinstance(event, h11.ConnectionClosed):
+                    raise UpstreamError(
+                        f"upstream {self._origin.authority} closed the connection before answering",
+                        502,
+                    )
+                if not isinstance(event, h11.InformationalResponse):
+                    raise UpstreamError(f"unexpected {event!r} from upstream", 502)
 
     async def receive_body(self, *, idle_timeout: float) -> AsyncIterator[bytes]:
         """Yield the body as it arrives, one item per upstream chunk.
@@ -367,11 +369,7 @@ class OriginConnection:
                 )
             with _translated("reading the body", self._origin):
                 try:
-                    if isinstance(stream, FastStream):
-                        data = await stream.receive_within(READ_SIZE, idle_timeout)
-                    else:
-                        with anyio.fail_after(idle_timeout):
-                            data = await stream.receive(READ_SIZE)
+                    data = await _stream.receive(stream, READ_SIZE, idle_timeout)
                 except anyio.EndOfStream:
                     data, closed = b"", True
             self.bytes_received += len(data)

@@ -16,6 +16,7 @@ import anyio
 import anyio.abc
 import h11
 
+from . import _stream
 from ._stream import Stream
 
 __all__ = (
@@ -102,21 +103,27 @@ class Downstream:
             raise ClientGone from exc
         self.last_write = time.monotonic()
 
-    async def receive(self) -> bytes:
-        """One read from the client (b"" at EOF); raises :class:`ClientGone` on a reset."""
+    async def receive(self, limit: float | None = None) -> bytes:
+        """One read from the client (b"" at EOF), waiting at most ``limit`` seconds (then
+        ``TimeoutError``); raises :class:`ClientGone` on a reset."""
         try:
-            return await self.stream.receive(CLIENT_READ_SIZE)
+            return await _stream.receive(self.stream, CLIENT_READ_SIZE, limit)
         except anyio.EndOfStream:
             return b""
+        except TimeoutError:
+            raise  # an OSError, but not the peer going away
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise ClientGone from exc
 
-    async def next_event(self, read_timeout: float | None = None) -> h11.Event | type[h11.PAUSED]:
+    async def next_event(
+        self, read_timeout: float | None = None, *, deadline: float | None = None
+    ) -> h11.Event | type[h11.PAUSED]:
         """The next h11 event, reading as needed.
 
         Waits at most ``read_timeout`` seconds for each read (then
-        :class:`BadRequest` 408). A malformed request raises :class:`BadRequest` 400; a reset
-        :class:`ClientGone`.
+        :class:`BadRequest` 408), or until ``deadline`` (``time.monotonic()``;
+        then ``TimeoutError``). A malformed request raises :class:`BadRequest`
+        400; a reset :class:`ClientGone`.
         """
         while True:
             try:
@@ -125,15 +132,15 @@ class Downstream:
                 raise BadRequest(400, f"malformed request: {exc}") from exc
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
-            if read_timeout is None:
-                data = await self.receive()
+            if deadline is not None:
+                data = await self.receive(max(0.0, deadline - time.monotonic()))
             else:
-                with anyio.move_on_after(read_timeout) as scope:
-                    data = await self.receive()
-                if scope.cancelled_caught:
+                try:
+                    data = await self.receive(read_timeout)
+                except TimeoutError:
                     raise BadRequest(
                         408, f"no byte of the request for {read_timeout:g}s (--body-timeout)"
-                    )
+                    ) from None
             self.h11.receive_data(data)
 
     async def continue_if_expected(self) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Final, TypeAlias, cast
 import anyio
 import anyio.abc
 
-__all__ = ("FastStream", "Stream", "accept", "connect", "on_asyncio", "start_tls")
+__all__ = ("FastStream", "Stream", "accept", "connect", "on_asyncio", "receive", "start_tls")
 
 #: Bytes queued from the peer before reading pauses (and TCP pushes back).
 HIGH_WATER: Final = 256 * 1024
@@ -196,6 +196,17 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
 
 #: A byte stream ``ssekit._http`` reads and writes: anyio's, or a :class:`FastStream`.
 Stream: TypeAlias = "anyio.abc.ByteStream | FastStream"
+
+
+async def receive(stream: Stream, max_bytes: int, limit: float | None) -> bytes:
+    """One read from either kind of stream, raising ``TimeoutError`` after ``limit`` seconds
+    without data (None: no limit). A FastStream arms a timer only if it must wait."""
+    if isinstance(stream, FastStream):
+        return await stream.receive_within(max_bytes, limit)
+    if limit is None:
+        return await stream.receive(max_bytes)
+    with anyio.fail_after(limit):
+        return await stream.receive(max_bytes)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

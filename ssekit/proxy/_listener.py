@@ -265,13 +265,15 @@ class Proxy:
         try:
             if not conn.trailing_data[0]:
                 # Nothing of a next request yet: the connection may idle (keep-alive).
-                with anyio.move_on_after(cfg.header_timeout if first else KEEPALIVE_IDLE):
-                    conn.receive_data(await client.receive())
+                try:
+                    idle = cfg.header_timeout if first else KEEPALIVE_IDLE
+                    conn.receive_data(await client.receive(idle))
+                except TimeoutError:
+                    return None  # idle too long, nothing started: close quietly
                 if not conn.trailing_data[0]:
-                    return None  # idle too long or closed, nothing started: close quietly
+                    return None  # closed, nothing started
             # A head has started: it must complete within header_timeout (slowloris).
-            with anyio.fail_after(cfg.header_timeout):
-                event = await client.next_event()
+            event = await client.next_event(deadline=time.monotonic() + cfg.header_timeout)
         except TimeoutError:
             await self._refuse_raw(client, 408, "request head not received in time")
             return None
