@@ -6,15 +6,18 @@ Keys (``P`` = ``ssekit:``), all expiring: ``--resume-ttl`` after the stream
 ended, ``--resume-ttl`` plus a minute after the last write while it is live:
 
     P k:<key>   the stream's current run (a key reused by a newer stream points anew)
-    P m:<run>   hash: key, state (live/done/cut), count, owner, resumable (1/0)
+    P m:<run>   hash: key, state (live/done/cut), owner, resumable (1/0)
     P e:<run>   Redis Stream of the events, entry id ``<position>-0``, field ``b``: body
+                (positions are 1, 2, 3... with no gap, so XLEN is the count)
     P o:<run>   the owner's liveness: refreshed every second, gone 3 s after its last refresh
     P a:<run>   some reader is attached: refreshed every second by each reader, 3 s
     P c:<run>   a DELETE asked the owner to cancel
 
 The owner never waits on Redis: its writes go into a bounded queue, written
-as one pipeline per batch by a background task; the same task refreshes its
-live streams' liveness each second and reads back ``c`` and ``a`` for them.
+as one pipeline per batch by a background task (one XADD per event, nothing
+else per event); another refreshes its live streams' liveness each second,
+reads back ``c`` and ``a`` for them, and every ten seconds pushes their keys'
+expiry on.
 When a write fails, every live stream of this instance stops being resumable
 (their clients are unharmed), it is logged once and counted, new streams are
 not kept, and Redis is pinged each second until it answers again. Readers
@@ -180,21 +183,19 @@ class RedisStore:
 
     async def _write(self, ops: list[tuple[_RedisWriter, tuple[Any, ...]]]) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        last: dict[str, tuple[_RedisWriter, int]] = {}  # run -> the last position written
-        ended: set[str] = set()
         for writer, op in ops:
             run = writer.run
             kind = op[0]
             if kind == "event":
                 pipe.xadd(_e(run), {"b": op[2]}, id=f"{op[1]}-0")
-                last[run] = (writer, op[1])
+                if op[1] == 1:  # the stream now exists: it expires if its owner dies
+                    pipe.pexpire(_e(run), self.live_ms)
             elif kind == "open":
                 pipe.hset(
                     _m(run),
                     mapping={
                         "key": writer.key,
                         "state": State.LIVE.value,
-                        "count": 0,
                         "owner": writer.owner,
                         "resumable": 1,
                     },
@@ -203,23 +204,13 @@ class RedisStore:
                 pipe.set(_o(run), 1, px=int(LIVENESS_TTL * 1000))
                 pipe.pexpire(_m(run), self.live_ms)
             elif kind == "end":
-                fields: dict[str, Any] = {"state": op[1].value}
-                if run in last:
-                    fields["count"] = last.pop(run)[1]
-                pipe.hset(_m(run), mapping=fields)
+                pipe.hset(_m(run), "state", op[1].value)
                 pipe.delete(_o(run))
                 for name in (_k(writer.key), _m(run), _e(run)):
                     pipe.pexpire(name, self.ttl_ms)
-                ended.add(run)
             elif kind == "give_up":
-                last.pop(run, None)
                 pipe.hset(_m(run), "resumable", 0)
                 pipe.delete(_e(run), _o(run))
-        for run, (_, position) in last.items():
-            pipe.hset(_m(run), "count", position)
-            if run not in ended:
-                pipe.pexpire(_e(run), self.live_ms)
-                pipe.pexpire(_m(run), self.live_ms)
         self.commands += len(pipe)
         await pipe.execute()
 
@@ -291,11 +282,14 @@ class RedisStore:
 
     async def lookup(self, key: str) -> StreamInfo | None:
         try:
-            self.commands += 2
+            self.commands += 3
             run = await self._redis.get(_k(key))
             if run is None:
                 return None
-            meta = await self._redis.hgetall(_m(run.decode()))
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hgetall(_m(run.decode()))
+            pipe.xlen(_e(run.decode()))
+            meta, count = await pipe.execute()
         except _ERRORS as exc:
             self.metrics.resume_store_errors += 1
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -305,7 +299,7 @@ class RedisStore:
             key=key,
             run=run.decode(),
             state=State(meta[b"state"].decode()),
-            count=int(meta[b"count"]),
+            count=int(count),
             owner=meta[b"owner"].decode(),
             resumable=meta[b"resumable"] == b"1",
         )
