@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -118,10 +119,13 @@ async def test_resumes_from_every_position_give_each_event_exactly_once() -> Non
         assert got == whole.events
 
 
-async def test_a_stream_flows_on_after_its_client_left_and_is_read_live() -> None:
+async def test_a_stream_flows_on_after_its_client_left_and_is_read_live(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     pieces = numbered(20)
     async with deadline(30) as tg:
         upstream, seen = await start_upstream(tg, slow_upstream(pieces, 0.05))
+        caplog.set_level(logging.INFO, "ssekit.proxy")
         base = await start_proxy(tg, upstream, resume_store="memory", resume_grace=5)
         stream_id = await drop_after(base, 2)
         dropped_at = seen.sent
@@ -129,7 +133,12 @@ async def test_a_stream_flows_on_after_its_client_left_and_is_read_live() -> Non
         assert resumed.complete
         assert [e.id for e in resumed.events] == [str(n) for n in range(3, 21)]
         assert seen.sent == 20
-        assert dropped_at < 10
+        assert dropped_at < 10  # the upstream was not closed on the drop
+        # The original exchange's one log line: its stream id, and that its client left.
+        await wait_for(lambda: "detached=True" in caplog.text)
+        (line,) = [x for x in caplog.messages if "detached=True" in x]
+        assert f"stream_id={stream_id}" in line
+        assert "outcome=complete" in line
 
 
 async def test_two_readers_at_once_each_get_every_event() -> None:

@@ -278,7 +278,7 @@ async def _forward(
         strip_authorization=bool(cfg.client_tokens),
     )
     # Resume hook: the stream id (a bad ssekit-resume-key is a 400 here, nothing sent).
-    recording = None if shared.resume is None else shared.resume.begin(request, headers)
+    recording = None if shared.resume is None else shared.resume.begin(request, headers, stats)
     method = request.method.decode("ascii")
     chunked = get_header(request.headers, b"transfer-encoding") is not None
     body: RequestBody | None = None

@@ -42,6 +42,8 @@ class StreamStats:
     outcome: Outcome = Outcome.COMPLETE
     attempts: int = 0
     error: str = ""
+    stream_id: str = ""  # kept for resumption (--resume-store) under this id
+    detached: bool = False  # its client left while the stream was kept for resumption
 
     def as_log(self) -> dict[str, object]:
         return {
@@ -57,6 +59,8 @@ class StreamStats:
             "outcome": self.outcome.value,
             "attempts": self.attempts,
             **({"error": self.error} if self.error else {}),
+            **({"stream_id": self.stream_id} if self.stream_id else {}),
+            **({"detached": True} if self.detached else {}),
         }
 
 

@@ -22,7 +22,7 @@ import h11
 from ..._event import Event
 from ..._http import BadRequest, ClientGone, Downstream, get_header, is_event_stream
 from .._config import ProxyConfig
-from .._stats import Metrics
+from .._stats import Metrics, StreamStats
 from ._records import State, event_body, grace_expired, new_stream_id, scoped_key, valid_key
 from ._store import Store, Writer
 
@@ -51,7 +51,12 @@ class Resume:
         self.metrics = metrics
         metrics.resume_on = True
 
-    def begin(self, request: h11.Request, upstream_headers: list[tuple[bytes, bytes]]) -> Recording:
+    def begin(
+        self,
+        request: h11.Request,
+        upstream_headers: list[tuple[bytes, bytes]],
+        stats: StreamStats,
+    ) -> Recording:
         """At request time: the stream id (the client's ``ssekit-resume-key`` or a random
         one), and the key header taken off what goes upstream. A bad key raises
         :class:`BadRequest` 400: nothing goes upstream."""
@@ -70,16 +75,19 @@ class Resume:
             upstream_headers[:] = [h for h in upstream_headers if h[0] != RESUME_KEY_HEADER]
         token = client_token(list(request.headers), self.config)
         method = request.method.decode("ascii", "replace")
-        return Recording(self, stream_id, scoped_key(stream_id, token), method)
+        return Recording(self, stream_id, scoped_key(stream_id, token), method, stats)
 
 
 class Recording:
     """One exchange's stream as it is recorded (armed once its head shows an event stream)."""
 
-    __slots__ = ("client", "key", "method", "resume", "stream_id", "writer")
+    __slots__ = ("client", "key", "method", "resume", "stats", "stream_id", "writer")
 
-    def __init__(self, resume: Resume, stream_id: str, key: str, method: str) -> None:
+    def __init__(
+        self, resume: Resume, stream_id: str, key: str, method: str, stats: StreamStats
+    ) -> None:
         self.resume = resume
+        self.stats = stats
         self.stream_id = stream_id
         self.key = key
         self.method = method
@@ -101,6 +109,7 @@ class Recording:
             return  # the store is down: this stream flows on, not resumable
         self.writer = writer
         self.resume.metrics.resume_recorded += 1
+        self.stats.stream_id = self.stream_id
         headers.append((STREAM_ID_HEADER, self.stream_id.encode()))
         if self.client is not None:
             self.client.armed.set()
@@ -171,7 +180,7 @@ class Detachable(Downstream):
         except ClientGone:
             if not self._keeps():
                 raise
-            self.gone = True
+            self.gone = self.recording.stats.detached = True
 
     async def receive(self) -> bytes:
         data = b""
@@ -184,7 +193,7 @@ class Detachable(Downstream):
                 except ClientGone:
                     data = b""
                 if not data and self._keeps():
-                    self.gone = True
+                    self.gone = self.recording.stats.detached = True
                     await self._hold()
                 tg.cancel_scope.cancel()
 
