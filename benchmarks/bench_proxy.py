@@ -7,6 +7,10 @@ The client here measures, per path (direct, ssekit, nginx when installed):
 added latency per event (p50/p99) for sequential streams and for 100 concurrent
 streams, one fast 100 MB stream's throughput, how long until the upstream sees
 the client's disconnect, and the proxy's memory growth under a 1 KB/s client.
+With ``--resume``, also ssekit with ``--resume-store memory`` and (when Debian's
+redis-server is installed; one is started on a free port, no persistence)
+``--resume-store redis://...``: added latency and CPU per event beside the store
+off, Redis commands per event, and memory per stored stream.
 Everything runs on 127.0.0.1; every loop is bounded in count and time.
 """
 
@@ -276,6 +280,72 @@ async def slow_client_growth(port: int, pids: list[int], seconds: float) -> int:
     return peak - before
 
 
+def redis_info(port: int, section: str, field: str) -> int:
+    """One integer field of Redis's INFO (RESP by hand: the bench needs no redis package)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"INFO {section}\r\n".encode())
+        data = b""
+        while b"\r\n" not in data:
+            data += sock.recv(65536)
+        length = int(data[1 : data.index(b"\r\n")])
+        while len(data) < data.index(b"\r\n") + 2 + length:
+            data += sock.recv(65536)
+    for line in data.decode().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split(":", 1)[1])
+    raise RuntimeError(f"no {field} in INFO {section}")
+
+
+async def measure_resume(
+    port: int, pids: list[int], quick: bool, redis_port: int | None
+) -> dict[str, float]:
+    """Latency and CPU per event with a resume store; Redis commands per event; memory per
+    stored stream (proxy RSS for the memory store, Redis used_memory for Redis)."""
+    seq = await latencies(port, 60 if quick else 300, 0.005)
+    streams, events = 100, 10 if quick else 40
+    cpu = cpu_seconds(pids)
+    commands = redis_info(redis_port, "stats", "total_commands_processed") if redis_port else 0
+    conc = await concurrent_latencies(port, streams, events, 0.02)
+    cpu_event = (cpu_seconds(pids) - cpu) / (streams * events) * 1e6
+    per_event = (
+        (redis_info(redis_port, "stats", "total_commands_processed") - commands - 1)
+        / (streams * events)
+        if redis_port
+        else 0.0
+    )
+    kept, kept_events = 300, 40  # 40 events of ~130 stored bytes each
+    before = redis_info(redis_port, "memory", "used_memory") if redis_port else rss_kib(pids) * 1024
+    whole = await complete_streams(port, kept, kept_events, 100)
+    await asyncio.sleep(0.5)  # the Redis writer's last batches
+    after = redis_info(redis_port, "memory", "used_memory") if redis_port else rss_kib(pids) * 1024
+    return {
+        "p50": statistics.median(seq),
+        "p99": pct(seq, 0.99),
+        "c50": statistics.median(conc),
+        "c99": pct(conc, 0.99),
+        "cpu_event_us": cpu_event,
+        "commands_event": per_event,
+        "bytes_stream": (after - before) / kept,
+        "whole": whole,
+    }
+
+
+def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int] | None:
+    server = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
+    if server is None:
+        return None
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port)
+    return proc, port
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -331,6 +401,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--quick", action="store_true", help="fewer events, 20 MB, 3 s slow client")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument("--workers", type=int, default=0, help="also ssekit --workers N (0: no)")
+    parser.add_argument(
+        "--resume", action="store_true", help="also ssekit with the memory and Redis resume stores"
+    )
     args = parser.parse_args(argv)
     procs: list[subprocess.Popen[bytes]] = []
     tmp = Path(tempfile.mkdtemp(prefix="ssekit-bench-"))
@@ -350,6 +423,25 @@ def main(argv: list[str] | None = None) -> list[str]:
             )
             procs.append(workers)
             paths[f"ssekit --workers {args.workers}"] = (workers_port, [workers.pid])
+
+        resume_paths: dict[str, int | None] = {}  # name -> the Redis port (None: memory)
+        if args.resume:
+            memory, memory_port = start_ssekit(
+                up_port, tmp / "memory.log", "--resume-store", "memory"
+            )
+            procs.append(memory)
+            paths["ssekit, memory store"] = (memory_port, [memory.pid])
+            resume_paths["ssekit, memory store"] = None
+            redis = start_redis(tmp)
+            if redis is not None:
+                procs.append(redis[0])
+                url = f"redis://127.0.0.1:{redis[1]}/0"
+                remote, remote_port = start_ssekit(
+                    up_port, tmp / "redis.log", "--resume-store", url
+                )
+                procs.append(remote)
+                paths["ssekit, redis store"] = (remote_port, [remote.pid])
+                resume_paths["ssekit, redis store"] = redis[1]
 
         nginx = shutil.which("nginx") or (
             "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
@@ -372,7 +464,12 @@ def main(argv: list[str] | None = None) -> list[str]:
             for name, (port, pids) in paths.items():  # interleaved: noise hits every path
                 print(f"round {number + 1}: measuring {name} ...", file=sys.stderr, flush=True)
                 try:
-                    result = asyncio.run(measure(port, up_port, pids, args.quick, name))
+                    if name in resume_paths:
+                        result = asyncio.run(
+                            measure_resume(port, pids, args.quick, resume_paths[name])
+                        )
+                    else:
+                        result = asyncio.run(measure(port, up_port, pids, args.quick, name))
                 except Exception:
                     for log in tmp.glob("*.log"):  # what the proxies said, for the failure
                         lines = log.read_text(errors="replace").splitlines()
@@ -393,7 +490,57 @@ def main(argv: list[str] | None = None) -> list[str]:
         name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
         for name, runs in rounds.items()
     }
-    return report(results, len(rounds["direct"]))
+    resumed = {name: results.pop(name) for name in resume_paths}
+    out = report(results, len(rounds["direct"]))
+    if resumed:
+        out += report_resume(results, resumed)
+    return out
+
+
+def report_resume(
+    results: dict[str, dict[str, float]], resumed: dict[str, dict[str, float]]
+) -> list[str]:
+    """The resume stores beside the store off (the ssekit row), same rounds."""
+    direct, off = results["direct"], results["ssekit"]
+    out = [
+        "",
+        "## Proxy: resumable streams",
+        "",
+        "Latency added to the direct connection's; CPU of the proxy process; Redis commands "
+        "(INFO total_commands_processed) per event of the 100-stream run, liveness included; "
+        "memory per stored stream of 40 events of 100 bytes (proxy RSS growth for memory, "
+        "Redis used_memory growth for Redis).",
+        "",
+        "| store | added p50 ms (seq) | added p99 ms (seq) | added p50 ms (100 conc) | "
+        "added p99 ms (100 conc) | CPU us/event (100 conc) | Redis commands/event | "
+        "memory per stored stream |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = {"off": off, **{name.removeprefix("ssekit, ").removesuffix(" store"): r
+                           for name, r in resumed.items()}}  # fmt: skip
+    for name, r in rows.items():
+        lat = [r[k] - direct[k] for k in ("p50", "p99", "c50", "c99")]
+        commands = f"{r['commands_event']:.2f}" if name == "redis" else "-"
+        memory = f"{r['bytes_stream'] / 1024:.1f} KiB" if name != "off" else "-"
+        out.append(
+            f"| {name} | {lat[0]:.3f} | {lat[1]:.3f} | {lat[2]:.3f} | {lat[3]:.3f} | "
+            f"{r['cpu_event_us']:.0f} | {commands} | {memory} |"
+        )
+    checks = []
+    if "memory" in rows:
+        added = rows["memory"]["p50"] - off["p50"]
+        checks.append((f"memory store: p50 within +0.1 ms of the store off ({added:+.3f})",
+                       added <= 0.1))  # fmt: skip
+        checks.append(("memory store: 300 streams whole", rows["memory"]["whole"] == 300))
+    if "redis" in rows:
+        added = rows["redis"]["p50"] - off["p50"]
+        checks.append((f"redis store: p50 within +0.5 ms of the store off ({added:+.3f})",
+                       added <= 0.5))  # fmt: skip
+        checks.append(("redis store: 300 streams whole", rows["redis"]["whole"] == 300))
+    out += ["", "### Targets (resumable streams)", ""]
+    out += [f"- {label}: {'PASS' if ok else 'FAIL'}" for label, ok in checks]
+    print("\n".join(out), flush=True)
+    return out
 
 
 def report(results: dict[str, dict[str, float]], rounds: int) -> list[str]:

@@ -69,7 +69,7 @@ def _add_config_option(parser: argparse.ArgumentParser, option: Field[Any]) -> N
         parser.add_argument(name, choices=("text", "json"), default=default, help=help)
     else:
         kind: Callable[[str], object] = str
-        if option.name == "drain_timeout":
+        if option.name in ("drain_timeout", "resume_grace"):  # 0 is meaningful
             kind = _non_negative_seconds
         elif option.type in ("float", "float | None"):
             kind = _seconds
@@ -301,6 +301,11 @@ def _run_proxy(args: argparse.Namespace) -> int:
     # Validate every option before starting anything (the mock included).
     ProxyConfig(upstream=args.upstream or "http://127.0.0.1", **settings)
     loop = _event_loop(args.loop)
+    if args.workers > 1 and settings["resume_store"] == "memory":
+        raise ConfigError(
+            "--resume-store memory keeps streams in one process, but --workers spreads "
+            "requests over several: use --resume-store redis://HOST:PORT/DB with --workers"
+        )
     if args.workers > 1:
         return _run_workers(args, settings, loop)
     return _run_single(args, settings, loop)

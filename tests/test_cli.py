@@ -33,6 +33,8 @@ def test_help_explains_every_proxy_option_with_its_default() -> None:
         "--header-timeout", "--retries", "--heartbeat", "--error-event", "--api-key-env",
         "--client-token-env", "--upstream-ca", "--upstream-proxy", "--admin-prefix",
         "--drain-timeout", "--log-format", "--max-header-size", "--pool-size",
+        "--resume-store", "--resume-ttl", "--resume-grace", "--resume-max-bytes",
+        "--resume-memory-limit",
     ):  # fmt: skip
         assert option in result.stdout
     assert "127.0.0.1:8080" in result.stdout
@@ -56,6 +58,13 @@ def test_top_level_help_lists_the_commands() -> None:
         (["proxy", "--api-key-env", "SSEKIT_TEST_UNSET_VAR"], "SSEKIT_TEST_UNSET_VAR"),
         (["proxy", "--upstream-proxy", "https://p:1"], "CONNECT proxy"),
         (["proxy", "--admin-prefix", "metrics/"], "admin prefix"),
+        (["proxy", "--resume-store", "disk"], "is not 'memory' or redis://HOST:PORT/DB"),
+        (["proxy", "--resume-ttl", "0"], "positive number of seconds"),
+        (["proxy", "--resume-store", "memory", "--workers", "2"], "use --resume-store redis"),
+        (
+            ["proxy", "--resume-max-bytes", "100", "--resume-memory-limit", "10"],
+            "resume_memory_limit >= resume_max_bytes",
+        ),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:

@@ -90,6 +90,32 @@ class ProxyConfig:
         "N",
     )
     log_format: Literal["text", "json"] = _option("text", "one line per request on stderr")
+    # -- resumable streams (ssekit.proxy._resume); off unless resume_store is set --
+    resume_store: str | None = _option(
+        None,
+        "keep every 200 text/event-stream answer so clients can resume it at "
+        "GET PATH/streams/<id>: 'memory' (this process) or redis://HOST:PORT/DB "
+        "(shared by instances; pip install 'ssekit[redis]')",
+        "STORE",
+    )
+    resume_ttl: float = _option(600.0, "how long a stream stays replayable after it ended", "S")
+    resume_grace: float = _option(
+        30.0,
+        "how long an unfinished stream keeps its upstream going with no reader attached "
+        "(then the upstream is closed and the stream cut)",
+        "S",
+    )
+    resume_max_bytes: int = _option(
+        8 * 1024 * 1024,
+        "stored bytes per stream; past it the stream goes on for whoever is attached but is "
+        "no longer resumable",
+        "BYTES",
+    )
+    resume_memory_limit: int = _option(
+        256 * 1024 * 1024,
+        "bytes all streams of the memory store may hold; past it the oldest finished go first",
+        "BYTES",
+    )
 
     def __post_init__(self) -> None:
         self.origin  # noqa: B018 -- parse now, so a bad URL fails at start-up
@@ -128,8 +154,22 @@ class ProxyConfig:
                     f"{name} must be non-empty single-line strings without commas or "
                     "surrounding spaces"
                 )
+        self._check_resume()
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log format {self.log_format!r} is not text or json")
+
+    def _check_resume(self) -> None:
+        store = self.resume_store
+        if store is not None and store != "memory":
+            scheme, _, rest = store.partition("://")
+            if scheme not in ("redis", "rediss") or not rest:
+                raise ConfigError(f"resume store {store!r} is not 'memory' or redis://HOST:PORT/DB")
+        if not self.resume_ttl > 0 or not self.resume_grace >= 0:
+            raise ConfigError("resume_ttl must be positive and resume_grace not negative")
+        if self.resume_max_bytes < 1 or self.resume_memory_limit < self.resume_max_bytes:
+            raise ConfigError(
+                "resume_max_bytes must be >= 1 and resume_memory_limit >= resume_max_bytes"
+            )
 
     @property
     def origin(self) -> Origin:

@@ -49,6 +49,8 @@ from ._relay import (
     retry_delay,
     retry_on_fresh_connection,
 )
+from ._resume import Recording, Resume, make_resume
+from ._resume._endpoint import serve_streams
 from ._stats import Metrics, StreamStats
 
 __all__ = ("Shared", "serve_exchange")
@@ -85,6 +87,10 @@ class Shared:
         )
         self.cutting = False
         self._key = 0
+        # Resumable streams (--resume-store); None keeps every exchange as it was.
+        self.resume: Resume | None = (
+            None if config.resume_store is None else make_resume(config, self.metrics)
+        )
 
     def snapshot_path(self) -> Path | None:
         """This process's counters file among its siblings', when there are workers."""
@@ -241,6 +247,8 @@ async def _serve(
         return False
     if isinstance(decision, Admin):
         await discard_body(client, cfg.body_timeout)
+        if decision.name == "streams" and shared.resume is not None:  # resume hook
+            return await serve_streams(shared.resume, client, request, relay, stats)
         if decision.name == "metrics":
             body = shared.render_metrics()
             await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
@@ -269,6 +277,8 @@ async def _forward(
         api_key=shared.next_api_key(),
         strip_authorization=bool(cfg.client_tokens),
     )
+    # Resume hook: the stream id (a bad ssekit-resume-key is a 400 here, nothing sent).
+    recording = None if shared.resume is None else shared.resume.begin(request, headers, stats)
     method = request.method.decode("ascii")
     chunked = get_header(request.headers, b"transfer-encoding") is not None
     body: RequestBody | None = None
@@ -312,7 +322,9 @@ async def _forward(
                     reuse = False
                     continue
                 return await _fail_before_head(client, relay, stats, exc)
-            failure, done = await _answer(shared, client, upstream, relay, stats, started)
+            failure, done = await _answer(
+                shared, client, upstream, relay, stats, started, recording
+            )
             if failure is None:
                 return done
             if retry_on_fresh_connection(
@@ -339,6 +351,7 @@ async def _answer(
     relay: Relay,
     stats: StreamStats,
     started: float,
+    recording: Recording | None = None,
 ) -> tuple[UpstreamError | None, bool]:
     """Wait for the response head and forward the response, watching the client leave.
 
@@ -348,6 +361,8 @@ async def _answer(
     cfg = shared.config
     failure: UpstreamError | None = None
     done = False
+    if recording is not None:  # resume hook: the client may leave while the stream is kept
+        client = recording.wrap(client)
     try:
         async with anyio.create_task_group() as tg:
             # From here the client is only read to notice it leaving.
@@ -363,6 +378,8 @@ async def _answer(
                 stats.status = response.status_code
                 content_type = get_header(response.headers, b"content-type") or b""
                 headers = response_headers(list(response.headers))
+                if recording is not None:  # resume hook: keep a 200 event stream
+                    recording.arm(response.status_code, content_type, headers)
                 await client.send(
                     h11.Response(
                         status_code=response.status_code, headers=headers, reason=response.reason
@@ -380,11 +397,15 @@ async def _answer(
                     read_to_close=_read_to_close(response),
                     sized=get_header(headers, b"content-length") is not None,
                     chunked=_chunked_to_client(client, headers, response.status_code),
+                    record=recording,
                 )
             tg.cancel_scope.cancel()
     except* ClientGone:
         if relay.open:
             relay.on(Input.CLIENT_GONE)
+    finally:
+        if recording is not None:  # resume hook: the stored stream ends as this one did
+            recording.end(relay.phase is Phase.DONE)
     return failure, done
 
 

@@ -132,6 +132,8 @@ class Proxy:
                                 # Connections go to the outer group: they outlive accepting.
                                 loops.start_soon(self._accept, one, tg)
 
+                if self.shared.resume is not None:  # the resume store's background work
+                    await tg.start(self.shared.resume.store.run)
                 tg.start_soon(accept_all)
                 if self.shared.metrics_dir is not None:
                     tg.start_soon(self._share_metrics)
@@ -156,6 +158,8 @@ class Proxy:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
                 await self.shared.pool.aclose()
+                if self.shared.resume is not None:
+                    await self.shared.resume.store.aclose()
 
     async def _share_metrics(self) -> None:
         """Leave this worker's counters for its siblings every METRICS_EVERY seconds."""

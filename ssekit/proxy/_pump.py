@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import time
+from typing import TYPE_CHECKING
 
 import anyio
 import h11
@@ -27,6 +28,9 @@ from ._config import ProxyConfig
 from ._relay import Input, Relay, heartbeat_due
 from ._stats import StreamStats
 
+if TYPE_CHECKING:
+    from ._resume import Recording
+
 __all__ = ("Tap", "pump")
 
 
@@ -38,12 +42,13 @@ class Tap:
     False from then on: nothing more may be inserted into that stream.
     """
 
-    __slots__ = ("_decoder", "_started", "_stats", "failed")
+    __slots__ = ("_decoder", "_record", "_started", "_stats", "failed")
 
-    def __init__(self, stats: StreamStats, started: float) -> None:
+    def __init__(self, stats: StreamStats, started: float, record: Recording | None = None) -> None:
         self._decoder: Decoder[Event | Comment] = Decoder(comments=True)
         self._stats = stats
         self._started = started
+        self._record = record  # resume hook: the stream's events are kept (never waits)
         self.failed = False
 
     def feed(self, chunk: bytes) -> None:
@@ -53,6 +58,8 @@ class Tap:
             items = self._decoder.feed(chunk)
         except SSEError:
             self.failed = True
+            if self._record is not None:
+                self._record.fail()
             return
         stats = self._stats
         for item in items:
@@ -62,6 +69,8 @@ class Tap:
                     stats.first_event = time.monotonic() - self._started
                 if item.data == DONE:
                     stats.done_seen = True
+                if self._record is not None:
+                    self._record.event(item)
 
     @property
     def at_boundary(self) -> bool:
@@ -81,6 +90,7 @@ async def pump(
     read_to_close: bool,
     sized: bool,
     chunked: bool,
+    record: Recording | None = None,
 ) -> bool:
     """Forward the body and its end; True when it ended cleanly (the upstream may be reused).
 
@@ -88,9 +98,10 @@ async def pump(
     finished: the client's response is cut too, never ended cleanly. A body
     with a Content-Length (``sized``) gets nothing inserted: it would not fit.
     ``chunked``: the client's response is chunk-framed, so chunks are framed
-    here (h11 still writes the head and the last chunk).
+    here (h11 still writes the head and the last chunk). ``record``: the
+    events the tap decodes are also kept for resumption.
     """
-    tap = Tap(stats, started) if sse else None
+    tap = Tap(stats, started, record) if sse else None
     if sized:
         config = dataclasses.replace(config, heartbeat=None, error_event=False)
     if tap is None or config.heartbeat is None:

@@ -130,7 +130,7 @@ class Refuse:
 
 @dataclass(frozen=True, slots=True)
 class Admin:
-    """One of the proxy's own endpoints: "metrics" or "health"."""
+    """One of the proxy's own endpoints: "metrics", "health" or "streams" (resumption)."""
 
     name: str
 
@@ -209,6 +209,8 @@ def _admin(
     """The proxy's own endpoints: health is open (load balancers); metrics need a token
     (an admin token, else a client token) whenever any token is configured."""
     name = path[len(config.admin_prefix) + 1 :]
+    if config.resume_store is not None and name.startswith("streams/"):
+        return Admin("streams")  # resumable streams: GET and DELETE, tokens checked there
     if method != "GET" or name not in ("metrics", "health"):
         return Refuse(
             404,

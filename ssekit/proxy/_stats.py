@@ -42,6 +42,8 @@ class StreamStats:
     outcome: Outcome = Outcome.COMPLETE
     attempts: int = 0
     error: str = ""
+    stream_id: str = ""  # kept for resumption (--resume-store) under this id
+    detached: bool = False  # its client left while the stream was kept for resumption
 
     def as_log(self) -> dict[str, object]:
         return {
@@ -57,6 +59,8 @@ class StreamStats:
             "outcome": self.outcome.value,
             "attempts": self.attempts,
             **({"error": self.error} if self.error else {}),
+            **({"stream_id": self.stream_id} if self.stream_id else {}),
+            **({"detached": True} if self.detached else {}),
         }
 
 
@@ -69,6 +73,10 @@ _SUMMED = (
     "accept_errors",
     "first_event_seconds_sum",
     "first_event_count",
+    "resume_recorded",
+    "resume_given_up",
+    "resume_reads",
+    "resume_store_errors",
 )
 
 
@@ -90,6 +98,12 @@ class Metrics:
     accept_errors: int = 0
     first_event_seconds_sum: float = 0.0
     first_event_count: int = 0
+    # Resumable streams (rendered only when a resume store is on).
+    resume_on: bool = False
+    resume_recorded: int = 0
+    resume_given_up: int = 0
+    resume_reads: int = 0
+    resume_store_errors: int = 0
 
     def snapshot(self) -> dict[str, object]:
         """The counters as JSON-able data, for another worker process to add up."""
@@ -101,10 +115,13 @@ class Metrics:
 
     def plus(self, snapshots: Iterable[dict[str, Any]]) -> Metrics:
         """A new Metrics: these counters plus other workers' ``snapshot()`` data."""
-        total = Metrics(requests=dict(self.requests), outcomes=dict(self.outcomes))
+        total = Metrics(
+            requests=dict(self.requests), outcomes=dict(self.outcomes), resume_on=self.resume_on
+        )
         for name in _SUMMED:
             setattr(total, name, getattr(self, name))
         for snap in snapshots:
+            snap = {name: 0 for name in _SUMMED} | snap  # a sibling without a counter yet
             for status, count in snap["requests"].items():
                 total.requests[int(status)] = total.requests.get(int(status), 0) + count
             for outcome, count in snap["outcomes"].items():
@@ -160,4 +177,20 @@ class Metrics:
             f"ssekit_first_event_seconds_sum {self.first_event_seconds_sum:.6f}",
             f"ssekit_first_event_seconds_count {self.first_event_count}",
         ]
+        if self.resume_on:
+            lines += [
+                "# HELP ssekit_resume_streams_total Event streams recorded for resumption.",
+                "# TYPE ssekit_resume_streams_total counter",
+                f"ssekit_resume_streams_total {self.resume_recorded}",
+                "# HELP ssekit_resume_given_up_total Recorded streams that stopped being "
+                "resumable (--resume-max-bytes, memory limit, store failures).",
+                "# TYPE ssekit_resume_given_up_total counter",
+                f"ssekit_resume_given_up_total {self.resume_given_up}",
+                "# HELP ssekit_resume_reads_total Resume reads served (GET .../streams/<id>).",
+                "# TYPE ssekit_resume_reads_total counter",
+                f"ssekit_resume_reads_total {self.resume_reads}",
+                "# HELP ssekit_resume_store_errors_total Failed writes or reads of the store.",
+                "# TYPE ssekit_resume_store_errors_total counter",
+                f"ssekit_resume_store_errors_total {self.resume_store_errors}",
+            ]
         return ("\n".join(lines) + "\n").encode()

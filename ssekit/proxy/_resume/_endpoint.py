@@ -1,0 +1,157 @@
+"""``GET`` and ``DELETE {admin prefix}/streams/<id>``: read a stored stream, or stop it.
+
+The decisions (which status, from which position) are :func:`plan_resume`'s;
+this moves the bytes: the replay and the live tail, each event framed with
+``id: <position>``, ended cleanly only after a clean upstream end, cut
+otherwise (with ``--error-event``, an ``event: error`` first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import anyio
+import h11
+
+from ..._encoder import encode
+from ..._event import Event
+from ..._http import ClientGone, Downstream, error_body, get_header
+from .._config import token_matches
+from .._relay import Input, Relay
+from .._stats import StreamStats
+from ._hook import STREAM_ID_HEADER, Resume, client_token
+from ._records import Refusal, State, frame, plan_resume, scoped_key, valid_key
+from ._store import StoreUnavailable
+
+__all__ = ("serve_streams",)
+
+
+async def serve_streams(
+    resume: Resume, client: Downstream, request: h11.Request, relay: Relay, stats: StreamStats
+) -> bool:
+    """Answer one request to the streams endpoint; True when the connection may go on."""
+    config = resume.config
+    target = request.target.decode("ascii", "replace")
+    stream_id = target.split("?", 1)[0][len(config.admin_prefix) + len("/streams/") :]
+    headers = list(request.headers)
+    token = client_token(headers, config)
+    if token is not None and not token_matches(token, config.client_tokens):
+        return await _refuse(
+            client,
+            relay,
+            stats,
+            Refusal(401, "streams need the proxy token: send Authorization: Bearer <token>"),
+            Input.UNAUTHORIZED,
+        )
+    if stats.method not in ("GET", "DELETE"):
+        return await _refuse(
+            client,
+            relay,
+            stats,
+            Refusal(405, f"no {stats.method} here: GET reads a stream, DELETE stops it"),
+        )
+    if not valid_key(stream_id):
+        return await _refuse(client, relay, stats, Refusal(404, f"no stream {stream_id[:40]!r}"))
+    key = scoped_key(stream_id, token)
+    try:
+        if stats.method == "DELETE":
+            if not await resume.store.cancel(key):
+                return await _refuse(client, relay, stats, Refusal(404, f"no stream {stream_id!r}"))
+            stats.status = 204
+            await client.send(h11.Response(status_code=204, headers=[(b"via", b"1.1 ssekit")]))
+            await client.send(h11.EndOfMessage())
+            relay.on(Input.LOCAL)
+            return True
+        info = await resume.store.lookup(key)
+    except StoreUnavailable as exc:
+        return await _refuse(client, relay, stats, Refusal(503, f"the resume store: {exc}"))
+    plan = plan_resume(
+        info, stream_id, get_header(headers, b"last-event-id"), target, resume.store.now()
+    )
+    if isinstance(plan, Refusal):
+        return await _refuse(client, relay, stats, plan)
+    assert info is not None
+    resume.metrics.resume_reads += 1
+    stats.status = 200
+    await client.send(
+        h11.Response(
+            status_code=200,
+            headers=[
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+                (b"via", b"1.1 ssekit"),
+                (STREAM_ID_HEADER, stream_id.encode()),
+            ],
+        )
+    )
+    relay.on(Input.HEAD)
+    end = State.CUT
+    error = ""
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch, client, tg.cancel_scope, relay, config.max_header_size)
+            try:
+                async with contextlib.aclosing(resume.store.read(info, plan.after)) as batches:
+                    async for batch in batches:
+                        if isinstance(batch, State):
+                            end = batch
+                            break
+                        data = b"".join([frame(position, body) for position, body in batch])
+                        await client.send(h11.Data(data=data))
+                        stats.events += len(batch)
+                        stats.body_bytes += len(data)
+            except StoreUnavailable as exc:
+                error = f"the resume store failed mid-stream: {exc}"
+            tg.cancel_scope.cancel()
+    except* ClientGone:
+        if relay.open:
+            relay.on(Input.CLIENT_GONE)
+    if not relay.open:
+        return False
+    if end is State.DONE:
+        await client.send(h11.EndOfMessage())
+        relay.on(Input.END)
+        return True
+    # Cut: the reader must be able to tell (no last chunk), as on the original response.
+    stats.error = error or "the stream was cut (upstream failure, grace, DELETE, owner gone)"
+    relay.on(Input.UPSTREAM_FAILED)
+    if config.error_event:
+        message = json.dumps({"error": {"message": stats.error, "type": "proxy_error"}})
+        with contextlib.suppress(ClientGone):
+            await client.send(h11.Data(data=encode(Event(event="error", data=message))))
+    return False
+
+
+async def _refuse(
+    client: Downstream,
+    relay: Relay,
+    stats: StreamStats,
+    refusal: Refusal,
+    why: Input = Input.LOCAL,
+) -> bool:
+    relay.on(why)
+    stats.status = refusal.status
+    stats.error = refusal.message
+    await client.answer(refusal.status, error_body(refusal.status, refusal.message))
+    return True
+
+
+async def _watch(client: Downstream, scope: anyio.CancelScope, relay: Relay, max_held: int) -> None:
+    """Notice the reader leaving (EOF or reset) while it waits for the live tail; bytes it
+    sends meanwhile are kept for h11 up to about ``max_held``, then it is not read."""
+    held = 0
+    while held <= max_held:
+        try:
+            data = await client.receive()
+        except ClientGone:
+            data = b""
+        if not data:
+            if relay.open:
+                relay.on(Input.CLIENT_GONE)
+            scope.cancel()
+            return
+        held += len(data)
+        client.h11.receive_data(data)  # a pipelined next request: keep it for h11
+    await anyio.sleep_forever()

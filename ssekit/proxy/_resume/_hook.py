@@ -1,0 +1,228 @@
+"""Where resumption meets an exchange: the per-proxy :class:`Resume` and per-stream
+:class:`Recording`, and the :class:`Detachable` client an exchange forwards to.
+
+With the store off none of this exists (``Shared.resume`` is None) and the
+exchange is exactly what it was. With it on, a ``200 text/event-stream``
+answer is recorded: each event the tap decodes goes to the store's writer
+(without waiting), the head carries ``ssekit-stream-id``, and the original
+client leaving no longer ends the exchange at once: :class:`Detachable`
+swallows its departure and holds the exchange open while a reader is
+attached, or for ``--resume-grace`` with none, or until a DELETE.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+import anyio
+import h11
+
+from ..._event import Event
+from ..._http import BadRequest, ClientGone, Downstream, get_header, is_event_stream
+from .._config import ProxyConfig
+from .._stats import Metrics, StreamStats
+from ._records import State, event_body, grace_expired, new_stream_id, scoped_key, valid_key
+from ._store import Store, Writer
+
+__all__ = ("STREAM_ID_HEADER", "Detachable", "Recording", "Resume", "client_token")
+
+log = logging.getLogger("ssekit.proxy")
+
+STREAM_ID_HEADER = b"ssekit-stream-id"
+RESUME_KEY_HEADER = b"ssekit-resume-key"
+
+
+def client_token(headers: list[tuple[bytes, bytes]], config: ProxyConfig) -> str | None:
+    """The client's proxy token when client tokens are on (it scopes stream keys), else None."""
+    if not config.client_tokens:
+        return None
+    auth = (get_header(headers, b"authorization") or b"").decode("latin-1")
+    return auth[7:] if auth[:7].lower() == "bearer " else ""
+
+
+class Resume:
+    """One proxy's resumption: its store, its owner id, its counters."""
+
+    def __init__(self, config: ProxyConfig, store: Store, metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        metrics.resume_on = True
+
+    def begin(
+        self,
+        request: h11.Request,
+        upstream_headers: list[tuple[bytes, bytes]],
+        stats: StreamStats,
+    ) -> Recording:
+        """At request time: the stream id (the client's ``ssekit-resume-key`` or a random
+        one), and the key header taken off what goes upstream. A bad key raises
+        :class:`BadRequest` 400: nothing goes upstream."""
+        key = get_header(request.headers, RESUME_KEY_HEADER)
+        if key is None:
+            stream_id = new_stream_id(secrets.token_bytes(16))
+        else:
+            text = key.decode("latin-1")
+            if not valid_key(text):
+                raise BadRequest(
+                    400,
+                    f"ssekit-resume-key {text[:40]!r} is not 1 to 128 characters of "
+                    "A-Z a-z 0-9 . _ ~ -",
+                )
+            stream_id = text
+            upstream_headers[:] = [h for h in upstream_headers if h[0] != RESUME_KEY_HEADER]
+        token = client_token(list(request.headers), self.config)
+        method = request.method.decode("ascii", "replace")
+        return Recording(self, stream_id, scoped_key(stream_id, token), method, stats)
+
+
+class Recording:
+    """One exchange's stream as it is recorded (armed once its head shows an event stream)."""
+
+    __slots__ = ("client", "key", "method", "resume", "stats", "stream_id", "writer")
+
+    def __init__(
+        self, resume: Resume, stream_id: str, key: str, method: str, stats: StreamStats
+    ) -> None:
+        self.resume = resume
+        self.stats = stats
+        self.stream_id = stream_id
+        self.key = key
+        self.method = method
+        self.writer: Writer | None = None
+        self.client: Detachable | None = None
+
+    def wrap(self, client: Downstream) -> Downstream:
+        """The client the exchange forwards to from now on."""
+        self.client = Detachable(client, self)
+        return self.client
+
+    def arm(self, status: int, content_type: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """At the response head: record a ``200 text/event-stream`` answer (not to HEAD),
+        adding ``ssekit-stream-id`` to the head; anything else is not kept."""
+        if status != 200 or self.method == "HEAD" or not is_event_stream(content_type):
+            return
+        writer = self.resume.store.open(self.key, secrets.token_hex(8))
+        if writer is None:
+            return  # the store is down: this stream flows on, not resumable
+        self.writer = writer
+        self.resume.metrics.resume_recorded += 1
+        self.stats.stream_id = self.stream_id
+        headers.append((STREAM_ID_HEADER, self.stream_id.encode()))
+        if self.client is not None:
+            self.client.armed.set()
+
+    # The tap's side (on the hot path: nothing here waits).
+    def event(self, event: Event) -> None:
+        writer = self.writer
+        if writer is not None and writer.resumable:
+            writer.append(event_body(event))
+            if not writer.resumable:
+                self._gave_up(writer)
+
+    def fail(self) -> None:
+        """The tap lost track of event boundaries: what follows cannot be stored."""
+        writer = self.writer
+        if writer is not None and writer.resumable:
+            writer.give_up("an event passed the decoder's bound")
+            self._gave_up(writer)
+
+    def _gave_up(self, writer: Writer) -> None:
+        self.resume.metrics.resume_given_up += 1
+        log.warning(
+            "ssekit: stream %s is no longer resumable: %s (it goes on for the client "
+            "attached; counted in ssekit_resume_given_up_total)",
+            self.stream_id,
+            writer.reason,
+        )
+
+    def end(self, done: bool) -> None:
+        """The exchange is over: the stream ended cleanly, or was cut."""
+        if self.writer is not None:
+            self.writer.end(State.DONE if done else State.CUT)
+
+
+class Detachable(Downstream):
+    """The original client, which may leave while its stream is being recorded.
+
+    Before the stream is armed, and once it is not resumable, it is the plain
+    client. Armed and resumable: a failed write is swallowed (the bytes are
+    recorded; a reader may come for them), and the watcher's read does not
+    report the end of the connection until the stream may be let go: no reader
+    attached for ``--resume-grace``, or not resumable any more. A DELETE ends
+    that read at once, even with the client still there, so the exchange
+    closes its upstream exactly as for a client leaving.
+    """
+
+    __slots__ = ("armed", "gone", "recording")
+
+    def __init__(self, client: Downstream, recording: Recording) -> None:
+        # Share the real connection's socket and h11 state; only the two methods differ.
+        self.stream = client.stream
+        self.h11 = client.h11
+        self.addr = client.addr
+        self.last_write = client.last_write
+        self.recording = recording
+        self.armed = anyio.Event()
+        self.gone = False
+
+    def _keeps(self) -> bool:
+        writer = self.recording.writer
+        return writer is not None and writer.resumable and writer.state is State.LIVE
+
+    async def send_raw(self, data: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            await super().send_raw(data)
+        except ClientGone:
+            if not self._keeps():
+                raise
+            self.gone = self.recording.stats.detached = True
+
+    async def receive(self) -> bytes:
+        data = b""
+        async with anyio.create_task_group() as tg:
+
+            async def from_client() -> None:
+                nonlocal data
+                try:
+                    data = await super(Detachable, self).receive()
+                except ClientGone:
+                    data = b""
+                if not data and self._keeps():
+                    self.gone = self.recording.stats.detached = True
+                    await self._hold()
+                tg.cancel_scope.cancel()
+
+            async def stop_button() -> None:
+                await self.armed.wait()
+                writer = self.recording.writer
+                assert writer is not None
+                while not writer.cancelled:
+                    await writer.control_changed()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(from_client)
+            tg.start_soon(stop_button)
+        return data
+
+    async def _hold(self) -> None:
+        """Keep the upstream going while a reader is attached, else for the grace period."""
+        writer = self.recording.writer
+        assert writer is not None
+        grace = self.recording.resume.config.resume_grace
+        since: float | None = None
+        while self._keeps() and not writer.cancelled:
+            if writer.attached:
+                since = None
+                await writer.control_changed()
+                continue
+            now = time.monotonic()
+            since = now if since is None else since
+            if grace_expired(now=now, unattached_since=since, grace=grace):
+                return
+            with anyio.move_on_after(since + grace - now):
+                await writer.control_changed()

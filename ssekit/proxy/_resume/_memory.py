@@ -1,0 +1,176 @@
+"""The memory store: streams kept in this process, for resuming on the same instance.
+
+Bounded twice: each stream by ``max_bytes`` (then it is given up, its events
+freed), all of them by ``limit`` (then the oldest finished streams go first;
+with none left to drop, the stream that grew is given up). An ended stream is
+replayable for ``ttl`` seconds, on the monotonic clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable
+
+import anyio
+import anyio.abc
+
+from ._records import State, StreamInfo
+from ._store import Batch, Writer
+
+__all__ = ("MemoryStore",)
+
+
+class _Record(Writer):
+    def __init__(self, store: MemoryStore, *, key: str, run: str, owner: str) -> None:
+        super().__init__(key=key, run=run, owner=owner, max_bytes=store.max_bytes)
+        self.store = store
+        self.events: list[bytes] = []
+        self.readers = 0
+        self.expires: float | None = None
+
+    def _store_event(self, position: int, body: bytes) -> None:
+        self.events.append(body)
+        self.store._grew(self, len(body))
+        self.signal(data_only=True)
+
+    def _store_end(self, state: State) -> None:
+        self.store._ended(self)
+
+    def _store_give_up(self, reason: str) -> None:
+        self.store._freed(self)
+
+    def info(self) -> StreamInfo:
+        return StreamInfo(
+            key=self.key,
+            run=self.run,
+            state=self.state,
+            count=self.count,
+            owner=self.owner,
+            resumable=self.resumable,
+            expires=self.expires,
+        )
+
+
+class MemoryStore:
+    """Streams in this process's memory (see the module docstring for the bounds)."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        max_bytes: int,
+        limit: int,
+        owner: str = "memory",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.limit = limit
+        self.owner = owner
+        self.now = clock
+        self.commands = 0
+        self.total = 0  # bytes of event bodies held, all streams
+        self._streams: dict[str, _Record] = {}
+        self._finished: OrderedDict[str, _Record] = OrderedDict()  # by end time, by run
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        while True:  # expiry is also swept on every open and lookup; this frees idle memory
+            await anyio.sleep(max(1.0, min(self.ttl, 60.0)))
+            self._sweep()
+
+    async def aclose(self) -> None:
+        self._streams.clear()
+        self._finished.clear()
+        self.total = 0
+
+    def open(self, key: str, run: str) -> Writer:
+        self._sweep()
+        old = self._streams.get(key)
+        if old is not None:
+            self._forget(old, "replaced by a newer stream with the same key")
+        record = _Record(self, key=key, run=run, owner=self.owner)
+        self._streams[key] = record
+        return record
+
+    async def lookup(self, key: str) -> StreamInfo | None:
+        self._sweep()
+        record = self._streams.get(key)
+        return None if record is None else record.info()
+
+    async def read(self, info: StreamInfo, after: int) -> AsyncGenerator[Batch, None]:
+        record = self._streams.get(info.key)
+        if record is None or record.run != info.run:
+            yield State.CUT
+            return
+        record.readers += 1
+        record.attached = True
+        record.signal()
+        try:
+            position = after
+            while True:
+                if not record.resumable:
+                    yield State.CUT
+                    return
+                if position < record.count:
+                    batch = record.events[position:]
+                    yield [(position + 1 + i, body) for i, body in enumerate(batch)]
+                    position += len(batch)
+                elif record.state is not State.LIVE:
+                    yield record.state
+                    return
+                else:
+                    await record.changed()
+        finally:
+            record.readers -= 1
+            record.attached = record.readers > 0
+            record.signal()
+
+    async def cancel(self, key: str) -> bool:
+        self._sweep()
+        record = self._streams.get(key)
+        if record is None:
+            return False
+        if record.state is State.LIVE:
+            record.cancelled = True
+            record.end(State.CUT)  # readers see the cut now; the owner closes its upstream
+        else:
+            self._forget(record, "deleted")  # an ended stream: DELETE removes it
+        return True
+
+    # -- bookkeeping --------------------------------------------------------
+
+    def _grew(self, record: _Record, size: int) -> None:
+        self.total += size
+        while self.total > self.limit and self._finished:
+            _, oldest = self._finished.popitem(last=False)
+            self._forget(oldest, f"evicted (--resume-memory-limit {self.limit})")
+        if self.total > self.limit:
+            record.give_up(f"the memory store is full (--resume-memory-limit {self.limit})")
+
+    def _ended(self, record: _Record) -> None:
+        record.expires = self.now() + self.ttl
+        if self._streams.get(record.key) is record:
+            self._finished[record.run] = record
+
+    def _freed(self, record: _Record) -> None:
+        self.total -= record.size
+        record.events = []
+        record.size = 0
+
+    def _forget(self, record: _Record, reason: str) -> None:
+        """Drop ``record`` (expired, evicted or replaced): new lookups miss it, its memory
+        is freed, and readers still on it see it cut rather than wait or skip events."""
+        if self._streams.get(record.key) is record:
+            del self._streams[record.key]
+        self._finished.pop(record.run, None)
+        record.give_up(reason)
+
+    def _sweep(self) -> None:
+        now = self.now()
+        while self._finished:
+            record = next(iter(self._finished.values()))
+            if record.expires is None or record.expires > now:
+                return
+            self._forget(record, "expired (--resume-ttl)")

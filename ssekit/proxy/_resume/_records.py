@@ -1,0 +1,182 @@
+"""Pure rules of resumable streams: ids, positions, states, and what a resume request gets.
+
+No I/O, clocks or randomness here: time and random bytes come in as arguments.
+A stored stream is a run of events numbered 1, 2, 3... (positions), a state
+(live, done, cut), an owner, and an expiry once it ended. A resume request
+names the stream and the last position it saw (``Last-Event-ID`` or
+``?last_event_id=``) and gets every event after it, each framed with
+``id: <position>``, then the live tail, then a clean end only after a clean
+upstream end.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import parse_qs
+
+from ..._encoder import encode
+from ..._event import Event
+
+__all__ = (
+    "KEY_PATTERN",
+    "Refusal",
+    "Replay",
+    "State",
+    "StreamInfo",
+    "event_body",
+    "frame",
+    "grace_expired",
+    "new_stream_id",
+    "owner_lost",
+    "plan_resume",
+    "scoped_key",
+    "start_position",
+    "valid_key",
+)
+
+#: A client's own stream key (``ssekit-resume-key``) and every stream id: 1 to 128
+#: characters of RFC 3986's unreserved set, so it sits in a URL path unescaped.
+KEY_PATTERN: Final = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+
+
+class State(enum.Enum):
+    """Where a stored stream is: still being written, ended cleanly, or cut."""
+
+    LIVE = "live"
+    DONE = "done"
+    CUT = "cut"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamInfo:
+    """What a store knows of one stream, read at one moment.
+
+    ``count`` is the number of events stored (the last position); ``expires``
+    is when an ended stream stops being replayable, on the store's clock
+    (None while live); ``resumable`` is False once the stream passed
+    ``--resume-max-bytes`` or its store writes failed: it is then never served.
+    """
+
+    key: str
+    run: str
+    state: State
+    count: int
+    owner: str
+    resumable: bool = True
+    expires: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Serve the stream from position ``after + 1`` on."""
+
+    after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Answer with this status and message (a JSON error in OpenAI's shape)."""
+
+    status: int
+    message: str
+
+
+def valid_key(key: str) -> bool:
+    """True when ``key`` may name a stream (``ssekit-resume-key`` or a URL's id)."""
+    return KEY_PATTERN.fullmatch(key) is not None
+
+
+def new_stream_id(random: bytes) -> str:
+    """A stream id from 16 random bytes: 128 bits, URL-safe base64 without padding."""
+    if len(random) != 16:
+        raise ValueError(f"a stream id takes 16 random bytes, got {len(random)}")
+    return base64.urlsafe_b64encode(random).rstrip(b"=").decode("ascii")
+
+
+def scoped_key(stream_id: str, token: str | None) -> str:
+    """The store's key for ``stream_id`` as seen by a client holding ``token``.
+
+    With client tokens on, each token has its own key space (a digest of the
+    token, never the token itself), so another token's client cannot name,
+    read or cancel the stream even knowing its id. Without tokens, one space.
+    """
+    if token is None:
+        return f"-/{stream_id}"
+    return f"{hashlib.sha256(token.encode()).hexdigest()[:32]}/{stream_id}"
+
+
+def start_position(header: bytes | None, target: str, count: int) -> int | Refusal:
+    """The last position the reader saw: ``Last-Event-ID``, else ``?last_event_id=``, else 0.
+
+    The header wins over the query (a browser's ``EventSource`` reconnects to
+    the same URL with a newer header). Valid: a decimal position from 0 to
+    ``count`` (the events stored so far). Anything else is refused with 400,
+    never read as 0: a stale or foreign id must not replay everything.
+    """
+    if header is not None:
+        text, where = header.decode("latin-1"), "Last-Event-ID"
+    else:
+        query = target.partition("?")[2]
+        values = parse_qs(query, keep_blank_values=True).get("last_event_id")
+        if values is None:
+            return 0
+        text, where = values[-1], "last_event_id"
+    # ASCII digits only: int() would take " 5", "+5", Arabic-Indic digits and "1_0".
+    if not (text.isascii() and text.isdigit()) or int(text) > count:
+        return Refusal(
+            400,
+            f"{where} {text[:40]!r} is not a position in this stream: send a whole number "
+            f"from 0 (from the start) to {count} (the events so far)",
+        )
+    return int(text)
+
+
+def plan_resume(
+    info: StreamInfo | None, stream_id: str, header: bytes | None, target: str, now: float
+) -> Replay | Refusal:
+    """What a ``GET .../streams/<id>`` gets: a replay from a position, or an error status.
+
+    Unknown, expired and no longer resumable streams are all 404 (nothing to
+    serve); a bad last event ID is 400.
+    """
+    if info is None or (info.expires is not None and now >= info.expires):
+        return Refusal(404, f"no stream {stream_id!r} (unknown, or expired after --resume-ttl)")
+    if not info.resumable:
+        return Refusal(
+            404,
+            f"stream {stream_id!r} is not resumable: it passed --resume-max-bytes or the "
+            "store could not keep it",
+        )
+    after = start_position(header, target, info.count)
+    return after if isinstance(after, Refusal) else Replay(after)
+
+
+def event_body(event: Event) -> bytes:
+    """An event as it is stored: its fields and data lines, without id or blank line.
+
+    The same decoded event comes back out (data, event type, retry); the id is
+    the position, added by :func:`frame` when it is served.
+    """
+    wire = encode(Event(data=event.data, event=event.event, retry=event.retry), write_id=False)
+    return wire[:-1]  # drop the blank line; frame() ends the event after the id
+
+
+def frame(position: int, body: bytes) -> bytes:
+    """One stored event on the resume endpoint: its body, ``id: <position>``, the blank line."""
+    return b"%sid: %d\n\n" % (body, position)
+
+
+def grace_expired(*, now: float, unattached_since: float | None, grace: float) -> bool:
+    """True when a live stream has had no reader for ``grace`` seconds: close its upstream."""
+    return unattached_since is not None and now - unattached_since >= grace
+
+
+def owner_lost(*, state: State, owner_alive: bool) -> bool:
+    """True when a stream claims to be live but its owner no longer refreshes its liveness:
+    the owner died (or lost its store), so readers must see the stream cut."""
+    return state is State.LIVE and not owner_alive

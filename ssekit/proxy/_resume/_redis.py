@@ -1,0 +1,388 @@
+"""The Redis store: streams shared by every proxy instance pointed at one Redis.
+
+Imported only when ``--resume-store redis://...`` is given (extra ``ssekit[redis]``).
+
+Keys (``P`` = ``ssekit:``), all expiring: ``--resume-ttl`` after the stream
+ended, ``--resume-ttl`` plus a minute after the last write while it is live:
+
+    P k:<key>   the stream's current run (a key reused by a newer stream points anew)
+    P m:<run>   hash: key, state (live/done/cut), owner, resumable (1/0)
+    P e:<run>   Redis Stream of the events, entry id ``<position>-0``, field ``b``: body
+                (positions are 1, 2, 3... with no gap, so XLEN is the count)
+    P o:<run>   the owner's liveness: refreshed every second, gone 3 s after its last refresh
+    P a:<run>   some reader is attached: refreshed every second by each reader, 3 s
+    P c:<run>   a DELETE asked the owner to cancel
+
+The owner never waits on Redis: its writes go into a bounded queue, written
+as one pipeline per batch by a background task (one XADD per event, nothing
+else per event); another refreshes its live streams' liveness each second,
+reads back ``c`` and ``a`` for them, and every ten seconds pushes their keys'
+expiry on.
+When a write fails, every live stream of this instance stops being resumable
+(their clients are unharmed), it is logged once and counted, new streams are
+not kept, and Redis is pinged each second until it answers again. Readers
+(any instance) replay with XRANGE and follow the tail with XREAD BLOCK,
+checking the state and the owner's liveness at least each second, so a dead
+owner shows as a cut within ``LIVENESS_TTL + LIVENESS_EVERY`` (4 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncGenerator
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .._stats import Metrics
+from ._records import State, StreamInfo, owner_lost
+from ._store import Batch, StoreUnavailable, Writer
+
+__all__ = ("LIVENESS_EVERY", "LIVENESS_TTL", "RedisStore")
+
+log = logging.getLogger("ssekit.proxy")
+
+PREFIX: Final = "ssekit:"
+#: The owner refreshes its liveness key, and readers check it, this often (seconds).
+LIVENESS_EVERY: Final = 1.0
+#: A liveness (or attached) key lives this long after its last refresh (seconds).
+LIVENESS_TTL: Final = 3.0
+#: A live stream's keys outlive its last write by the TTL plus this (seconds).
+LIVE_SLACK: Final = 60.0
+#: Longest XREAD BLOCK of a reader (ms); then it checks the state and the owner.
+BLOCK_MS: Final = 1000
+#: Operations queued for the writer task, at most; past it a stream stops being resumable.
+QUEUE_LIMIT: Final = 50_000
+#: Operations written in one pipeline, at most.
+BATCH: Final = 2000
+#: Events returned by one XRANGE / XREAD.
+READ_COUNT: Final = 1000
+
+_ERRORS: Final = (redis.exceptions.RedisError, OSError)
+
+
+def _k(key: str) -> str:
+    return f"{PREFIX}k:{key}"
+
+
+def _m(run: str) -> str:
+    return f"{PREFIX}m:{run}"
+
+
+def _e(run: str) -> str:
+    return f"{PREFIX}e:{run}"
+
+
+def _o(run: str) -> str:
+    return f"{PREFIX}o:{run}"
+
+
+def _a(run: str) -> str:
+    return f"{PREFIX}a:{run}"
+
+
+def _c(run: str) -> str:
+    return f"{PREFIX}c:{run}"
+
+
+def _position(entry_id: bytes) -> int:
+    return int(entry_id.partition(b"-")[0])
+
+
+class _RedisWriter(Writer):
+    def __init__(self, store: RedisStore, *, key: str, run: str, owner: str) -> None:
+        super().__init__(key=key, run=run, owner=owner, max_bytes=store.max_bytes)
+        self.store = store
+
+    def _store_event(self, position: int, body: bytes) -> None:
+        self.store._push(self, ("event", position, body))
+
+    def _store_end(self, state: State) -> None:
+        self.store._live.pop(self.run, None)
+        self.store._push(self, ("end", state))
+
+    def _store_give_up(self, reason: str) -> None:
+        self.store._live.pop(self.run, None)
+        self.store._push(self, ("give_up",))
+
+
+class RedisStore:
+    """Streams in Redis (see the module docstring for the keys and the timing)."""
+
+    def __init__(
+        self, url: str, *, ttl: float, max_bytes: int, owner: str, metrics: Metrics | None = None
+    ) -> None:
+        self.url = url
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.live_ms = int((ttl + LIVE_SLACK) * 1000)
+        self.max_bytes = max_bytes
+        self.owner = owner
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.commands = 0
+        self.available = True
+        # Redis-py's types mix its sync and async APIs; the calls used here are awaited.
+        self._redis: Any = redis.asyncio.Redis.from_url(
+            url,
+            socket_timeout=BLOCK_MS / 1000 + 2,
+            socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._queue: deque[tuple[_RedisWriter, tuple[Any, ...]]] = deque()
+        self._wake = anyio.Event()
+        self._live: dict[str, _RedisWriter] = {}
+        self._ticks = 0
+
+    def now(self) -> float:
+        return time.monotonic()  # Redis expires keys itself: StreamInfo.expires stays None
+
+    # -- the owner's side --------------------------------------------------------------
+
+    def open(self, key: str, run: str) -> Writer | None:
+        if not self.available or len(self._queue) >= QUEUE_LIMIT:
+            return None
+        writer = _RedisWriter(self, key=key, run=run, owner=self.owner)
+        self._live[run] = writer
+        self._push(writer, ("open",))
+        return writer
+
+    def _push(self, writer: _RedisWriter, op: tuple[Any, ...]) -> None:
+        if not self.available:
+            return  # the writer was given up with the others; nothing reaches Redis now
+        if op[0] == "event" and len(self._queue) >= QUEUE_LIMIT:
+            writer.give_up(f"the Redis write queue is full ({QUEUE_LIMIT} operations)")
+            return
+        self._queue.append((writer, op))
+        self._wake.set()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._write_loop)
+            tg.start_soon(self._liveness_loop)
+            task_status.started()
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+            ops = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            try:
+                await self._write(ops)
+            except _ERRORS as exc:
+                self._failed(exc, [writer for writer, _ in ops])
+
+    async def _write(self, ops: list[tuple[_RedisWriter, tuple[Any, ...]]]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for writer, op in ops:
+            run = writer.run
+            kind = op[0]
+            if kind == "event":
+                pipe.xadd(_e(run), {"b": op[2]}, id=f"{op[1]}-0")
+                if op[1] == 1:  # the stream now exists: it expires if its owner dies
+                    pipe.pexpire(_e(run), self.live_ms)
+            elif kind == "open":
+                pipe.hset(
+                    _m(run),
+                    mapping={
+                        "key": writer.key,
+                        "state": State.LIVE.value,
+                        "owner": writer.owner,
+                        "resumable": 1,
+                    },
+                )
+                pipe.set(_k(writer.key), run, px=self.live_ms)
+                pipe.set(_o(run), 1, px=int(LIVENESS_TTL * 1000))
+                pipe.pexpire(_m(run), self.live_ms)
+            elif kind == "end":
+                pipe.hset(_m(run), "state", op[1].value)
+                pipe.delete(_o(run))
+                for name in (_k(writer.key), _m(run), _e(run)):
+                    pipe.pexpire(name, self.ttl_ms)
+            elif kind == "give_up":
+                pipe.hset(_m(run), "resumable", 0)
+                pipe.delete(_e(run), _o(run))
+        self.commands += len(pipe)
+        await pipe.execute()
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await anyio.sleep(LIVENESS_EVERY)
+            self._ticks += 1
+            try:
+                if not self.available:
+                    self.commands += 1
+                    await self._redis.ping()
+                    self.available = True
+                    log.warning("ssekit: the resume store answers again; new streams are kept")
+                    continue
+                await self._refresh()
+            except _ERRORS as exc:
+                if self.available:
+                    self._failed(exc, [])
+
+    async def _refresh(self) -> None:
+        """Say each live stream's owner is alive; learn whether it was cancelled or has a
+        reader attached."""
+        writers = list(self._live.values())
+        if not writers:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for writer in writers:
+            pipe.set(_o(writer.run), 1, px=int(LIVENESS_TTL * 1000))
+            pipe.exists(_c(writer.run))
+            pipe.exists(_a(writer.run))
+            if self._ticks % 10 == 0:  # a live stream idle for long keeps its keys
+                for name in (_k(writer.key), _m(writer.run), _e(writer.run)):
+                    pipe.pexpire(name, self.live_ms)
+        self.commands += len(pipe)
+        results = await pipe.execute()
+        step = 6 if self._ticks % 10 == 0 else 3
+        for index, writer in enumerate(writers):
+            cancelled = bool(results[index * step + 1])
+            attached = bool(results[index * step + 2])
+            if cancelled != writer.cancelled or attached != writer.attached:
+                writer.cancelled = writer.cancelled or cancelled
+                writer.attached = attached
+                writer.signal()
+
+    def _failed(self, exc: BaseException, writers: list[_RedisWriter]) -> None:
+        """A write failed: every live stream here stops being resumable; log once."""
+        self.metrics.resume_store_errors += 1
+        first = self.available
+        self.available = False
+        self._queue.clear()
+        lost = {writer.run: writer for writer in writers if writer.state is State.LIVE}
+        lost.update(self._live)
+        for writer in lost.values():
+            if writer.resumable:
+                writer.give_up(f"the resume store failed: {exc}")
+                self.metrics.resume_given_up += 1
+        if first:
+            log.error(
+                "ssekit: the resume store %s failed (%s: %s); %d live stream(s) go on but are "
+                "no longer resumable, new streams are not kept and resume requests get 503 "
+                "until it answers again; counted in ssekit_resume_store_errors_total",
+                self.url,
+                type(exc).__name__,
+                exc,
+                len(lost),
+            )
+
+    # -- the readers' side -------------------------------------------------------------
+
+    async def lookup(self, key: str) -> StreamInfo | None:
+        try:
+            self.commands += 3
+            run = await self._redis.get(_k(key))
+            if run is None:
+                return None
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hgetall(_m(run.decode()))
+            pipe.xlen(_e(run.decode()))
+            meta, count = await pipe.execute()
+        except _ERRORS as exc:
+            self.metrics.resume_store_errors += 1
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if not meta:
+            return None
+        return StreamInfo(
+            key=key,
+            run=run.decode(),
+            state=State(meta[b"state"].decode()),
+            count=int(count),
+            owner=meta[b"owner"].decode(),
+            resumable=meta[b"resumable"] == b"1",
+        )
+
+    async def read(self, info: StreamInfo, after: int) -> AsyncGenerator[Batch, None]:
+        run = info.run
+        events = _e(run)
+        position = after
+        checked = float("-inf")
+        try:
+            while True:
+                self.commands += 1
+                entries = await self._redis.xrange(
+                    events, min=f"{position + 1}-0", max="+", count=READ_COUNT
+                )
+                if entries:
+                    position = _position(entries[-1][0])
+                    yield [(_position(i), fields[b"b"]) for i, fields in entries]
+                    if time.monotonic() - checked < LIVENESS_EVERY:
+                        continue
+                checked = time.monotonic()
+                end = await self._check(run)
+                if end is not None:
+                    # Events written before the end state are all in: serve them first.
+                    self.commands += 1
+                    rest = await self._redis.xrange(events, min=f"{position + 1}-0", max="+")
+                    if rest:
+                        yield [(_position(i), fields[b"b"]) for i, fields in rest]
+                    yield end
+                    return
+                if entries:
+                    continue
+                self.commands += 1
+                found = await self._redis.xread(
+                    {events: f"{position}-0"}, block=BLOCK_MS, count=READ_COUNT
+                )
+                for _, batch in found or []:
+                    if batch:
+                        position = _position(batch[-1][0])
+                        yield [(_position(i), fields[b"b"]) for i, fields in batch]
+        except _ERRORS as exc:
+            self.metrics.resume_store_errors += 1
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _check(self, run: str) -> State | None:
+        """The stream's end state if it ended (CUT too when given up, gone or its owner
+        died), else None; says a reader is attached."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hmget(_m(run), ["state", "resumable"])
+        pipe.exists(_o(run))
+        pipe.set(_a(run), 1, px=int(LIVENESS_TTL * 1000))
+        self.commands += 3
+        (state_text, resumable), owner_alive, _ = await pipe.execute()
+        if state_text is None or resumable != b"1":
+            return State.CUT  # expired, deleted, or given up: what follows cannot be served
+        state = State(state_text.decode())
+        if state is not State.LIVE:
+            return state
+        return State.CUT if owner_lost(state=state, owner_alive=bool(owner_alive)) else None
+
+    async def cancel(self, key: str) -> bool:
+        try:
+            self.commands += 2
+            run_bytes = await self._redis.get(_k(key))
+            if run_bytes is None:
+                return False
+            run = run_bytes.decode()
+            state = await self._redis.hget(_m(run), "state")
+            if state is None:
+                return False
+            pipe = self._redis.pipeline(transaction=False)
+            if state == State.LIVE.value.encode():
+                pipe.set(_c(run), 1, px=self.live_ms)
+                pipe.hset(_m(run), "state", State.CUT.value)
+            else:
+                pipe.delete(_k(key), _m(run), _e(run))
+            self.commands += len(pipe)
+            await pipe.execute()
+        except _ERRORS as exc:
+            self.metrics.resume_store_errors += 1
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        writer = self._live.get(run)
+        if writer is not None:  # the owner is this instance: cancel now, not at the next tick
+            writer.cancelled = True
+            writer.signal()
+        return True

@@ -1,0 +1,145 @@
+"""The pure rules of resumable streams: ids, keys, positions, what a resume request gets."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import example, given
+
+import ssekit
+from ssekit.proxy._resume._records import (
+    Refusal,
+    Replay,
+    State,
+    StreamInfo,
+    event_body,
+    frame,
+    grace_expired,
+    new_stream_id,
+    owner_lost,
+    plan_resume,
+    scoped_key,
+    start_position,
+    valid_key,
+)
+
+
+def info(count: int = 5, **changes: object) -> StreamInfo:
+    fields: dict[str, object] = {
+        "key": "-/abc",
+        "run": "r1",
+        "state": State.LIVE,
+        "count": count,
+        "owner": "o1",
+    }
+    fields.update(changes)
+    return StreamInfo(**fields)  # type: ignore[arg-type]
+
+
+# -- ids and keys --------------------------------------------------------------------
+
+
+def test_a_stream_id_is_128_bits_in_url_safe_base64() -> None:
+    stream_id = new_stream_id(bytes(range(16)))
+    assert stream_id == "AAECAwQFBgcICQoLDA0ODw"
+    assert valid_key(stream_id)
+    with pytest.raises(ValueError, match="16 random bytes"):
+        new_stream_id(b"short")
+
+
+@pytest.mark.parametrize("key", ["a", "A-z_0.9~", "x" * 128, "msg-42.answer"])
+def test_keys_of_unreserved_characters_up_to_128_are_valid(key: str) -> None:
+    assert valid_key(key)
+
+
+@pytest.mark.parametrize("key", ["", "x" * 129, "a/b", "a b", "ключ", "a%2F", "a\n", "a?b"])
+def test_other_keys_are_refused(key: str) -> None:
+    assert not valid_key(key)
+
+
+def test_keys_are_scoped_to_the_client_token() -> None:
+    assert scoped_key("abc", None) == "-/abc"
+    mine, theirs = scoped_key("abc", "token-a"), scoped_key("abc", "token-b")
+    assert mine != theirs
+    assert mine.endswith("/abc")
+    assert "token-a" not in mine
+
+
+# -- Last-Event-ID -------------------------------------------------------------------
+
+
+def test_no_last_event_id_starts_at_the_beginning() -> None:
+    assert start_position(None, "/_ssekit/streams/abc", 5) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "3", "5"])
+def test_a_position_from_0_to_the_count_is_valid(value: str) -> None:
+    assert start_position(value.encode(), "/s", 5) == int(value)
+    assert start_position(None, f"/s?last_event_id={value}", 5) == int(value)
+
+
+@pytest.mark.parametrize("value", ["-1", "6", "", " 3", "+3", "3.0", "1_0", "abc", "٣", "0x3"])
+def test_anything_else_is_refused_never_read_as_the_start(value: str) -> None:
+    refusal = start_position(value.encode(), "/s", 5)
+    assert isinstance(refusal, Refusal)
+    assert refusal.status == 400
+    assert "from 0 (from the start) to 5" in refusal.message
+    refusal = start_position(None, f"/s?last_event_id={value}", 5)
+    assert isinstance(refusal, Refusal)
+    assert refusal.status == 400
+
+
+def test_the_header_wins_over_the_query() -> None:
+    # A browser EventSource reconnects to the same URL with a newer Last-Event-ID.
+    assert start_position(b"4", "/s?last_event_id=1", 5) == 4
+
+
+def test_plan_resume_answers_404_for_unknown_expired_and_given_up_streams() -> None:
+    assert plan_resume(None, "abc", None, "/s", 0.0) == Refusal(
+        404, "no stream 'abc' (unknown, or expired after --resume-ttl)"
+    )
+    expired = plan_resume(info(state=State.DONE, expires=10.0), "abc", None, "/s", 10.0)
+    assert isinstance(expired, Refusal)
+    assert expired.status == 404
+    assert plan_resume(info(state=State.DONE, expires=10.0), "abc", None, "/s", 9.9) == Replay(0)
+    given_up = plan_resume(info(resumable=False), "abc", None, "/s", 0.0)
+    assert isinstance(given_up, Refusal)
+    assert given_up.status == 404
+    assert "--resume-max-bytes" in given_up.message
+    assert plan_resume(info(), "abc", b"2", "/s", 0.0) == Replay(2)
+    bad = plan_resume(info(), "abc", b"9", "/s", 0.0)
+    assert isinstance(bad, Refusal)
+    assert bad.status == 400
+
+
+# -- framing -------------------------------------------------------------------------
+
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+
+
+@given(
+    data=TEXT,
+    event=st.sampled_from(["message", "token", "error"]),
+    retry=st.none() | st.integers(0, 10**6),
+    position=st.integers(1, 10**9),
+)
+@example(data="line one\r\nline two\rthree\n", event="message", retry=None, position=1)
+@example(data="你好🙂", event="token", retry=5000, position=7)
+@example(data="", event="message", retry=None, position=3)
+def test_a_stored_event_comes_back_the_same_with_its_position_as_id(
+    data: str, event: str, retry: int | None, position: int
+) -> None:
+    upstream = ssekit.Event(data=data, event=event, id="upstream-id", retry=retry)
+    wire = frame(position, event_body(upstream))
+    (back,) = ssekit.Decoder().feed(wire)
+    normalised = data.replace("\r\n", "\n").replace("\r", "\n")
+    assert back == ssekit.Event(data=normalised, event=event, id=str(position), retry=retry)
+
+
+def test_grace_and_owner_rules() -> None:
+    assert not grace_expired(now=10.0, unattached_since=None, grace=0.0)
+    assert not grace_expired(now=10.0, unattached_since=9.5, grace=1.0)
+    assert grace_expired(now=10.5, unattached_since=9.5, grace=1.0)
+    assert owner_lost(state=State.LIVE, owner_alive=False)
+    assert not owner_lost(state=State.LIVE, owner_alive=True)
+    assert not owner_lost(state=State.DONE, owner_alive=False)

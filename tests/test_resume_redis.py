@@ -1,0 +1,215 @@
+"""Resumable streams across proxy instances sharing Debian's redis-server (no fake Redis).
+
+Each test's Redis is started on a free loopback port without persistence and stopped
+after; instances are in-process proxies, or a real ``ssekit proxy`` process where the
+test kills it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import openai
+import pytest
+from _resume_helpers import RedisServer, Resumed, error_message, redis_server, resume, wait_for
+from _servers import deadline, start_mock, start_proxy, start_upstream
+from test_resume_e2e import drop_after, numbered, slow_upstream
+
+import ssekit
+from ssekit.proxy._mock import mock_text
+from ssekit.proxy._resume._redis import LIVENESS_EVERY, LIVENESS_TTL
+
+pytestmark = pytest.mark.anyio
+
+#: A dead owner shows as a cut within its liveness key's lifetime plus one check.
+OWNER_DEATH_SEEN_WITHIN = LIVENESS_TTL + LIVENESS_EVERY
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+async def test_openai_client_dropped_on_one_instance_reads_the_answer_whole_on_another(
+    redis: RedisServer,
+) -> None:
+    async with deadline(40) as tg:
+        mock = await start_mock(tg, tokens=40, delay=0.02)
+        a = await start_proxy(tg, mock, resume_store=redis.url)
+        b = await start_proxy(tg, mock, resume_store=redis.url)
+        sdk = openai.AsyncOpenAI(base_url=a + "/v1", api_key="sk-unused", max_retries=0)
+        stream = await sdk.chat.completions.create(
+            model="ssekit-mock",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            extra_headers={"ssekit-resume-key": "message-42"},  # the page's own id
+        )
+        seen = ""
+        async for part in stream:
+            seen += part.choices[0].delta.content or "" if part.choices else ""
+            if len(seen) > 10:
+                break
+        await stream.close()  # the phone lost its network mid-answer
+        await sdk.close()
+        resumed = await resume(b, "message-42")
+        assert resumed.complete
+        text = ssekit.join_deltas(ssekit.iter_chunks(iter(resumed.events)))
+        assert text == mock_text(40)
+        assert text.startswith(seen)
+
+
+async def test_readers_on_two_instances_get_the_replay_and_the_live_tail(
+    redis: RedisServer,
+) -> None:
+    async with deadline(40) as tg:
+        upstream, seen = await start_upstream(tg, slow_upstream(numbered(30), 0.04))
+        a = await start_proxy(tg, upstream, resume_store=redis.url)
+        b = await start_proxy(tg, upstream, resume_store=redis.url)
+        stream_id = await drop_after(a, 3)
+        results: dict[str, Resumed] = {}
+
+        async def read(name: str, base: str, last: str | None) -> None:
+            results[name] = await resume(base, stream_id, last_event_id=last)
+
+        async with anyio.create_task_group() as readers:
+            readers.start_soon(read, "a", a, None)
+            readers.start_soon(read, "b", b, "2")
+        assert seen.sent == 30
+        assert results["a"].complete
+        assert results["b"].complete
+        assert [e.id for e in results["a"].events] == [str(n) for n in range(1, 31)]
+        assert results["b"].events == results["a"].events[2:]
+        assert results["b"].events[-1].data == "event 30 你好"
+        # Every position, on the other instance, after the end.
+        for after in range(0, 31, 3):
+            part = await resume(b, stream_id, last_event_id=str(after))
+            assert part.events == results["a"].events[after:]
+
+
+async def test_grace_expiry_and_delete_reach_the_owner_through_redis(redis: RedisServer) -> None:
+    async with deadline(40) as tg:
+        upstream, seen = await start_upstream(tg, slow_upstream(numbered(2), 0.01, hold=True))
+        a = await start_proxy(tg, upstream, resume_store=redis.url, resume_grace=0.5, pool_size=0)
+        b = await start_proxy(tg, upstream, resume_store=redis.url)
+        # Nobody attached: the grace runs out, the owner closes its upstream.
+        stream_id = await drop_after(a, 2)
+        dropped = time.monotonic()
+        await wait_for(lambda: seen.closed_at, within=6)
+        assert 0.4 <= seen.closed_at[0] - dropped < 0.5 + OWNER_DEATH_SEEN_WITHIN
+        cut = await resume(b, stream_id)
+        assert not cut.complete
+        assert len(cut.events) == 2
+        # A DELETE on B stops the stream A owns, while A's client is still reading.
+        async with httpx.AsyncClient(timeout=10) as client:
+            async with client.stream("GET", a + "/stream") as response:
+                second = response.headers["ssekit-stream-id"]
+                await wait_for(lambda: seen.sent == 4)
+                deleted = await client.delete(f"{b}/_ssekit/streams/{second}")
+                assert deleted.status_code == 204
+                asked = time.monotonic()
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await response.aread()
+        await wait_for(lambda: len(seen.closed_at) == 2, within=5)
+        assert seen.closed_at[1] - asked < LIVENESS_EVERY + 1.0
+        assert not (await resume(b, second)).complete
+
+
+def spawn_proxy(upstream: str, redis_url: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssekit", "proxy", "--upstream", upstream,
+         "--listen", "127.0.0.1:0", "--resume-store", redis_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", proc.stdout.readline())
+        if match:
+            return proc, match.group(1)
+    proc.kill()
+    raise AssertionError("the proxy did not start")
+
+
+async def test_a_killed_owner_shows_as_a_cut_to_readers_elsewhere(redis: RedisServer) -> None:
+    async with deadline(60) as tg:
+        upstream, _seen = await start_upstream(tg, slow_upstream(numbered(3), 0.01, hold=True))
+        a, a_base = await anyio.to_thread.run_sync(spawn_proxy, upstream, redis.url)
+        try:
+            b = await start_proxy(tg, upstream, resume_store=redis.url)
+            stream_id = await drop_after(a_base, 3)
+            ended: list[float] = []
+            results: list[Resumed] = []
+
+            async def reader() -> None:
+                results.append(await resume(b, stream_id))
+                ended.append(time.monotonic())
+
+            tg.start_soon(reader)
+            await anyio.sleep(1.5)  # the reader replayed and waits on the live tail
+            assert not ended
+            a.kill()  # SIGKILL: no goodbye, the liveness key just stops being refreshed
+            killed = time.monotonic()
+            await wait_for(lambda: ended, within=OWNER_DEATH_SEEN_WITHIN + 3)
+        finally:
+            a.kill()
+            a.wait(10)
+            assert a.stdout is not None
+            a.stdout.close()
+        assert ended[0] - killed <= OWNER_DEATH_SEEN_WITHIN + 1.0
+        assert not results[0].complete
+        assert [e.data for e in results[0].events] == [f"event {n} 你好" for n in (1, 2, 3)]
+
+
+async def test_redis_stopping_mid_stream_leaves_the_stream_whole_and_resume_503_until_back(
+    redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with deadline(60) as tg:
+        upstream, _seen = await start_upstream(tg, slow_upstream(numbered(40), 0.03))
+        a = await start_proxy(tg, upstream, resume_store=redis.url, pool_size=0)
+        events: list[ssekit.Event] = []
+        async with httpx.AsyncClient(timeout=10) as client:
+            async with client.stream("GET", a + "/stream") as response:
+                stream_id = response.headers["ssekit-stream-id"]
+                async for event in ssekit.aiter_events(response.aiter_bytes()):
+                    events.append(event)
+                    if len(events) == 5:
+                        redis.stop()  # Redis goes away mid-stream
+                        stopped = time.monotonic()
+            # The original stream flowed on, whole, to its clean end.
+            assert [e.data for e in events] == [f"event {n} 你好" for n in range(1, 41)]
+            assert time.monotonic() - stopped < 3
+            unavailable = await resume(a, stream_id)
+            assert unavailable.status == 503
+            assert "resume store" in error_message(unavailable)
+            metrics = (await client.get(a + "/_ssekit/metrics")).text
+            assert re.search(r"ssekit_resume_store_errors_total [1-9]", metrics)
+            # New streams flow too, without a stream id while the store is away.
+            plain = await client.get(a + "/stream")
+            assert plain.status_code == 200
+            assert "ssekit-stream-id" not in plain.headers
+        assert caplog.text.count("the resume store") >= 1
+        assert caplog.text.count("failed (") == 1  # logged once, not per event or stream
+        redis.start()
+        # Back: within a liveness period new streams are kept and served again.
+        with anyio.fail_after(10):
+            while True:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    response = await client.get(a + "/stream")
+                if "ssekit-stream-id" in response.headers:
+                    break
+                await anyio.sleep(0.2)
+        back = await resume(a, response.headers["ssekit-stream-id"])
+        assert back.complete
+        assert len(back.events) == 40
+        # The stream cut off from the store is not served half: it is gone or cut.
+        old = await resume(a, stream_id)
+        assert old.status == 404 or not old.complete
