@@ -182,14 +182,14 @@ class Detachable(Downstream):
                 raise
             self.gone = self.recording.stats.detached = True
 
-    async def receive(self) -> bytes:
+    async def receive(self, limit: float | None = None) -> bytes:
         data = b""
         async with anyio.create_task_group() as tg:
 
             async def from_client() -> None:
                 nonlocal data
                 try:
-                    data = await super(Detachable, self).receive()
+                    data = await super(Detachable, self).receive(limit)
                 except ClientGone:
                     data = b""
                 if not data and self._keeps():
