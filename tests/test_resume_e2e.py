@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 import anyio.abc
 import httpx
 import pytest
-from _resume_helpers import Resumed, error_message, resume, start_chat, wait_for
+from _resume_helpers import (
+    RedisServer,
+    Resumed,
+    error_message,
+    redis_server,
+    resume,
+    start_chat,
+    wait_for,
+)
 from _servers import (
     LAST_CHUNK,
     SSE_HEAD,
@@ -30,6 +38,21 @@ import ssekit
 from ssekit.proxy._mock import mock_text
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> str:
+    """The --resume-store value: the memory store, or a real redis-server's URL."""
+    if request.param == "memory":
+        return "memory"
+    server: RedisServer = request.getfixturevalue("redis")
+    return server.url
 
 
 def text_of(events: list[ssekit.Event]) -> str:
@@ -214,13 +237,13 @@ async def test_delete_stops_the_upstream_now_and_cuts_the_stream() -> None:
             assert (await client.delete(f"{base}/_ssekit/streams/{stream_id}")).status_code == 404
 
 
-async def test_an_ended_stream_expires_after_the_ttl() -> None:
+async def test_an_ended_stream_expires_after_the_ttl(store: str) -> None:
     async with deadline(30) as tg:
         upstream, _ = await start_upstream(tg, slow_upstream(numbered(2), 0))
-        base = await start_proxy(tg, upstream, resume_store="memory", resume_ttl=0.3)
+        base = await start_proxy(tg, upstream, resume_store=store, resume_ttl=0.3)
         stream_id = await drop_after(base, 2)
         assert (await resume(base, stream_id)).complete
-        await anyio.sleep(0.5)
+        await anyio.sleep(0.6)
         expired = await resume(base, stream_id)
         assert expired.status == 404
         assert "expired after --resume-ttl" in error_message(expired)
@@ -245,11 +268,11 @@ async def test_bad_ids_get_400_and_unknown_streams_404_as_openai_errors() -> Non
         assert json.loads(unknown.body)["error"]["code"] == 404
 
 
-async def test_a_key_from_another_client_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_key_from_another_client_token_is_refused(store: str) -> None:
     async with deadline(30) as tg:
         upstream, _ = await start_upstream(tg, slow_upstream(numbered(3), 0))
         base = await start_proxy(
-            tg, upstream, resume_store="memory", client_tokens=("tok-a", "tok-b"), pool_size=0
+            tg, upstream, resume_store=store, client_tokens=("tok-a", "tok-b"), pool_size=0
         )
         mine = {"Authorization": "Bearer tok-a"}
         stream_id = await drop_after(base, 3, headers={**mine, "ssekit-resume-key": "chat-1"})
@@ -285,12 +308,12 @@ async def test_the_resume_key_header_is_checked_and_not_sent_upstream() -> None:
 
 
 async def test_past_max_bytes_the_client_gets_everything_but_the_stream_is_not_resumable(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, store: str
 ) -> None:
     pieces = numbered(40)  # about 25 bytes each: 1000 bytes
     async with deadline(30) as tg:
         upstream, seen = await start_upstream(tg, slow_upstream(pieces, 0.005, hold=True))
-        base = await start_proxy(tg, upstream, resume_store="memory", resume_max_bytes=300)
+        base = await start_proxy(tg, upstream, resume_store=store, resume_max_bytes=300)
         async with httpx.AsyncClient(timeout=10) as client:
             async with client.stream("GET", base + "/stream") as response:
                 stream_id = response.headers["ssekit-stream-id"]
