@@ -109,3 +109,18 @@ async def test_a_slow_reader_makes_send_wait_instead_of_buffering_without_bound(
                 written += 65536
         # Kernel buffers on both sides plus the transport's limit: a few MB at most.
         assert written < 16 * 1024 * 1024
+
+
+async def test_a_shorter_limit_after_a_longer_one_still_expires_on_time() -> None:
+    # The idle timer is one per stream and only moved by each wait: a later wait with an
+    # earlier deadline (a body read after a long first-byte wait) must still expire on time.
+    async with pair() as (stream, peer):
+        peer.sendall(b"a")
+        with anyio.fail_after(5):
+            assert await stream.receive_within(16, 60) == b"a"  # nothing waited
+        with anyio.move_on_after(0.05):
+            await stream.receive_within(16, 60)  # a long limit, then leave the wait
+        started = time.monotonic()
+        with anyio.fail_after(5), pytest.raises(TimeoutError):
+            await stream.receive_within(16, 0.1)
+        assert time.monotonic() - started < 1

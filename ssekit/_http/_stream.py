@@ -6,8 +6,9 @@ send (a ``sleep(0)`` checkpoint), a pause and resume of reading (two
 deadline. This stream keeps reading on, into a queue bounded by ``HIGH_WATER``
 (past it reading pauses, so TCP pushes back), returns queued data without
 waiting, writes at once and waits only when the transport's buffer is over its
-limit, and arms one timer only when a read really waits. It still lives inside
-anyio: cancellation reaches its awaits as it reaches any asyncio await.
+limit, and keeps one idle timer per stream that each wait only moves (no timer
+per read). It still lives inside anyio: cancellation reaches its awaits as it
+reaches any asyncio await.
 
 It offers what the rest of ``ssekit._http`` uses of an anyio byte stream
 (``receive``, ``send``, ``send_eof``, ``aclose``, ``extra``) and raises the same
@@ -59,6 +60,8 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         self._readable: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._write_paused = False
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -83,6 +86,9 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         return transport is not None and transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()  # drops the loop's reference to this stream
+            self._timer = None
         self._lost = exc or ConnectionResetError("connection lost")
         self._eof = True
         self._wake_reader()
@@ -139,15 +145,32 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
     async def _wait_readable(self, idle_limit: float | None) -> None:
         loop = asyncio.get_running_loop()
         waiter = self._readable = loop.create_future()
-        timer = None
-        if idle_limit is not None:
-            timer = loop.call_later(idle_limit, _expire, waiter)
+        if idle_limit is None:
+            self._deadline = None
+        else:
+            # One timer per stream, re-armed lazily: a wait only moves the deadline;
+            # the timer, when it fires, expires the wait or re-arms itself for it.
+            deadline = self._deadline = loop.time() + idle_limit
+            timer = self._timer
+            if timer is None or timer.when() > deadline:  # none, or set for later than now due
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(deadline, self._check_deadline)
         try:
             await waiter
         finally:
             self._readable = None
-            if timer is not None:
-                timer.cancel()
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        waiter, deadline = self._readable, self._deadline
+        if waiter is None or waiter.done() or deadline is None:
+            return  # not waiting under a deadline now: the next such wait re-arms
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = loop.call_at(deadline, self._check_deadline)
 
     async def send(self, data: bytes, /) -> None:
         """Write ``data``; wait only while the transport holds more than its limit."""
@@ -175,6 +198,9 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
     async def aclose(self) -> None:
         """Close at once (abort: unsent bytes are dropped), never raising."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._transport is not None:
             self._transport.abort()
         self._wake_reader()
@@ -207,11 +233,6 @@ async def receive(stream: Stream, max_bytes: int, limit: float | None) -> bytes:
         return await stream.receive(max_bytes)
     with anyio.fail_after(limit):
         return await stream.receive(max_bytes)
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 async def accept(listening: socket.socket) -> FastStream:
