@@ -10,6 +10,7 @@ shared test suite checks them.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
@@ -28,7 +29,7 @@ class StoreUnavailable(Exception):
     """The store cannot be reached now (Redis down): the resume endpoint answers 503."""
 
 
-class Writer:
+class Writer(abc.ABC):
     """The owner's side of one stored stream; nothing here waits on the store.
 
     ``resumable`` turns False for good once the stream passed ``max_bytes``
@@ -103,14 +104,17 @@ class Writer:
         await self._control.wait()
 
     # What each store does with the writes (called synchronously, must not wait).
+    @abc.abstractmethod
     def _store_event(self, position: int, body: bytes) -> None:
-        raise NotImplementedError
+        """Keep event ``position``'s body."""
 
+    @abc.abstractmethod
     def _store_end(self, state: State) -> None:
-        raise NotImplementedError
+        """Record that the stream ended as ``state``."""
 
+    @abc.abstractmethod
     def _store_give_up(self, reason: str) -> None:
-        raise NotImplementedError
+        """Drop what is kept: the stream is no longer resumable."""
 
 
 class Store(Protocol):
