@@ -440,10 +440,11 @@ def _run_workers(args: argparse.Namespace, settings: dict[str, Any], loop: tuple
                 backend_options=backend_options,
             )
         except BaseException as exc:
-            if _config_error(exc) is not None:
-                print(f"ssekit: error: {_config_error(exc)}", file=sys.stderr, flush=True)
-                return 2
-            raise
+            error = _config_error(exc)
+            if error is None:
+                raise
+            print(f"ssekit: error: {error}", file=sys.stderr, flush=True)
+            return 2
         return 0
 
     sys.stdout.flush()

@@ -3,6 +3,7 @@
 The only place where anyio, ``OSError``, ssl and h11 exceptions become ssekit's.
 """
 
+from ._chunked import frame_chunk
 from ._connection import (
     DEFAULT_MAX_HEAD_SIZE,
     READ_SIZE,
@@ -22,6 +23,7 @@ from ._downstream import (
 )
 from ._headers import Headers, get_header, head_size, is_event_stream
 from ._origin import Origin
+from ._stream import FastStream, Stream, accept, on_asyncio
 
 __all__ = (
     "DEFAULT_MAX_HEAD_SIZE",
@@ -31,15 +33,20 @@ __all__ = (
     "BadRequest",
     "ClientGone",
     "Downstream",
+    "FastStream",
     "Headers",
     "Origin",
     "OriginConnection",
     "OriginPool",
+    "Stream",
+    "accept",
     "error_body",
+    "frame_chunk",
     "get_header",
     "head_size",
     "is_event_stream",
     "make_ssl_context",
+    "on_asyncio",
     "open_connection",
     "raw_response",
 )

@@ -12,14 +12,13 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ("LAST_CHUNK", "MAX_CHUNK_HOLD", "ChunkError", "ChunkedReader", "frame_chunk")
+__all__ = ("MAX_CHUNK_HOLD", "ChunkError", "ChunkedReader", "frame_chunk")
 
 #: A chunk arriving over several reads is returned whole up to this size, so
 #: chunk boundaries survive without unbounded buffering; a larger one in pieces.
 MAX_CHUNK_HOLD: Final = 65536
 #: The longest chunk-size line or trailer line accepted (extensions included).
 MAX_LINE: Final = 4096
-LAST_CHUNK: Final = b"0\r\n\r\n"
 
 # chunk-size [ chunk-ext ] CRLF; at most 16 hex digits (a size that fits 64 bits).
 _SIZE_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")

@@ -23,7 +23,7 @@ from anyio.streams.tls import TLSStream
 
 from .._errors import UpstreamError
 from . import _stream
-from ._chunked import MAX_CHUNK_HOLD, ChunkedReader, ChunkError
+from ._chunked import ChunkedReader, ChunkError
 from ._headers import get_header, head_size
 from ._origin import Origin
 from ._stream import FastStream, Stream, on_asyncio
@@ -155,6 +155,16 @@ def _chunked_body(response: h11.Response) -> bool | None:
     return response.http_version == b"1.1" and b"close" not in connection
 
 
+def _read_to_close(response: h11.Response) -> bool:
+    """True when the response body has no length and ends only when the origin closes."""
+    if response.status_code in (204, 304):
+        return False
+    headers = response.headers
+    return get_header(headers, b"transfer-encoding") is None and (
+        get_header(headers, b"content-length") is None
+    )
+
+
 class OriginConnection:
     """One HTTP/1.1 connection to an origin server, driven by h11.
 
@@ -184,6 +194,8 @@ class OriginConnection:
         # After a chunked response head: whether the connection may be kept once
         # the body ends cleanly (None: h11 reads the body).
         self._chunked: bool | None = None
+        #: The last response's body has no length: it ends when the origin closes.
+        self.read_to_close = False
 
     async def _send(self, event: h11.Event) -> None:
         data = self._h11.send(event)
@@ -249,6 +261,7 @@ class OriginConnection:
                         )
                 if isinstance(event, h11.Response):
                     self._chunked = _chunked_body(event)
+                    self.read_to_close = _read_to_close(event)
                     return event
                 if isinstance(event, h11.ConnectionClosed):
                     raise UpstreamError(
@@ -274,17 +287,15 @@ class OriginConnection:
 
         A relay writes each list in one socket write (each chunk still its own
         HTTP chunk): no added latency, since the bytes were all here already.
-        A chunk arriving over several reads is held whole up to MAX_CHUNK_HOLD.
-        Chunks completed before a framing error are yielded before it is raised.
-        A chunked body is read by ssekit's own :class:`ChunkedReader` (h11 keeps
-        the heads); other framings by h11.
+        A chunked body is read by ssekit's own :class:`ChunkedReader` (a chunk
+        arriving over several reads is held whole up to MAX_CHUNK_HOLD); a body
+        with a Content-Length or read to close by h11, as it comes. What arrived
+        before a framing error is yielded before the error is raised.
         """
         if self._chunked is not None:
             async for chunks in self._receive_chunked(idle_timeout):
                 yield chunks
             return
-        held: list[bytes] = []
-        held_size = 0
         while True:
             events: list[h11.Event | type[h11.PAUSED]] = []
             failure: UpstreamError | None = None
@@ -308,25 +319,8 @@ class OriginConnection:
             ended = False
             for event in events:
                 if isinstance(event, h11.Data):
-                    if event.chunk_end or (not event.chunk_start and not held):
-                        # A whole chunk, the end of one, or a body not chunked.
-                        if held:
-                            held.append(event.data)
-                            batch.append(b"".join(held))
-                            held.clear()
-                            held_size = 0
-                        else:
-                            batch.append(bytes(event.data))
-                    else:
-                        held.append(event.data)
-                        held_size += len(event.data)
-                        if held_size >= MAX_CHUNK_HOLD:
-                            batch.append(b"".join(held))
-                            held.clear()
-                            held_size = 0
+                    batch.append(bytes(event.data))
                 elif isinstance(event, h11.EndOfMessage):
-                    if held:
-                        batch.append(b"".join(held))
                     ended = True
                 else:
                     failure = UpstreamError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Final
 
 import anyio
@@ -142,6 +143,38 @@ class Downstream:
                         408, f"no byte of the request for {read_timeout:g}s (--body-timeout)"
                     ) from None
             self.h11.receive_data(data)
+
+    async def body(self, read_timeout: float | None = None) -> AsyncIterator[bytes]:
+        """The request body's pieces as they arrive, after a ``100 Continue`` if the client
+        waits for one. Each read waits at most ``read_timeout`` (then :class:`BadRequest`
+        408); a body that stops early raises :class:`BadRequest` 400."""
+        await self.continue_if_expected()
+        while True:
+            event = await self.next_event(read_timeout)
+            if isinstance(event, h11.EndOfMessage):
+                return
+            if not isinstance(event, h11.Data):
+                raise BadRequest(400, "request body ended early")
+            yield bytes(event.data)
+
+    async def wait_gone(self, max_held: int) -> None:
+        """Return when the client goes away (EOF or reset).
+
+        Bytes it sends meanwhile (a pipelined next request) are kept for h11, up
+        to about ``max_held``; past that it is no longer read (TCP pushes back on
+        it) and this never returns: a departure is then noticed at the next write.
+        """
+        held = 0
+        while held <= max_held:
+            try:
+                data = await self.receive()
+            except ClientGone:
+                return
+            if not data:
+                return
+            held += len(data)
+            self.h11.receive_data(data)
+        await anyio.sleep_forever()
 
     async def continue_if_expected(self) -> None:
         """Send ``100 Continue`` when the client waits for it before sending its body."""

@@ -117,8 +117,11 @@ class ProxyConfig:
         "BYTES",
     )
 
+    #: ``upstream`` parsed, once (a bad URL fails at construction, not per request).
+    origin: Origin = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
-        self.origin  # noqa: B018 -- parse now, so a bad URL fails at start-up
+        object.__setattr__(self, "origin", Origin.from_url(self.upstream))
         if self.upstream_proxy is not None:
             proxy = Origin.from_url(self.upstream_proxy)
             if proxy.scheme != "http":
@@ -170,10 +173,6 @@ class ProxyConfig:
             raise ConfigError(
                 "resume_max_bytes must be >= 1 and resume_memory_limit >= resume_max_bytes"
             )
-
-    @property
-    def origin(self) -> Origin:
-        return Origin.from_url(self.upstream)
 
     @property
     def proxy_origin(self) -> Origin | None:

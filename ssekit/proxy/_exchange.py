@@ -156,15 +156,7 @@ class RequestBody:
             yield piece
         if self.complete:
             return
-        await self._client.continue_if_expected()
-        while True:
-            event = await self._client.next_event(self._timeout)
-            if isinstance(event, h11.EndOfMessage):
-                self.complete = True
-                return
-            if not isinstance(event, h11.Data):
-                raise BadRequest(400, "request body ended early")
-            piece = bytes(event.data)
+        async for piece in self._client.body(self._timeout):
             if self.replayable:
                 self._kept_size += len(piece)
                 if self._kept_size <= REPLAY_LIMIT:
@@ -173,17 +165,13 @@ class RequestBody:
                     self._kept.clear()
                     self.replayable = False
             yield piece
+        self.complete = True
 
 
 async def discard_body(client: Downstream, read_timeout: float) -> None:
     """Read the request body to its end, keeping nothing (each read within ``read_timeout``)."""
-    await client.continue_if_expected()
-    while True:
-        event = await client.next_event(read_timeout)
-        if isinstance(event, h11.EndOfMessage):
-            return
-        if not isinstance(event, h11.Data):
-            raise BadRequest(400, "request body ended early")
+    async for _ in client.body(read_timeout):
+        pass
 
 
 async def serve_exchange(shared: Shared, client: Downstream, request: h11.Request) -> bool:
@@ -309,24 +297,19 @@ async def _forward(
             shared.metrics.upstream_connects += 1
         done = False
         try:
+            failure: UpstreamError | None
             try:
                 await upstream.send_request(
                     method, decision.target, headers, b"" if body is None else body
                 )
             except UpstreamError as exc:
-                if retry_on_fresh_connection(
-                    reused=reused,
-                    bytes_received=upstream.bytes_received,
-                    replayable=body is None or body.replayable,
-                ):
-                    reuse = False
-                    continue
-                return await _fail_before_head(client, relay, stats, exc)
-            failure, done = await _answer(
-                shared, client, upstream, relay, stats, started, recording
-            )
-            if failure is None:
-                return done
+                failure = exc
+            else:
+                failure, done = await _answer(
+                    shared, client, upstream, relay, stats, started, recording
+                )
+                if failure is None:
+                    return done
             if retry_on_fresh_connection(
                 reused=reused,
                 bytes_received=upstream.bytes_received,
@@ -394,7 +377,7 @@ async def _answer(
                     cfg,
                     started=started,
                     sse=is_event_stream(content_type),
-                    read_to_close=_read_to_close(response),
+                    read_to_close=upstream.read_to_close,
                     sized=get_header(headers, b"content-length") is not None,
                     chunked=_chunked_to_client(client, headers, response.status_code),
                     record=recording,
@@ -420,16 +403,6 @@ def _chunked_to_client(client: Downstream, headers: Headers, status: int) -> boo
     )
 
 
-def _read_to_close(response: h11.Response) -> bool:
-    """True when the response body has no length and ends only when the upstream closes."""
-    if response.status_code in (204, 304):
-        return False
-    headers = response.headers
-    return get_header(headers, b"transfer-encoding") is None and (
-        get_header(headers, b"content-length") is None
-    )
-
-
 async def _fail_before_head(
     client: Downstream, relay: Relay, stats: StreamStats, error: UpstreamError
 ) -> bool:
@@ -443,24 +416,9 @@ async def _fail_before_head(
 async def _watch_client(
     client: Downstream, scope: anyio.CancelScope, relay: Relay, max_held: int
 ) -> None:
-    """Notice a client that goes away mid-exchange, and cancel the exchange at once.
-
-    Bytes it sends meanwhile (a pipelined next request) are kept for h11, up to
-    about ``max_held``; past that it is no longer read (TCP pushes back on it),
-    and a departure is then noticed at the next write instead.
-    """
-    held = 0
-    while held <= max_held:
-        try:
-            data = await client.receive()
-        except ClientGone:
-            data = b""
-        if not data:
-            if relay.open:
-                # Otherwise the exchange already ended; the EOF is for the next request.
-                relay.on(Input.CLIENT_GONE)
-                scope.cancel()
-            return
-        held += len(data)
-        client.h11.receive_data(data)
-    await anyio.sleep_forever()
+    """Notice a client that goes away mid-exchange, and cancel the exchange at once."""
+    await client.wait_gone(max_held)
+    if relay.open:
+        # Otherwise the exchange already ended; the EOF is for the next request.
+        relay.on(Input.CLIENT_GONE)
+        scope.cancel()

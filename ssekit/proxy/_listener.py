@@ -20,8 +20,16 @@ import anyio.streams.stapled
 import h11
 
 from .._errors import ConfigError
-from .._http import BadRequest, ClientGone, Downstream, error_body, raw_response
-from .._http._stream import Stream, accept, on_asyncio
+from .._http import (
+    BadRequest,
+    ClientGone,
+    Downstream,
+    Stream,
+    accept,
+    error_body,
+    on_asyncio,
+    raw_response,
+)
 from ._config import ProxyConfig
 from ._exchange import Shared, serve_exchange
 from ._relay import Input, Relay

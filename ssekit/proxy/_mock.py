@@ -144,16 +144,10 @@ async def _connection(stream: anyio.abc.SocketStream, config: MockConfig) -> Non
             if not isinstance(event, h11.Request):
                 return
             body = b""
-            while True:
-                part = await client.next_event()
-                if isinstance(part, h11.Data):
-                    body += part.data
-                    if len(body) > MAX_BODY:
-                        await client.answer(413, _error(413, "request body too large"), close=True)
-                        return
-                elif isinstance(part, h11.EndOfMessage):
-                    break
-                else:
+            async for part in client.body():
+                body += part
+                if len(body) > MAX_BODY:
+                    await client.answer(413, _error(413, "request body too large"), close=True)
                     return
             if not await _route(client, event, body, config):
                 return

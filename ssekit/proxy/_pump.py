@@ -9,7 +9,6 @@ where the tap saw an event boundary.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from typing import TYPE_CHECKING
@@ -21,8 +20,7 @@ from .._decoder import Decoder
 from .._encoder import encode, encode_comment
 from .._errors import SSEError, UpstreamError
 from .._event import Comment, Event
-from .._http import ClientGone, Downstream, OriginConnection
-from .._http._chunked import frame_chunk
+from .._http import ClientGone, Downstream, OriginConnection, frame_chunk
 from ..openai import DONE
 from ._config import ProxyConfig
 from ._relay import Input, Relay, heartbeat_due
@@ -102,19 +100,21 @@ async def pump(
     events the tap decodes are also kept for resumption.
     """
     tap = Tap(stats, started, record) if sse else None
-    if sized:
-        config = dataclasses.replace(config, heartbeat=None, error_event=False)
-    if tap is None or config.heartbeat is None:
+    heartbeat = None if sized else config.heartbeat
+    error_event = config.error_event and not sized
+    if tap is None or heartbeat is None:
         return await _forward(
-            client, upstream, relay, stats, config, tap, None, read_to_close, chunked
-        )
+            client, upstream, relay, stats, config.idle_timeout, error_event, tap, None,
+            read_to_close, chunked,
+        )  # fmt: skip
     lock = anyio.Lock()  # the heartbeat task writes too: one writer at a time
     done = False
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_heartbeats, client, tap, lock, config.heartbeat, relay, tg.cancel_scope)
+        tg.start_soon(_heartbeats, client, tap, lock, heartbeat, relay, tg.cancel_scope)
         done = await _forward(
-            client, upstream, relay, stats, config, tap, lock, read_to_close, chunked
-        )
+            client, upstream, relay, stats, config.idle_timeout, error_event, tap, lock,
+            read_to_close, chunked,
+        )  # fmt: skip
         tg.cancel_scope.cancel()
     return done
 
@@ -124,14 +124,15 @@ async def _forward(
     upstream: OriginConnection,
     relay: Relay,
     stats: StreamStats,
-    config: ProxyConfig,
+    idle_timeout: float,
+    error_event: bool,
     tap: Tap | None,
     lock: anyio.Lock | None,
     read_to_close: bool,
     chunked: bool,
 ) -> bool:
     try:
-        async for batch in upstream.receive_body_batches(idle_timeout=config.idle_timeout):
+        async for batch in upstream.receive_body_batches(idle_timeout=idle_timeout):
             # One socket write per upstream read, each chunk still its own HTTP chunk.
             if chunked:
                 framed = b"".join([frame_chunk(chunk) for chunk in batch])
@@ -156,7 +157,7 @@ async def _forward(
             return False
         relay.on(Input.TIMED_OUT if exc.status == 504 else Input.UPSTREAM_FAILED)
         stats.error = str(exc)
-        if config.error_event and tap is not None and tap.at_boundary:
+        if error_event and tap is not None and tap.at_boundary:
             message = json.dumps({"error": {"message": str(exc), "type": "proxy_error"}})
             with contextlib.suppress(ClientGone):
                 error = encode(Event(event="error", data=message))

@@ -139,19 +139,8 @@ async def _refuse(
 
 
 async def _watch(client: Downstream, scope: anyio.CancelScope, relay: Relay, max_held: int) -> None:
-    """Notice the reader leaving (EOF or reset) while it waits for the live tail; bytes it
-    sends meanwhile are kept for h11 up to about ``max_held``, then it is not read."""
-    held = 0
-    while held <= max_held:
-        try:
-            data = await client.receive()
-        except ClientGone:
-            data = b""
-        if not data:
-            if relay.open:
-                relay.on(Input.CLIENT_GONE)
-            scope.cancel()
-            return
-        held += len(data)
-        client.h11.receive_data(data)  # a pipelined next request: keep it for h11
-    await anyio.sleep_forever()
+    """Notice the reader leaving (EOF or reset) while it waits for the live tail."""
+    await client.wait_gone(max_held)
+    if relay.open:
+        relay.on(Input.CLIENT_GONE)
+    scope.cancel()
