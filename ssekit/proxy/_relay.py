@@ -24,6 +24,7 @@ __all__ = (
     "Refuse",
     "Relay",
     "admit",
+    "bearer_token",
     "heartbeat_due",
     "retry_delay",
     "retry_on_fresh_connection",
@@ -135,7 +136,8 @@ class Admin:
     name: str
 
 
-def _bearer(headers: list[tuple[bytes, bytes]]) -> str:
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> str:
+    """The token of ``Authorization: Bearer <token>``, or "" when there is none."""
     auth = (get_header(headers, b"authorization") or b"").decode("latin-1")
     return auth[7:] if auth[:7].lower() == "bearer " else ""
 
@@ -194,7 +196,7 @@ def admit(
         return Refuse(400, f"request path {path!r} has a '.' or '..' segment; send a plain path")
     if path.startswith(config.admin_prefix + "/"):
         return _admin(method, path, headers, config)
-    if config.client_tokens and not token_matches(_bearer(headers), config.client_tokens):
+    if config.client_tokens and not token_matches(bearer_token(headers), config.client_tokens):
         return Refuse(
             401,
             "missing or wrong proxy token: send Authorization: Bearer <token>",
@@ -219,7 +221,7 @@ def _admin(
             Input.LOCAL,
         )
     tokens = config.admin_tokens or config.client_tokens
-    if name == "metrics" and tokens and not token_matches(_bearer(headers), tokens):
+    if name == "metrics" and tokens and not token_matches(bearer_token(headers), tokens):
         return Refuse(
             401,
             "metrics need a token: send Authorization: Bearer <admin token>",

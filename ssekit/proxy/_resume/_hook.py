@@ -22,6 +22,7 @@ import h11
 from ..._event import Event
 from ..._http import BadRequest, ClientGone, Downstream, get_header, is_event_stream
 from .._config import ProxyConfig
+from .._relay import bearer_token
 from .._stats import Metrics, StreamStats
 from ._records import State, event_body, grace_expired, new_stream_id, scoped_key, valid_key
 from ._store import Store, Writer
@@ -36,10 +37,7 @@ RESUME_KEY_HEADER = b"ssekit-resume-key"
 
 def client_token(headers: list[tuple[bytes, bytes]], config: ProxyConfig) -> str | None:
     """The client's proxy token when client tokens are on (it scopes stream keys), else None."""
-    if not config.client_tokens:
-        return None
-    auth = (get_header(headers, b"authorization") or b"").decode("latin-1")
-    return auth[7:] if auth[:7].lower() == "bearer " else ""
+    return bearer_token(headers) if config.client_tokens else None
 
 
 class Resume:
