@@ -8,13 +8,14 @@ for timeouts), chained to the original.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import select
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from typing import Final, cast
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from typing import Final, TypeAlias, cast
 
 import anyio
 import anyio.abc
@@ -368,6 +369,40 @@ class OriginConnection:
                     data, closed = b"", True
             self.bytes_received += len(data)
 
+    @property
+    def spliceable(self) -> bool:
+        """True when :meth:`splice_chunked` can read this response's body."""
+        return self._chunked is not None and isinstance(self._stream, FastStream)
+
+    async def splice_chunked(self, deliver: Deliver, *, idle_timeout: float) -> None:
+        """Read a chunked body inside the transport's read callback (when :attr:`spliceable`).
+
+        ``deliver(chunks, resume)`` is called, in that callback, with the
+        chunks each read completed (the same lists :meth:`receive_body_batches`
+        yields): no task wakes per read. It must not wait. It returns False
+        when its reader cannot take more: reading then pauses (TCP pushes back
+        on the upstream) until it calls ``resume``. What it raises ends the
+        body and is raised here. Returns at the end of the body; raises
+        :class:`UpstreamError` as :meth:`receive_body_batches` does.
+        """
+        stream = self._stream
+        assert isinstance(stream, FastStream)
+        assert self._chunked is not None
+        splice = _Splice(self, deliver, idle_timeout)
+        data, closed = self._h11.trailing_data  # body bytes h11 read past the head
+        queued, eof = stream.divert(splice)
+        try:
+            splice.received(bytes(data), count=False)
+            splice.received(queued)
+            if closed or eof:
+                splice.ended(None)
+            await splice.done
+        finally:
+            stream.divert(None)
+            splice.stop()
+        # Clean end: as in _receive_chunked.
+        self._chunked = not splice.reader.leftover and self._chunked
+
     def reusable(self) -> bool:
         """True when both sides finished the exchange and may keep the connection."""
         if self._chunked is not None:
@@ -404,6 +439,104 @@ class OriginConnection:
         """Close at once (no TLS close_notify wait), never raising."""
         with contextlib.suppress(Exception):
             await anyio.aclose_forcefully(self._stream)
+
+
+#: ``deliver(chunks, resume)`` of :meth:`OriginConnection.splice_chunked`.
+Deliver: TypeAlias = Callable[[list[bytes], Callable[[], None]], bool]
+
+
+class _Splice:
+    """The sink of :meth:`OriginConnection.splice_chunked`: parse, deliver, watch the clock."""
+
+    __slots__ = (
+        "_conn",
+        "_deliver",
+        "_idle",
+        "_last_read",
+        "_loop",
+        "_stream",
+        "_timer",
+        "done",
+        "reader",
+    )
+
+    def __init__(self, conn: OriginConnection, deliver: Deliver, idle: float) -> None:
+        self._conn = conn
+        assert isinstance(conn._stream, FastStream)
+        self._stream = conn._stream
+        self._deliver = deliver
+        self._idle = idle
+        self._loop = asyncio.get_running_loop()
+        self.reader = ChunkedReader()
+        self.done: asyncio.Future[None] = self._loop.create_future()
+        self._last_read = self._loop.time()
+        # One timer for the idle limit, moved on lazily when it fires (not per read).
+        self._timer: asyncio.TimerHandle | None = self._loop.call_at(
+            self._last_read + idle, self._check_idle
+        )
+
+    def received(self, data: bytes, *, count: bool = True) -> None:
+        if self.done.done() or not data:
+            return
+        if count:
+            self._conn.bytes_received += len(data)
+            self._last_read = self._loop.time()
+        try:
+            chunks = self.reader.feed(data)
+        except ChunkError as exc:
+            self._fail(self._cut(f" sent a malformed chunked body (the response was cut: {exc})"))
+            return
+        if chunks:
+            try:
+                more = self._deliver(chunks, self.resume)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            if not more:
+                self._stream.pause_reading()
+        if self.reader.done:
+            self.done.set_result(None)
+
+    def resume(self) -> None:
+        """The reader drained: read on (a no-op once this body ended)."""
+        if not self.done.done():
+            self._stream.resume_reading()
+
+    def ended(self, error: BaseException | None) -> None:
+        if not self.done.done():
+            what = " closed the connection mid-body (the response was cut)"
+            if error is not None and not isinstance(error, ConnectionResetError):
+                what = f": reading the body failed: {error!r}"
+            self._fail(self._cut(what))
+
+    def _cut(self, what: str) -> UpstreamError:
+        return UpstreamError(f"upstream {self._conn._origin.authority}{what}", 502)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        due = self._last_read + self._idle
+        if self.done.done():
+            return
+        if self._loop.time() >= due:
+            error = UpstreamError(
+                f"upstream {self._conn._origin.authority}: timed out reading the body", 504
+            )
+            self._fail(error)
+        else:
+            self._timer = self._loop.call_at(due, self._check_idle)
+
+    def _fail(self, error: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.done.done():
+            self.done.cancel()
+        elif not self.done.cancelled():
+            self.done.exception()  # retrieved: an error nobody waits for any more is no news
 
 
 class OriginPool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import anyio
@@ -18,7 +18,7 @@ import anyio.abc
 import h11
 
 from . import _stream
-from ._stream import Stream
+from ._stream import FastStream, Stream
 
 __all__ = (
     "JSON",
@@ -103,6 +103,17 @@ class Downstream:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise ClientGone from exc
         self.last_write = time.monotonic()
+
+    def write_now(self, data: bytes, on_drained: Callable[[], None]) -> bool:
+        """Write without waiting (a :class:`FastStream` only); False when the client's
+        buffer is now over its limit: ``on_drained`` is called when it has room."""
+        assert isinstance(self.stream, FastStream)
+        try:
+            room = self.stream.write_now(data, on_drained)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise ClientGone from exc
+        self.last_write = time.monotonic()
+        return room
 
     async def receive(self, limit: float | None = None) -> bytes:
         """One read from the client (b"" at EOF), waiting at most ``limit`` seconds (then

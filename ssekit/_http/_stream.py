@@ -24,12 +24,22 @@ import contextlib
 import socket
 import ssl
 from collections import deque
-from typing import Any, Final, TypeAlias, cast
+from collections.abc import Callable
+from typing import Any, Final, Protocol, TypeAlias, cast
 
 import anyio
 import anyio.abc
 
-__all__ = ("FastStream", "Stream", "accept", "connect", "on_asyncio", "receive", "start_tls")
+__all__ = (
+    "FastStream",
+    "Sink",
+    "Stream",
+    "accept",
+    "connect",
+    "on_asyncio",
+    "receive",
+    "start_tls",
+)
 
 #: Bytes queued from the peer before reading pauses (and TCP pushes back).
 HIGH_WATER: Final = 256 * 1024
@@ -44,6 +54,15 @@ def on_asyncio() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+class Sink(Protocol):
+    """Takes a diverted stream's reads in the transport's callback (``FastStream.divert``)."""
+
+    def received(self, data: bytes) -> None: ...
+
+    def ended(self, error: BaseException | None) -> None:
+        """EOF (None) or the connection lost (its error)."""
 
 
 class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
@@ -62,6 +81,8 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         self._write_paused = False
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._sink: Sink | None = None
+        self._on_drained: Callable[[], None] | None = None  # see write_now
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -71,6 +92,9 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         self._transport.set_write_buffer_limits(WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink.received(data)
+            return
         self._queue.append(data)
         self._queued += len(data)
         if self._queued >= HIGH_WATER and not self._reading_paused and self._transport:
@@ -81,6 +105,8 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
     def eof_received(self) -> bool:
         self._eof = True
         self._wake_reader()
+        if self._sink is not None:
+            self._sink.ended(None)
         # Keep a TCP transport open: we may still write (half-close). TLS cannot.
         transport = self._transport
         return transport is not None and transport.get_extra_info("sslcontext") is None
@@ -93,6 +119,8 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         self._eof = True
         self._wake_reader()
         self._wake_writer()
+        if self._sink is not None:
+            self._sink.ended(self._lost)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -100,6 +128,9 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._wake_writer()
+        if self._on_drained is not None:
+            on_drained, self._on_drained = self._on_drained, None
+            on_drained()
 
     def _wake_reader(self) -> None:
         if self._readable is not None and not self._readable.done():
@@ -190,6 +221,47 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
             raise anyio.ClosedResourceError
         if self._lost is not None:
             raise anyio.BrokenResourceError from self._lost
+
+    def write_now(self, data: bytes, on_drained: Callable[[], None]) -> bool:
+        """Write ``data`` without waiting; False when the transport now holds more than its
+        limit: ``on_drained`` is then called once it has room. Raises as :meth:`send`."""
+        transport = self._transport
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._lost is not None or transport is None or transport.is_closing():
+            raise anyio.BrokenResourceError from self._lost
+        transport.write(data)
+        if self._write_paused:
+            self._on_drained = on_drained
+            return False
+        return True
+
+    # -- the relay's hot path: reads handed over in the transport's callback --
+
+    def divert(self, sink: Sink | None) -> tuple[bytes, bool]:
+        """Hand every read to ``sink`` as it arrives instead of queueing it; None: queue again.
+
+        No task wakes per read: a relay parses and forwards in the callback.
+        Returns what was queued (to be taken first) and whether EOF came.
+        """
+        self._sink = sink
+        queued = b"".join(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        if self._reading_paused:
+            self.resume_reading()
+        return queued, self._eof
+
+    def pause_reading(self) -> None:
+        """Stop reading (TCP pushes back on the peer) until :meth:`resume_reading`."""
+        if not self._reading_paused and self._transport is not None and not self._lost:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self._transport is not None and not self._lost:
+            self._reading_paused = False
+            self._transport.resume_reading()
 
     async def send_eof(self) -> None:
         if self._transport is not None and self._transport.can_write_eof():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -20,7 +21,7 @@ from .._decoder import Decoder
 from .._encoder import encode, encode_comment
 from .._errors import SSEError, UpstreamError
 from .._event import Comment, Event
-from .._http import ClientGone, Downstream, OriginConnection, frame_chunk
+from .._http import ClientGone, Downstream, FastStream, OriginConnection, frame_chunk
 from ..openai import DONE
 from ._config import ProxyConfig
 from ._relay import Input, Relay, heartbeat_due
@@ -132,20 +133,24 @@ async def _forward(
     chunked: bool,
 ) -> bool:
     try:
-        async for batch in upstream.receive_body_batches(idle_timeout=idle_timeout):
-            # One socket write per upstream read, each chunk still its own HTTP chunk.
-            if chunked:
-                framed = b"".join([frame_chunk(chunk) for chunk in batch])
-            else:
-                framed = b"".join([client.h11.send(h11.Data(data=c)) or b"" for c in batch])
-            await _write(client, lock, framed)
-            if not relay.open:
-                return False  # the client left while we wrote (the watcher saw it)
-            for chunk in batch:
-                relay.on(Input.CHUNK)
-                stats.body_bytes += len(chunk)
-                if tap is not None:
-                    tap.feed(chunk)
+        fast = isinstance(client.stream, FastStream)
+        if chunked and fast and upstream.spliceable and type(client) is Downstream:
+            # The hot path: forwarded in the upstream's read callback, no task per read.
+            await upstream.splice_chunked(
+                lambda batch, resume: _splice(client, relay, stats, tap, batch, resume),
+                idle_timeout=idle_timeout,
+            )
+        else:
+            async for batch in upstream.receive_body_batches(idle_timeout=idle_timeout):
+                # One socket write per upstream read, each chunk still its own HTTP chunk.
+                if chunked:
+                    framed = b"".join([frame_chunk(chunk) for chunk in batch])
+                else:
+                    framed = b"".join([client.h11.send(h11.Data(data=c)) or b"" for c in batch])
+                await _write(client, lock, framed)
+                if not relay.open:
+                    return False  # the client left while we wrote (the watcher saw it)
+                _forwarded(relay, stats, tap, batch)
         if read_to_close and tap is not None and not tap.at_boundary:
             raise UpstreamError(
                 "upstream closed the connection inside an event (a body without a length: "
@@ -168,6 +173,35 @@ async def _forward(
     await client.send(h11.EndOfMessage())
     relay.on(Input.END)
     return True
+
+
+def _splice(
+    client: Downstream,
+    relay: Relay,
+    stats: StreamStats,
+    tap: Tap | None,
+    batch: list[bytes],
+    resume: Callable[[], None],
+) -> bool:
+    """One upstream read's chunks, in its read callback: one client write, then the books.
+
+    False when the client is over its buffer limit: the upstream read pauses
+    until it drains (TCP then pushes back on the upstream), as a waiting write
+    does elsewhere.
+    """
+    if not relay.open:
+        raise ClientGone  # the watcher saw the client leave; the exchange is ending
+    room = client.write_now(b"".join([frame_chunk(chunk) for chunk in batch]), resume)
+    _forwarded(relay, stats, tap, batch)
+    return room
+
+
+def _forwarded(relay: Relay, stats: StreamStats, tap: Tap | None, batch: list[bytes]) -> None:
+    for chunk in batch:
+        relay.on(Input.CHUNK)
+        stats.body_bytes += len(chunk)
+        if tap is not None:
+            tap.feed(chunk)
 
 
 async def _write(client: Downstream, lock: anyio.Lock | None, framed: bytes) -> None:
