@@ -23,7 +23,7 @@ from ._downstream import (
 )
 from ._headers import Headers, get_header, head_size, is_event_stream
 from ._origin import Origin
-from ._stream import FastStream, Stream, accept, on_asyncio
+from ._stream import FastStream, Stream, accept, close_now, on_asyncio
 
 __all__ = (
     "DEFAULT_MAX_HEAD_SIZE",
@@ -40,6 +40,7 @@ __all__ = (
     "OriginPool",
     "Stream",
     "accept",
+    "close_now",
     "error_body",
     "frame_chunk",
     "get_header",

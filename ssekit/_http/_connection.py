@@ -437,8 +437,7 @@ class OriginConnection:
 
     async def aclose(self) -> None:
         """Close at once (no TLS close_notify wait), never raising."""
-        with contextlib.suppress(Exception):
-            await anyio.aclose_forcefully(self._stream)
+        await _stream.close_now(self._stream)
 
 
 #: ``deliver(chunks, resume)`` of :meth:`OriginConnection.splice_chunked`.

@@ -35,6 +35,7 @@ __all__ = (
     "Sink",
     "Stream",
     "accept",
+    "close_now",
     "connect",
     "on_asyncio",
     "receive",
@@ -83,6 +84,8 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         self._timer: asyncio.TimerHandle | None = None
         self._sink: Sink | None = None
         self._on_drained: Callable[[], None] | None = None  # see write_now
+        self._on_gone: Callable[[], None] | None = None  # see watch_gone
+        self._watch_limit = 0
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -97,6 +100,8 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
             return
         self._queue.append(data)
         self._queued += len(data)
+        if self._on_gone is not None and self._queued > self._watch_limit:
+            self.pause_reading()  # a watched peer sent more than may be held: stop reading it
         if self._queued >= HIGH_WATER and not self._reading_paused and self._transport:
             self._reading_paused = True
             self._transport.pause_reading()
@@ -105,6 +110,7 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
     def eof_received(self) -> bool:
         self._eof = True
         self._wake_reader()
+        self._gone()
         if self._sink is not None:
             self._sink.ended(None)
         # Keep a TCP transport open: we may still write (half-close). TLS cannot.
@@ -119,6 +125,7 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         self._eof = True
         self._wake_reader()
         self._wake_writer()
+        self._gone()
         if self._sink is not None:
             self._sink.ended(self._lost)
 
@@ -131,6 +138,11 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         if self._on_drained is not None:
             on_drained, self._on_drained = self._on_drained, None
             on_drained()
+
+    def _gone(self) -> None:
+        if self._on_gone is not None:
+            on_gone, self._on_gone = self._on_gone, None
+            on_gone()
 
     def _wake_reader(self) -> None:
         if self._readable is not None and not self._readable.done():
@@ -238,6 +250,16 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
 
     # -- the relay's hot path: reads handed over in the transport's callback --
 
+    def watch_gone(self, on_gone: Callable[[], None] | None, max_held: int = 0) -> None:
+        """Call ``on_gone`` (soon, from the loop) when the peer closes or the connection is
+        lost; None stops watching. Bytes the peer sends meanwhile stay queued for the next
+        read, up to about ``max_held``: past that it is no longer read (TCP pushes back on
+        it), so its departure is only noticed at the next write."""
+        self._on_gone = on_gone
+        self._watch_limit = max_held
+        if on_gone is not None and self._eof:
+            asyncio.get_running_loop().call_soon(self._gone)
+
     def divert(self, sink: Sink | None) -> tuple[bytes, bool]:
         """Hand every read to ``sink`` as it arrives instead of queueing it; None: queue again.
 
@@ -294,6 +316,15 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
 
 #: A byte stream ``ssekit._http`` reads and writes: anyio's, or a :class:`FastStream`.
 Stream: TypeAlias = "anyio.abc.ByteStream | FastStream"
+
+
+async def close_now(stream: Stream) -> None:
+    """Close at once, never waiting (no TLS close_notify) and never raising."""
+    with contextlib.suppress(Exception):
+        if isinstance(stream, FastStream):
+            await stream.aclose()  # aborts the transport; nothing to wait for
+        else:
+            await anyio.aclose_forcefully(stream)
 
 
 async def receive(stream: Stream, max_bytes: int, limit: float | None) -> bytes:

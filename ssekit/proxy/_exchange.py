@@ -27,6 +27,7 @@ from .._http import (
     BadRequest,
     ClientGone,
     Downstream,
+    FastStream,
     Headers,
     OriginConnection,
     OriginPool,
@@ -347,9 +348,8 @@ async def _answer(
     if recording is not None:  # resume hook: the client may leave while the stream is kept
         client = recording.wrap(client)
     try:
-        async with anyio.create_task_group() as tg:
-            # From here the client is only read to notice it leaving.
-            tg.start_soon(_watch_client, client, tg.cancel_scope, relay, cfg.max_header_size)
+        # From here the client is only read to notice it leaving.
+        async with _watching(client, relay, cfg.max_header_size):
             try:
                 response = await upstream.receive_response(
                     first_byte_timeout=cfg.first_byte_timeout
@@ -382,7 +382,6 @@ async def _answer(
                     chunked=_chunked_to_client(client, headers, response.status_code),
                     record=recording,
                 )
-            tg.cancel_scope.cancel()
     except* ClientGone:
         if relay.open:
             relay.on(Input.CLIENT_GONE)
@@ -413,11 +412,36 @@ async def _fail_before_head(
     return False
 
 
+@contextlib.asynccontextmanager
+async def _watching(client: Downstream, relay: Relay, max_held: int) -> AsyncIterator[None]:
+    """Notice a client that goes away mid-exchange, and cancel the exchange at once.
+
+    A :class:`FastStream` reports the departure from its transport callback (no task);
+    anyio's streams, and a client whose ``wait_gone`` differs, get a watching task.
+    """
+    stream = client.stream
+    if isinstance(stream, FastStream) and type(client) is Downstream:
+        with anyio.CancelScope() as scope:
+            stream.watch_gone(lambda: _gone(relay, scope), max_held)
+            try:
+                yield
+            finally:
+                stream.watch_gone(None)
+        return
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_client, client, tg.cancel_scope, relay, max_held)
+        yield
+        tg.cancel_scope.cancel()
+
+
 async def _watch_client(
     client: Downstream, scope: anyio.CancelScope, relay: Relay, max_held: int
 ) -> None:
-    """Notice a client that goes away mid-exchange, and cancel the exchange at once."""
     await client.wait_gone(max_held)
+    _gone(relay, scope)
+
+
+def _gone(relay: Relay, scope: anyio.CancelScope) -> None:
     if relay.open:
         # Otherwise the exchange already ended; the EOF is for the next request.
         relay.on(Input.CLIENT_GONE)

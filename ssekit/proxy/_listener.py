@@ -24,8 +24,10 @@ from .._http import (
     BadRequest,
     ClientGone,
     Downstream,
+    FastStream,
     Stream,
     accept,
+    close_now,
     error_body,
     on_asyncio,
     raw_response,
@@ -216,9 +218,10 @@ class Proxy:
     async def _connection(self, stream: Stream) -> None:
         self._connections += 1
         try:
-            with contextlib.suppress(OSError, AttributeError):
-                sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not isinstance(stream, FastStream):  # accept() set it on a FastStream's socket
+                with contextlib.suppress(OSError, AttributeError):
+                    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = Downstream(stream, self.config.max_header_size)
             if self._connections > self.config.max_connections:
                 await self._refuse_raw(client, 503, "too many connections", Input.OVERLOADED)
@@ -239,7 +242,7 @@ class Proxy:
                     self._idle_scopes.discard(scope)
         finally:
             self._connections -= 1
-            await anyio.aclose_forcefully(stream)
+            await close_now(stream)
 
     async def _requests(self, client: Downstream, scope: anyio.CancelScope) -> None:
         first = True

@@ -27,7 +27,7 @@ import anyio.abc
 import h11
 
 from .._event import Event
-from .._http import BadRequest, ClientGone, Downstream, error_body
+from .._http import BadRequest, ClientGone, Downstream, close_now, error_body
 from .._writer import EventWriter
 from ..openai import DONE
 
@@ -157,7 +157,7 @@ async def _connection(stream: anyio.abc.SocketStream, config: MockConfig) -> Non
     except (ClientGone, BadRequest, h11.ProtocolError):
         pass
     finally:
-        await anyio.aclose_forcefully(stream)
+        await close_now(stream)
 
 
 async def _route(client: Downstream, request: h11.Request, body: bytes, config: MockConfig) -> bool:
