@@ -70,6 +70,7 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
     """One TCP (or TLS) connection as a byte stream; see the module docstring."""
 
     def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()  # once: each lookup costs a getpid()
         self._transport: asyncio.Transport | None = None
         self._queue: deque[bytes] = deque()
         self._queued = 0
@@ -186,7 +187,7 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         return chunk
 
     async def _wait_readable(self, idle_limit: float | None) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter = self._readable = loop.create_future()
         if idle_limit is None:
             self._deadline = None
@@ -209,7 +210,7 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         waiter, deadline = self._readable, self._deadline
         if waiter is None or waiter.done() or deadline is None:
             return  # not waiting under a deadline now: the next such wait re-arms
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() >= deadline:
             waiter.set_exception(TimeoutError())
         else:
@@ -224,7 +225,7 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
             raise anyio.BrokenResourceError from self._lost
         transport.write(data)
         while self._write_paused and self._lost is None and not self._closed:
-            self._writable = asyncio.get_running_loop().create_future()
+            self._writable = self._loop.create_future()
             try:
                 await self._writable
             finally:
@@ -258,7 +259,7 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         self._on_gone = on_gone
         self._watch_limit = max_held
         if on_gone is not None and self._eof:
-            asyncio.get_running_loop().call_soon(self._gone)
+            self._loop.call_soon(self._gone)
 
     def divert(self, sink: Sink | None) -> tuple[bytes, bool]:
         """Hand every read to ``sink`` as it arrives instead of queueing it; None: queue again.
@@ -339,15 +340,22 @@ async def receive(stream: Stream, max_bytes: int, limit: float | None) -> bytes:
 
 
 async def accept(listening: socket.socket) -> FastStream:
-    """Accept one connection on a listening socket (TCP_NODELAY set); OSError as accept's."""
+    """Accept one connection on a non-blocking listening socket; OSError as accept's.
+
+    A connection already waiting is taken at once (a burst costs one ``accept4``
+    each, no loop trip). TCP_NODELAY is set: an accepted socket does not inherit it.
+    """
     loop = asyncio.get_running_loop()
     try:
-        sock, _ = await loop.sock_accept(listening)
-    except asyncio.CancelledError:
-        # A cancelled sock_accept can leave its reader behind (bpo-41317).
-        with contextlib.suppress(ValueError, NotImplementedError, OSError):
-            loop.remove_reader(listening)
-        raise
+        sock, _ = listening.accept()
+    except BlockingIOError:
+        try:
+            sock, _ = await loop.sock_accept(listening)
+        except asyncio.CancelledError:
+            # A cancelled sock_accept can leave its reader behind (bpo-41317).
+            with contextlib.suppress(ValueError, NotImplementedError, OSError):
+                loop.remove_reader(listening)
+            raise
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _, protocol = await loop.connect_accepted_socket(FastStream, sock)
