@@ -257,8 +257,9 @@ async def stream_events(
     thread, except lists and tuples); ``headers``, the ASGI head's headers as
     they go out (:func:`response_headers` builds them from yours); ``ping`` and
     ``send_timeout`` in seconds. Returns when the producer is exhausted, the
-    client disconnected, or the server cancelled the request; the producer
-    is closed in every case (see the module docstring).
+    client disconnected, the server shuts down (:func:`end_streams`, a
+    SIGTERM/SIGINT it catches) or cancelled the request; the producer is
+    closed in every case (see the module docstring).
 
     Raises what the producer raises (the body is then left cut), what
     :func:`encode_item` raises, and :class:`TimeoutError` past ``send_timeout``.
