@@ -47,11 +47,31 @@ def encode(event: Event, *, write_id: bool | None = None) -> bytes:
     if write_id is None and not event.id and event.retry is None and event.event == "message":
         text = f"data: {data}\n\n"  # the common case: no other field
     else:
-        text = f"{_fields(event, write_id)}data: {data}\n\n"
+        text = f"{_fields(event.event, event.id, event.retry, write_id)}data: {data}\n\n"
     try:
         return text.encode()
     except UnicodeEncodeError as exc:
         raise _surrogate(text, exc) from exc
+
+
+def encode_parts(data: str, event: str, id: str, retry: int | None) -> bytes:
+    """``encode(Event(data=..., event=..., id=..., retry=...))`` without building the Event.
+
+    For callers that hold the fields apart and checked their types (str, str,
+    str, int or None): ssekit.asgi encodes sse-starlette-style dicts with it,
+    once per item. Same bytes and errors as :func:`encode` (a test holds the
+    two together); the body is repeated there so that ``encode`` keeps no
+    extra call.
+    """
+    if "\r" in data:
+        data = data.replace("\r\n", "\n").replace("\r", "\n")
+    if "\n" in data:
+        data = data.replace("\n", "\ndata: ")
+    if not id and retry is None and event == "message":
+        text = f"data: {data}\n\n"
+    else:
+        text = f"{_fields(event, id, retry, None)}data: {data}\n\n"
+    return _utf8(text)
 
 
 def encode_fields(*, id: str | None = None, retry: int | None = None) -> bytes:
@@ -77,10 +97,9 @@ def encode_fields(*, id: str | None = None, retry: int | None = None) -> bytes:
     return _utf8("".join(parts) + "\n")
 
 
-def _fields(event: Event, write_id: bool | None) -> str:
+def _fields(name: str, ident: str, retry: int | None, write_id: bool | None) -> str:
     """The event, id and retry lines, validated."""
     parts: list[str] = []
-    name = event.event
     if name != "message":
         if "\r" in name or "\n" in name:
             raise EncodeError(
@@ -89,11 +108,10 @@ def _fields(event: Event, write_id: bool | None) -> str:
             )
         if name:  # "" reads back as "message", as when the line is left out.
             parts.append(f"event: {name}\n")
-    ident = event.id
     if write_id or (write_id is None and ident):
         parts.append(_id_line(ident))
-    if event.retry is not None:
-        parts.append(_retry_line(event.retry))
+    if retry is not None:
+        parts.append(_retry_line(retry))
     return "".join(parts)
 
 

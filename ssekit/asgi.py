@@ -21,16 +21,36 @@ What it guarantees:
 - ``send_timeout`` bounds each write to a stuck client: past it the producer
   is closed and :class:`TimeoutError` raised (the server then drops the
   connection).
-- When the server cancels the request (uvicorn's ``--timeout-graceful-shutdown``
-  expiring on SIGTERM, say), the body is ended cleanly (clients reconnect, with
-  Last-Event-ID) and the producer closed; the cancellation is not re-raised,
-  since the response is complete and there is nothing left to cancel.
+- Server shutdown ends open streams cleanly: the body is ended (the client
+  sees a complete response, and an EventSource reconnects with
+  Last-Event-ID), the producer is closed, nothing is logged. Three ways in:
+
+  - SIGTERM or SIGINT, when the server catches them with a Python handler
+    (uvicorn does). When a stream starts in the main thread, that handler
+    is wrapped by one that first ends every open stream, then calls it: the
+    server's own behaviour (uvicorn's graceful exit, its force-quit on a
+    second Ctrl-C) stays as it was, and a stream starting after the signal
+    is ended right after its head. So plain ``uvicorn app:app`` exits
+    promptly on SIGTERM with streams open, without
+    ``--timeout-graceful-shutdown``. Nothing is patched: when the server
+    puts back its predecessor's handler on exit, the wrapper goes with it.
+  - :func:`end_streams`, for a shutdown of your own: a server run in a
+    thread or catching signals some other way, a test. (Not from a lifespan
+    shutdown handler under uvicorn: it runs only once open requests ended.)
+  - The server cancelling the request (uvicorn's ``--timeout-graceful-shutdown``
+    expiring, say): the cancellation is not re-raised, since the response is
+    complete and there is nothing left to cancel.
 - A producer that raises mid-stream leaves the body unterminated, so the
   client sees a cut stream, never a clean end; the error propagates.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
 import time
 from collections.abc import (
     AsyncIterable,
@@ -42,12 +62,13 @@ from collections.abc import (
     Mapping,
     MutableMapping,
 )
+from types import FrameType
 from typing import Any, Final
 
 import anyio
 
 from ._decoder import Decoder
-from ._encoder import encode, encode_comment
+from ._encoder import encode, encode_comment, encode_parts
 from ._event import Event
 
 __all__ = (
@@ -55,6 +76,7 @@ __all__ = (
     "EventStreamResponse",
     "Item",
     "encode_item",
+    "end_streams",
     "response_headers",
     "stream_events",
 )
@@ -78,6 +100,8 @@ _PING: Final = encode_comment("ping")
 #: How long closing a producer may take once the stream is over (seconds).
 _CLOSE_TIMEOUT: Final = 5.0
 _FIELDS: Final = frozenset({"data", "event", "id", "retry"})
+#: The signals whose handlers are wrapped to end the open streams first.
+_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 def encode_item(item: Item) -> bytes:
@@ -88,6 +112,15 @@ def encode_item(item: Item) -> bytes:
     or only ``comment``). Out: bytes. Raises :class:`ssekit.EncodeError` for
     what SSE cannot carry, :class:`TypeError` for another type or field name.
     """
+    # Exact types first: isinstance(item, Mapping) is an ABC check, and this runs per item.
+    if type(item) is dict:
+        return _encode_fields(item)
+    if type(item) is Event:
+        return encode(item)
+    if type(item) is str:
+        return encode(Event(data=item))
+    if type(item) is bytes:
+        return item
     if isinstance(item, Event):
         return encode(item)
     if isinstance(item, str):
@@ -102,18 +135,28 @@ def encode_item(item: Item) -> bytes:
 
 
 def _encode_fields(fields: Mapping[str, object]) -> bytes:
-    if set(fields) == {"comment"}:
+    if fields.keys() <= _FIELDS:
+        data = fields.get("data", "")
+        event = fields.get("event", "message")
+        ident = fields.get("id", "")
+        retry = fields.get("retry")
+        if (
+            type(data) is str
+            and type(event) is str
+            and type(ident) is str
+            and (retry is None or type(retry) is int)
+        ):
+            return encode_parts(data, event, ident, retry)  # no Event built, per item
+        return encode(Event(**fields))  # type: ignore[arg-type]  # Event checks the types
+    if fields.keys() == {"comment"}:
         text = fields["comment"]
         if not isinstance(text, str):
             raise TypeError(f"comment must be a str, got {type(text).__name__}")
         return encode_comment(text)
-    unknown = set(fields) - _FIELDS
-    if unknown:
-        raise TypeError(
-            f"unknown event fields {sorted(unknown)}; use data, event, id and retry "
-            "(or comment alone)"
-        )
-    return encode(Event(**fields))  # type: ignore[arg-type]  # Event checks the types
+    raise TypeError(
+        f"unknown event fields {sorted(fields.keys() - _FIELDS)}; use data, event, id and "
+        "retry (or comment alone)"
+    )
 
 
 def response_headers(
@@ -138,6 +181,7 @@ class _Writer:
         self._lock = anyio.Lock() if ping is not None else None
         self._decoder: Decoder[Event] | None = None  # only once a bytes item was seen
         self.last_write = time.monotonic()
+        self.started = False
         self.finished = False
 
     @property
@@ -146,8 +190,9 @@ class _Writer:
 
     async def write(self, item: Item) -> None:
         data = encode_item(item)
-        if not isinstance(item, Event | str | Mapping):
-            # Raw bytes may end mid-event; follow them so pings stay between events.
+        if self._lock is not None and not isinstance(item, Event | str | Mapping):
+            # Pings are on, and raw bytes may end mid-event: follow them, so
+            # that pings stay between events.
             if self._decoder is None:
                 self._decoder = Decoder()
             self._decoder.feed(data)
@@ -161,13 +206,14 @@ class _Writer:
                 await self._body(_PING, more=True)
 
     async def finish(self) -> None:
-        """End the body cleanly (the client sees a complete response)."""
-        if not self.finished:
+        """End the body cleanly (the client sees a complete response), once, after the head."""
+        if self.started and not self.finished:
             self.finished = True
             await self._body(b"", more=False)
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         await self._message({"type": "http.response.start", "status": status, "headers": headers})
+        self.started = True
 
     async def _body(self, data: bytes, *, more: bool) -> None:
         await self._message({"type": "http.response.body", "body": data, "more_body": more})
@@ -211,8 +257,9 @@ async def stream_events(
     thread, except lists and tuples); ``headers``, the ASGI head's headers as
     they go out (:func:`response_headers` builds them from yours); ``ping`` and
     ``send_timeout`` in seconds. Returns when the producer is exhausted, the
-    client disconnected, or the server cancelled the request; the producer
-    is closed in every case (see the module docstring).
+    client disconnected, the server shuts down (:func:`end_streams`, a
+    SIGTERM/SIGINT it catches) or cancelled the request; the producer is
+    closed in every case (see the module docstring).
 
     Raises what the producer raises (the body is then left cut), what
     :func:`encode_item` raises, and :class:`TimeoutError` past ``send_timeout``.
@@ -220,29 +267,133 @@ async def stream_events(
     source = _async_items(events)
     writer = _Writer(send, send_timeout, ping)
     failure: Exception | None = None
+    stream = _Stream()
+    signalled = _wrap_signal_handlers()  # True: shutting down already; end after the head
+    _open.add(stream)
     try:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_watch_disconnect, receive, tasks.cancel_scope)
-            try:
-                await writer.start(status, list(headers))
-                if ping is not None:
-                    tasks.start_soon(writer.ping, ping)
-                async for item in source:
-                    await writer.write(item)
-                await writer.finish()
-            except Exception as exc:
-                failure = exc  # raised as itself below, not in an exception group
-            tasks.cancel_scope.cancel()
+        with stream.scope:  # cancelled by the disconnect and by end_streams()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_watch_disconnect, receive, stream.scope)
+                try:
+                    await writer.start(status, list(headers))
+                    if not signalled:  # else shutting down already: the head, then the end
+                        if ping is None and send_timeout is None:
+                            await _send_each(source, send)
+                        else:
+                            if ping is not None:
+                                tasks.start_soon(writer.ping, ping)
+                            async for item in source:
+                                await writer.write(item)
+                    await writer.finish()
+                except Exception as exc:
+                    failure = exc  # raised as itself below, not in an exception group
+                tasks.cancel_scope.cancel()
         if failure is not None:
             raise failure
+        if stream.ending:
+            with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                await writer.finish()
     except anyio.get_cancelled_exc_class():
-        # Not the disconnect (that scope is ours and swallows its own
-        # cancellation): the server cancelled the request, at shutdown.
+        # Not the disconnect nor end_streams() (that scope is ours and swallows
+        # its own cancellation): the server cancelled the request, at shutdown.
         with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await writer.finish()
     finally:
+        _open.discard(stream)
         with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             await _close(source)
+
+
+async def _send_each(source: AsyncIterator[Item], send: Send) -> None:
+    """Each item in its own body message, nothing else: no ping, no send_timeout.
+
+    The common case, kept to the item's encoding and one ``send``: through
+    uvicorn an item costs a few µs of ours beside about ten of the server's.
+    """
+    async for item in source:
+        await send({"type": "http.response.body", "body": encode_item(item), "more_body": True})
+
+
+class _Stream:
+    """An open stream as :func:`end_streams` reaches it: its event loop and its cancel scope."""
+
+    __slots__ = ("_call_soon", "ending", "scope")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.ending = False  # True: end the body cleanly once the scope is left
+        self._call_soon = _call_soon_threadsafe()
+
+    def end(self) -> None:
+        """Ask the stream to end cleanly; safe from any thread and from a signal handler."""
+        with contextlib.suppress(RuntimeError):  # its event loop is closed: nothing to end
+            self._call_soon(self._end_now)
+
+    def _end_now(self) -> None:
+        self.ending = True
+        self.scope.cancel()
+
+
+#: Every stream open in this process, whatever its thread or event loop.
+_open: set[_Stream] = set()
+
+
+def end_streams() -> int:
+    """End every event stream open in this process cleanly; return how many were open.
+
+    Each stream's body is ended (the client sees a complete response, and an
+    EventSource reconnects with Last-Event-ID) and its producer closed, as if
+    the producer were exhausted; nothing is raised or logged. Safe from any
+    thread and from a signal handler: the ending is scheduled on each
+    stream's event loop and this returns at once. Streams that start later
+    are not affected. Under a server that catches SIGTERM/SIGINT in Python
+    (uvicorn), those signals call this already (see the module docstring).
+    """
+    streams = list(_open)  # one C call: safe against other threads adding and removing
+    for stream in streams:
+        stream.end()
+    return len(streams)
+
+
+def _call_soon_threadsafe() -> Callable[[Callable[[], object]], object]:
+    """How to run a callback in this thread's event loop from a signal handler or thread."""
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:  # anyio's other backend: Trio, whose token is signal-safe too
+        trio: Any = sys.modules["trio"]
+        return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
+
+
+class _EndStreamsFirst:
+    """A signal handler: end every open stream, then call the handler it replaced."""
+
+    def __init__(self, previous: Callable[[int, FrameType | None], Any]) -> None:
+        self.previous = previous
+        self.fired = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> Any:
+        self.fired = True
+        end_streams()
+        return self.previous(signum, frame)
+
+
+def _wrap_signal_handlers() -> bool:
+    """Wrap the Python SIGINT/SIGTERM handlers (main thread only); True if one fired already.
+
+    SIG_DFL, SIG_IGN and Python's own SIGINT handler (KeyboardInterrupt) are
+    left alone: nobody shuts down gracefully on those, so there is nothing to
+    help along (and an interrupted notebook cell must not end later streams).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False  # signal.signal() works only there, and handlers run only there
+    fired = False
+    for signum in _SIGNALS:
+        handler = signal.getsignal(signum)
+        if isinstance(handler, _EndStreamsFirst):
+            fired = fired or handler.fired
+        elif callable(handler) and handler is not signal.default_int_handler:
+            signal.signal(signum, _EndStreamsFirst(handler))
+    return fired
 
 
 async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -9,8 +9,9 @@ Switching from httpx-sse is an import change::
 ``iter_sse()`` / ``aiter_sse()`` yield :class:`ssekit.Event`. What differs
 from httpx-sse is where it departs from the WHATWG spec, and that a response
 that is not an event stream raises :class:`ssekit.ResponseError` instead of
-yielding nothing. Reconnection is opt-in (``iter_sse(reconnect=RetryPolicy())``)
-and follows the same sans-IO policy as :mod:`ssekit.client`.
+yielding nothing. Reconnection is opt-in and follows the same sans-IO policy
+as :mod:`ssekit.client`: ``connect_sse(..., reconnect=RetryPolicy())`` retries
+the first request too; ``iter_sse(reconnect=RetryPolicy())`` only what follows it.
 
 Only this module imports httpx (extra ``ssekit[httpx]``); ``import ssekit`` does not.
 """
@@ -22,7 +23,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx
@@ -67,6 +68,17 @@ class _Request:
         request = self.client.build_request(self.method, self.url, headers=headers, **options)
         return request, sending
 
+    # Duck-typed clients (Starlette's TestClient is an httpx2 client): no isinstance check.
+    def send(self, last_event_id: str) -> httpx.Response:
+        """Send the request (streaming) with a ``httpx.Client``."""
+        request, sending = self.build(last_event_id)
+        return cast(httpx.Client, self.client).send(request, stream=True, **sending)
+
+    async def asend(self, last_event_id: str) -> httpx.Response:
+        """Send the request (streaming) with a ``httpx.AsyncClient``."""
+        request, sending = self.build(last_event_id)
+        return await cast(httpx.AsyncClient, self.client).send(request, stream=True, **sending)
+
 
 class EventSource:
     """One event stream over httpx: ``response``, ``iter_sse()`` and ``aiter_sse()``.
@@ -78,9 +90,16 @@ class EventSource:
     current connection's.
     """
 
-    def __init__(self, response: httpx.Response, *, _request: _Request | None = None) -> None:
+    def __init__(
+        self,
+        response: httpx.Response,
+        *,
+        _request: _Request | None = None,
+        _reconnector: Reconnector | None = None,
+    ) -> None:
         self._response = response
         self._request = _request
+        self._connected = _reconnector  # connect_sse's reconnect=, if given
 
     @property
     def response(self) -> httpx.Response:
@@ -96,38 +115,46 @@ class EventSource:
         Raises :class:`ssekit.ResponseError` (status, content type, the start
         of the body) for anything but a 200 ``text/event-stream``;
         :class:`ssekit.LimitExceeded` past the decoder's bound; httpx's errors
-        as they come when ``reconnect`` is None. With ``reconnect`` (needs
-        :func:`connect_sse`): a network error or the end of the body opens the
-        stream again after the reconnection time (``retry:``), sending
+        as they come without a policy. With ``reconnect`` here or given to
+        :func:`connect_sse` (this one wins): a network error, a status in the
+        policy's ``retry_statuses`` or the end of the body opens the stream
+        again after the reconnection time (``retry:``), sending
         ``Last-Event-ID``; a POST (any method but GET) is not replayed unless
         ``RetryPolicy(replay_post=True)``; giving up raises
-        :class:`ssekit.RetriesExhausted`. The response of each connection is
-        closed when it ends, and leaving :func:`connect_sse`'s block closes
-        the current one.
+        :class:`ssekit.RetriesExhausted` (a POST: :class:`ssekit.ClientError`).
+        The response of each connection is closed when it ends, and leaving
+        :func:`connect_sse`'s block closes the current one.
         """
-        reconnector = self._reconnector(reconnect)
+        reconnector, retrying = self._reconnector(reconnect)
         response: httpx.Response | None = self._response
         while True:
-            error: httpx.TransportError | None = None
+            error: Exception | None = None
             try:
                 if response is None:
-                    response = self._response = self._send(reconnector.last_event_id)
-                if _judge(response, response.iter_bytes()).verdict is Verdict.STOP:
+                    assert self._request is not None
+                    response = self._response = self._request.send(reconnector.last_event_id)
+                decision = _judge(response, response.iter_bytes(), reconnector)
+                if decision.verdict is Verdict.STOP:
                     return
-                decoder = Decoder(last_event_id=reconnector.last_event_id)
-                for chunk in response.iter_bytes():
-                    events = decoder.feed(chunk)
-                    reconnector.on_chunk(decoder.last_event_id, decoder.retry, events=len(events))
-                    yield from events
-                decoder.close()
+                if decision.verdict is Verdict.RECONNECT:
+                    error = decision.error
+                else:
+                    decoder = Decoder(last_event_id=reconnector.last_event_id)
+                    for chunk in response.iter_bytes():
+                        events = decoder.feed(chunk)
+                        reconnector.on_chunk(
+                            decoder.last_event_id, decoder.retry, events=len(events)
+                        )
+                        yield from events
+                    decoder.close()
             except httpx.TransportError as exc:
-                if reconnect is None:
+                if not retrying:
                     raise
                 error = exc
             finally:
                 if response is not None:
                     response.close()
-            if reconnect is None:
+            if not retrying:
                 return
             delay = _next_delay(reconnector, error)
             if delay is None:
@@ -144,30 +171,37 @@ class EventSource:
         ``async with aconnect_sse(...)`` block closes the response when left,
         even if a ``break`` left the generator suspended.
         """
-        reconnector = self._reconnector(reconnect)
+        reconnector, retrying = self._reconnector(reconnect)
         response: httpx.Response | None = self._response
         while True:
-            error: httpx.TransportError | None = None
+            error: Exception | None = None
             try:
                 if response is None:
-                    response = self._response = await self._asend(reconnector.last_event_id)
-                if (await _ajudge(response, response.aiter_bytes())).verdict is Verdict.STOP:
+                    assert self._request is not None
+                    response = self._response = await self._request.asend(reconnector.last_event_id)
+                decision = await _ajudge(response, response.aiter_bytes(), reconnector)
+                if decision.verdict is Verdict.STOP:
                     return
-                decoder = Decoder(last_event_id=reconnector.last_event_id)
-                async for chunk in response.aiter_bytes():
-                    events = decoder.feed(chunk)
-                    reconnector.on_chunk(decoder.last_event_id, decoder.retry, events=len(events))
-                    for event in events:
-                        yield event
-                decoder.close()
+                if decision.verdict is Verdict.RECONNECT:
+                    error = decision.error
+                else:
+                    decoder = Decoder(last_event_id=reconnector.last_event_id)
+                    async for chunk in response.aiter_bytes():
+                        events = decoder.feed(chunk)
+                        reconnector.on_chunk(
+                            decoder.last_event_id, decoder.retry, events=len(events)
+                        )
+                        for event in events:
+                            yield event
+                    decoder.close()
             except httpx.TransportError as exc:
-                if reconnect is None:
+                if not retrying:
                     raise
                 error = exc
             finally:
                 if response is not None:
                     await response.aclose()
-            if reconnect is None:
+            if not retrying:
                 return
             delay = _next_delay(reconnector, error)
             if delay is None:
@@ -175,64 +209,65 @@ class EventSource:
             await anyio.sleep(delay)
             response = None
 
-    def _send(self, last_event_id: str) -> httpx.Response:
-        assert self._request is not None
-        assert isinstance(self._request.client, httpx.Client)
-        request, sending = self._request.build(last_event_id)
-        return self._request.client.send(request, stream=True, **sending)
-
-    async def _asend(self, last_event_id: str) -> httpx.Response:
-        assert self._request is not None
-        assert isinstance(self._request.client, httpx.AsyncClient)
-        request, sending = self._request.build(last_event_id)
-        return await self._request.client.send(request, stream=True, **sending)
-
-    def _reconnector(self, policy: RetryPolicy | None) -> Reconnector:
-        if policy is not None and self._request is None:
+    def _reconnector(self, policy: RetryPolicy | None) -> tuple[Reconnector, bool]:
+        """The state to follow (``policy``'s, else connect_sse's); whether to reconnect."""
+        if policy is None:
+            if self._connected is not None:
+                return self._connected, True
+            return Reconnector(RetryPolicy()), False  # judges responses, keeps the last ID
+        if self._request is None:
             raise TypeError(
                 "reconnect= needs an EventSource from connect_sse or aconnect_sse, "
                 "which know how to send the request again"
             )
         method = self._response.request.method
-        return Reconnector(policy or RetryPolicy(), method=method, now=time.monotonic())
+        return Reconnector(policy, method=method, now=time.monotonic()), True
 
 
-def _judge(response: httpx.Response, body: Iterator[bytes]) -> Decision:
-    """Judge the response head; when refused, raise its ResponseError with the body's start."""
+def _judge(response: httpx.Response, body: Iterator[bytes], reconnector: Reconnector) -> Decision:
+    """Judge the response head; raise a refusal's ResponseError, with the body's start.
+
+    A status the policy retries is RECONNECT, carrying that ResponseError.
+    """
     content_type = response.headers.get("content-type", "")
-    decision = judge_response(response.status_code, content_type)
-    if decision.verdict is Verdict.FAIL:
+    decision = reconnector.on_response(response.status_code, content_type)
+    if decision.verdict is Verdict.FAIL or decision.verdict is Verdict.RECONNECT:
         start = bytearray()
         for chunk in body:
             start += chunk
             if len(start) >= MAX_ERROR_BODY:
                 break
-        raise _refusal(response.status_code, content_type, start)
+        return _refusal(decision, response.status_code, content_type, start)
     return decision
 
 
-async def _ajudge(response: httpx.Response, body: AsyncIterator[bytes]) -> Decision:
+async def _ajudge(
+    response: httpx.Response, body: AsyncIterator[bytes], reconnector: Reconnector
+) -> Decision:
     """Async twin of :func:`_judge`."""
     content_type = response.headers.get("content-type", "")
-    decision = judge_response(response.status_code, content_type)
-    if decision.verdict is Verdict.FAIL:
+    decision = reconnector.on_response(response.status_code, content_type)
+    if decision.verdict is Verdict.FAIL or decision.verdict is Verdict.RECONNECT:
         start = bytearray()
         async for chunk in body:
             start += chunk
             if len(start) >= MAX_ERROR_BODY:
                 break
-        raise _refusal(response.status_code, content_type, start)
+        return _refusal(decision, response.status_code, content_type, start)
     return decision
 
 
-def _refusal(status: int, content_type: str, body: bytearray) -> Exception:
+def _refusal(decision: Decision, status: int, content_type: str, body: bytearray) -> Decision:
+    """Raise the refusal (FAIL) or return RECONNECT, its error carrying the body's start."""
     text = bytes(body[:MAX_ERROR_BODY]).decode("utf-8", "replace")
     error = judge_response(status, content_type, text).error
     assert error is not None
-    return error
+    if decision.verdict is Verdict.FAIL:
+        raise error
+    return Decision(Verdict.RECONNECT, error=error)
 
 
-def _next_delay(reconnector: Reconnector, error: httpx.TransportError | None) -> float | None:
+def _next_delay(reconnector: Reconnector, error: Exception | None) -> float | None:
     """Seconds to wait before reconnecting, None to stop; raises the policy's error on giving up."""
     decision = reconnector.on_end(now=time.monotonic(), random=random.random(), error=error)
     if decision.verdict is Verdict.FAIL:
@@ -257,19 +292,35 @@ def _prepare(
 
 @contextmanager
 def connect_sse(
-    client: httpx.Client, method: str, url: httpx.URL | str, **kwargs: Any
+    client: httpx.Client,
+    method: str,
+    url: httpx.URL | str,
+    *,
+    reconnect: RetryPolicy | None = None,
+    **kwargs: Any,
 ) -> Generator[EventSource, None, None]:
     """Open an event stream with ``client``; yield its :class:`EventSource`.
 
     In: what ``httpx.Client.stream`` takes (``params``, ``headers``, ``json``,
     ``content``, ``timeout``, ``auth``...), forwarded unchanged; ``Accept:
     text/event-stream`` and ``Cache-Control: no-store`` are added unless the
-    headers name them. Raises httpx's errors if the request fails. Leaving
-    the block closes the current response at once, even mid-stream.
+    headers name them. Without ``reconnect``, raises httpx's errors if the
+    request fails. With it, a network error or a status in its
+    ``retry_statuses`` is retried under the policy (a POST only with
+    ``replay_post``) until a response comes that is neither, raising the
+    policy's error on giving up; ``iter_sse()`` then reconnects under the same
+    policy and state. Other responses, refusals included, are judged when
+    iteration starts, as without ``reconnect``. Leaving the block closes the
+    current response at once, even mid-stream.
     """
     request = _prepare(client, method, url, kwargs)
-    sent, sending = request.build("")
-    source = EventSource(client.send(sent, stream=True, **sending), _request=request)
+    if reconnect is None:
+        source = EventSource(request.send(""), _request=request)
+    else:
+        reconnector = Reconnector(reconnect, method=method, now=time.monotonic())
+        source = EventSource(
+            _first(request, reconnector), _request=request, _reconnector=reconnector
+        )
     try:
         yield source
     finally:
@@ -278,13 +329,65 @@ def connect_sse(
 
 @asynccontextmanager
 async def aconnect_sse(
-    client: httpx.AsyncClient, method: str, url: httpx.URL | str, **kwargs: Any
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL | str,
+    *,
+    reconnect: RetryPolicy | None = None,
+    **kwargs: Any,
 ) -> AsyncIterator[EventSource]:
     """Async twin of :func:`connect_sse` for an ``httpx.AsyncClient``."""
     request = _prepare(client, method, url, kwargs)
-    sent, sending = request.build("")
-    source = EventSource(await client.send(sent, stream=True, **sending), _request=request)
+    if reconnect is None:
+        source = EventSource(await request.asend(""), _request=request)
+    else:
+        reconnector = Reconnector(reconnect, method=method, now=time.monotonic())
+        first = await _afirst(request, reconnector)
+        source = EventSource(first, _request=request, _reconnector=reconnector)
     try:
         yield source
     finally:
         await source.response.aclose()
+
+
+def _first(request: _Request, reconnector: Reconnector) -> httpx.Response:
+    """The first response that is not retried: network errors and retried statuses are."""
+    while True:
+        error: Exception | None
+        try:
+            response = request.send("")
+        except httpx.TransportError as exc:
+            error = exc
+        else:
+            if response.status_code not in reconnector.policy.retry_statuses:
+                return response
+            try:
+                error = _judge(response, response.iter_bytes(), reconnector).error
+            finally:
+                response.close()
+        time.sleep(_retry_delay(reconnector, error))
+
+
+async def _afirst(request: _Request, reconnector: Reconnector) -> httpx.Response:
+    """Async twin of :func:`_first`."""
+    while True:
+        error: Exception | None
+        try:
+            response = await request.asend("")
+        except httpx.TransportError as exc:
+            error = exc
+        else:
+            if response.status_code not in reconnector.policy.retry_statuses:
+                return response
+            try:
+                error = (await _ajudge(response, response.aiter_bytes(), reconnector)).error
+            finally:
+                await response.aclose()
+        await anyio.sleep(_retry_delay(reconnector, error))
+
+
+def _retry_delay(reconnector: Reconnector, error: Exception | None) -> float:
+    """Seconds before retrying after ``error``; raises the policy's error on giving up."""
+    delay = _next_delay(reconnector, error)
+    assert delay is not None  # the policy stops without an error only when a body ended
+    return delay

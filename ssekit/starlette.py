@@ -30,7 +30,7 @@ class EventSourceResponse(Response):
     once the stream has ended, also after a disconnect); ``ping`` (seconds: ``: ping``
     comments between events after that long without a write) and
     ``send_timeout`` (seconds a write to a stuck client may take) as in
-    :func:`ssekit.asgi.stream_events`, which documents the disconnect,
+    :func:`ssekit.asgi.stream_events`; :mod:`ssekit.asgi` documents the disconnect,
     shutdown and error behaviour. ``headers`` can be changed on
     ``response.headers`` until the response is sent.
     """

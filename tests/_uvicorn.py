@@ -45,11 +45,12 @@ class _Collect(logging.Handler):
 
 
 @contextlib.contextmanager
-def running(app: Any, **config: Any) -> Iterator[Running]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) until the block is left."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+def running(app: Any, sock: socket.socket | None = None, **config: Any) -> Iterator[Running]:
+    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) until the block is left.
+
+    ``sock``: a socket already bound (see :func:`reserve_port`), closed on leaving.
+    """
+    sock = sock or reserve_port()
     port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(app, **{"log_level": "warning", "access_log": False, **config})
@@ -70,6 +71,14 @@ def running(app: Any, **config: Any) -> Iterator[Running]:
         for logger in loggers:
             logger.removeHandler(handler)
         sock.close()
+
+
+def reserve_port() -> socket.socket:
+    """A socket bound to a free port on 127.0.0.1, not listening: connections are refused."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 def wait_for(condition: Callable[[], object], seconds: float, message: str) -> None:

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 import ssekit
-from ssekit.asgi import EventStreamResponse, encode_item
+from ssekit.asgi import EventStreamResponse, encode_item, end_streams, stream_events
 from ssekit.client import RetryPolicy, stream_sync
 from ssekit.httpx import aconnect_sse, connect_sse
 from ssekit.starlette import EventSourceResponse
@@ -276,6 +276,78 @@ def test_server_shutdown_ends_open_streams_cleanly() -> None:
     assert probe.finished == 0
     assert took < 3
     assert not [r for r in server.errors if "Exception in ASGI application" in r.getMessage()]
+
+
+def test_end_streams_ends_every_open_stream_cleanly_and_uvicorn_stops_at_once() -> None:
+    probe = Probe()
+    outcomes: list[object] = []
+    with running(fastapi_app(probe)) as server:  # no timeout_graceful_shutdown
+
+        def read() -> None:
+            try:
+                with httpx.Client(timeout=10) as client:
+                    with connect_sse(client, "GET", f"{server.url}/ticks?every=0.01") as source:
+                        outcomes.append([event.id for event in source.iter_sse()])
+            except Exception as exc:  # the test checks there was none
+                outcomes.append(exc)
+
+        readers = [threading.Thread(target=read) for _ in range(2)]
+        for reader in readers:
+            reader.start()
+        wait_for(lambda: probe.started == 2, 5, "the streams never started")
+        time.sleep(0.1)
+        asked = end_streams()  # from another thread than the server's
+        for reader in readers:
+            reader.join(5)
+        wait_for(lambda: len(probe.returned_at) == 2, 3, "an ASGI call never returned")
+        took = server.stop()
+    assert asked == 2
+    assert len(outcomes) == 2
+    for ids in outcomes:
+        assert isinstance(ids, list)  # no httpx error: each body ended cleanly
+        assert ids == [str(n) for n in range(len(ids))]
+        assert len(ids) >= 3
+    assert len(probe.finally_at) == 2
+    assert probe.finished == 0
+    assert took < 2  # nothing left open for uvicorn to wait for
+    assert end_streams() == 0
+    assert server.errors == []
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_end_streams_reaches_streams_on_either_anyio_backend(backend: str) -> None:
+    sent: list[dict[str, Any]] = []
+    closed: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        await anyio.sleep(30)  # the client never leaves
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def endless() -> AsyncIterator[str]:
+        try:
+            for n in range(10_000):
+                yield f"event {n}"
+                await anyio.sleep(0.005)
+        finally:
+            closed.append("finally")
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(stream_events, receive, send, endless())
+                while len(sent) < 4:
+                    await anyio.sleep(0.005)
+                # From a thread, as a signal handler or another server thread would.
+                await anyio.to_thread.run_sync(end_streams)
+
+    anyio.run(main, backend=backend)
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert all(m["more_body"] for m in sent[1:-1])
+    assert closed == ["finally"]
 
 
 def test_through_ssekit_proxy_events_flow_and_the_disconnect_reaches_the_producer() -> None:

@@ -98,6 +98,24 @@ async def test_bad_status_or_type_fails_with_the_body_and_no_retry(
     assert seen.connections == 1
 
 
+async def test_a_status_the_policy_retries_is_retried_and_the_stream_opens() -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        if seen.connections == 1:
+            body = b'{"error":"overloaded"}'
+            await stream.send(
+                b"HTTP/1.1 503 Busy\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        else:
+            await stream.send(SSE_HEAD + chunk(b"id: 1\ndata: one\n\n") + LAST_CHUNK)
+
+    policy = RetryPolicy(initial_retry=10, jitter=0, max_retries=2, retry_statuses={503})
+    async with deadline(10) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        events = await collect(upstream, 1, policy=policy)
+    assert [(e.id, e.data) for e in events] == [("1", "one")]
+    assert seen.connections == 2
+
+
 async def test_unreachable_server_gives_up_after_max_retries() -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)

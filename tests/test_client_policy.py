@@ -38,6 +38,21 @@ def test_200_event_stream_opens_204_stops_others_fail_without_retry() -> None:
     assert "text/html" in str(wrong.error)
 
 
+def test_retry_statuses_reconnect_after_the_reconnection_time_others_still_fail() -> None:
+    reconnector = Reconnector(RetryPolicy(initial_retry=1000, jitter=0, retry_statuses=[502, 503]))
+    busy = reconnector.on_response(503, "text/html", "<h1>busy</h1>")
+    assert busy.verdict is Verdict.RECONNECT
+    assert isinstance(busy.error, ssekit.ResponseError)
+    assert busy.error.status == 503
+    then = reconnector.on_end(now=0, random=0.5, error=busy.error)
+    assert then.verdict is Verdict.RECONNECT
+    assert then.delay == pytest.approx(1.0)
+    assert reconnector.on_response(500, "text/html").verdict is Verdict.FAIL
+    assert reconnector.policy.retry_statuses == frozenset({502, 503})
+    with pytest.raises(ValueError, match="retry_statuses"):
+        RetryPolicy(retry_statuses={200})
+
+
 def test_clean_end_of_a_get_stream_reconnects_after_the_reconnection_time() -> None:
     reconnector = Reconnector(NO_JITTER)
     reconnector.on_chunk("1", None, events=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import hypothesis.strategies as st
 import pytest
 from hypothesis import assume, example, given
@@ -261,3 +263,37 @@ def test_the_encoder_refuses_exactly_what_would_not_survive(event: Event) -> Non
     else:
         assert feed_whole(wire).items == (expected,)
         assert naive_survives
+
+
+@example({"data": "x", "event": "a\nb"})
+@example({"data": "x", "id": "a\x00"})
+@example({"data": "\ud800", "id": "1"})
+@example({"data": "x", "retry": -5})
+@example({"data": "x", "retry": True})  # bool is an int to Event, not to the fast path
+@example({"data": "a\r\nb\rc", "event": "", "id": "", "retry": 0})
+@example({})
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "data": texts | st.just("\ud800"),
+            "event": texts,
+            "id": texts,
+            "retry": st.none() | st.integers(-3, 10**6) | st.booleans(),
+        },
+    )
+)
+def test_asgi_dict_items_encode_exactly_as_the_event_they_name(fields: dict[str, Any]) -> None:
+    # sse-starlette-style dicts skip building the Event on ssekit.asgi's hot path: the
+    # bytes, or the error, must be those of encode(Event(**fields)).
+    from ssekit.asgi import encode_item
+
+    try:
+        expected: bytes | type[Exception] = ssekit.encode(Event(**fields))
+    except (ssekit.EncodeError, TypeError) as exc:
+        expected = type(exc)
+    try:
+        got: bytes | type[Exception] = encode_item(fields)
+    except (ssekit.EncodeError, TypeError) as exc:
+        got = type(exc)
+    assert got == expected

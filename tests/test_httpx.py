@@ -7,6 +7,7 @@ a JSON error, a 204) is exactly what a real server sends, byte for byte.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from urllib.parse import parse_qs
 import anyio
 import httpx
 import pytest
-from _uvicorn import Running, running, wait_for
+from _uvicorn import Running, reserve_port, running, wait_for
 
 import ssekit
 from ssekit.httpx import EventSource, RetryPolicy, aconnect_sse, connect_sse
@@ -23,6 +24,8 @@ from ssekit.httpx import EventSource, RetryPolicy, aconnect_sse, connect_sse
 pytestmark = [pytest.mark.timeout(60), pytest.mark.anyio]
 
 FAST = RetryPolicy(initial_retry=10, jitter=0.0, max_retries=3)
+# FAST, also retrying a 503 (which the spec, and so the default policy, does not retry).
+FAST_503 = RetryPolicy(initial_retry=10, jitter=0.0, max_retries=3, retry_statuses={503})
 OPENAI_ERROR = {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
 # Blocks httpx-sse gets wrong: a data-less block after an id, a comment block, retry "+5".
 SPEC_BODY = (
@@ -41,6 +44,7 @@ class Log:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.closed: list[float] = []
+        self.attempts: dict[str, int] = {}
 
 
 async def _body(receive: Any) -> bytes:
@@ -82,6 +86,17 @@ def make_app(log: Log) -> Any:
                 if "last-event-id" not in headers and n == int(query.get("cut_after", "0")):
                     raise RuntimeError("cut on purpose: the body is left unterminated")
             await chunk(b"", more=False)
+        elif path == "/flaky":
+            # 503 (overloaded, as a load balancer says it) for the first `fails` requests
+            # of each `key`, then two events.
+            key = query.get("key", "")
+            log.attempts[key] = log.attempts.get(key, 0) + 1
+            if log.attempts[key] <= int(query.get("fails", "1")):
+                await start(503, "application/json")
+                await chunk(b'{"error": "overloaded"}', more=False)
+            else:
+                await start(200, "text/event-stream")
+                await chunk(b"id: 1\ndata: one\n\nid: 2\ndata: two\n\n", more=False)
         elif path == "/spec":
             await start(200, "text/event-stream; charset=utf-8")
             for i in range(0, len(SPEC_BODY), 7):  # 7-byte reads: the BOM and CRLF get split
@@ -327,3 +342,109 @@ def test_reconnect_needs_connect_sse() -> None:
     assert list(source.iter_sse()) == []
     with pytest.raises(TypeError, match="connect_sse"):
         list(EventSource(response).iter_sse(reconnect=FAST))
+
+
+def test_first_request_503_is_retried_under_connect_sse_policy(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    with httpx.Client(base_url=state.url) as client:
+        params = {"fails": "2", "key": "sync"}
+        with connect_sse(client, "GET", "/flaky", params=params, reconnect=FAST_503) as source:
+            assert source.response.status_code == 200
+            events = []
+            for event in source.iter_sse():
+                events.append(event)
+                if event.id == "2":
+                    break
+        # Without 503 among the policy's statuses, the spec's rule holds: no retry.
+        params = {"fails": "1", "key": "spec"}
+        with connect_sse(client, "GET", "/flaky", params=params, reconnect=FAST) as source:
+            with pytest.raises(ssekit.ResponseError) as info:
+                list(source.iter_sse())
+    assert events == [ssekit.Event(data="one", id="1"), ssekit.Event(data="two", id="2")]
+    assert log.attempts == {"sync": 3, "spec": 1}
+    assert info.value.status == 503
+    assert info.value.body == '{"error": "overloaded"}'
+
+
+async def test_async_first_request_refused_is_retried_until_the_server_is_up() -> None:
+    log = Log()
+    sock = reserve_port()  # bound, not listening: connections are refused
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/events?count=2"
+    policy = RetryPolicy(initial_retry=50, backoff=1, jitter=0.0, max_retries=40)
+    up, done = threading.Event(), threading.Event()
+
+    def serve_later() -> None:
+        time.sleep(0.3)
+        with running(make_app(log), sock=sock):
+            up.set()
+            done.wait(15)
+
+    server = threading.Thread(target=serve_later)
+    server.start()
+    try:
+        with anyio.fail_after(10):
+            async with httpx.AsyncClient() as client:
+                async with aconnect_sse(client, "GET", url, reconnect=policy) as source:
+                    assert up.is_set()  # so the attempts before the server came up were refused
+                    ids = []
+                    async for event in source.aiter_sse():
+                        ids.append(event.id)
+                        if len(ids) == 2:
+                            break
+    finally:
+        done.set()
+        server.join(15)
+    assert ids == ["1", "2"]
+    assert len(log.requests) == 1
+
+
+def test_without_reconnect_a_refused_connection_raises_at_connect() -> None:
+    sock = reserve_port()
+    with sock, httpx.Client() as client:
+        with pytest.raises(httpx.ConnectError):
+            with connect_sse(client, "GET", f"http://127.0.0.1:{sock.getsockname()[1]}/"):
+                pass
+
+
+def test_first_request_of_a_post_is_not_replayed_unless_asked(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    with httpx.Client(base_url=state.url) as client:
+        params = {"key": "post"}
+        with pytest.raises(ssekit.ClientError, match="POST") as info:
+            with connect_sse(client, "POST", "/flaky", params=params, json={}, reconnect=FAST_503):
+                pass
+        assert log.attempts == {"post": 1}
+        assert isinstance(info.value.__cause__, ssekit.ResponseError)
+        replay = RetryPolicy(
+            initial_retry=10, jitter=0.0, max_retries=3, retry_statuses={503}, replay_post=True
+        )
+        params = {"key": "replayed"}
+        with connect_sse(
+            client, "POST", "/flaky", params=params, json={"q": 1}, reconnect=replay
+        ) as source:
+            data = []
+            for event in source.iter_sse():
+                data.append(event.data)
+                if len(data) == 2:
+                    break
+    assert data == ["one", "two"]
+    assert log.attempts == {"post": 1, "replayed": 2}
+    assert [body for method, path, _, body in log.requests if path == "/flaky"][-1] == b'{"q":1}'
+
+
+async def test_first_request_gives_up_with_the_policys_error(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    params = {"fails": "100", "key": "down"}
+    async with httpx.AsyncClient(base_url=state.url) as client:
+        with pytest.raises(ssekit.RetriesExhausted, match="gave up after 3") as info:
+            async with aconnect_sse(client, "GET", "/flaky", params=params, reconnect=FAST_503):
+                pass
+    assert log.attempts == {"down": 4}  # the first request and max_retries=3 retries
+    assert isinstance(info.value.__cause__, ssekit.ResponseError)
+    assert info.value.__cause__.status == 503

@@ -80,9 +80,10 @@ def connect(
     303, 307, 308) are followed, at most :data:`MAX_REDIRECTS` per connection,
     as fetch does: 303 (and 301/302 after a POST) turns the request into a GET
     without body, and ``Authorization`` is dropped when the redirect leaves the
-    origin. A network error or the end of a GET stream reconnects (to ``url``)
-    after the reconnection time (``retry:``), with Last-Event-ID; 204 stops;
-    other statuses and content types, or too many redirects, raise
+    origin. A network error (the first connection's too), a status in the
+    policy's ``retry_statuses`` or the end of a GET stream reconnects (to
+    ``url``) after the reconnection time (``retry:``), with Last-Event-ID; 204
+    stops; other statuses and content types, or too many redirects, raise
     :class:`ssekit.ResponseError`; running out of retries or time raises
     :class:`ssekit.RetriesExhausted`. No byte for ``idle_timeout`` counts as
     a network error. ``on_open`` is awaited each time a connection opens;
@@ -172,24 +173,29 @@ async def _events(
             try:
                 content_type = (get_header(response.headers, b"content-type") or b"").decode()
                 decision = reconnector.on_response(response.status_code, content_type)
-                if decision.verdict is Verdict.FAIL:
-                    text = await _error_body(conn, idle_timeout)
-                    decision = judge_response(response.status_code, content_type, text)
-                    assert decision.error is not None
-                    raise decision.error
                 if decision.verdict is Verdict.STOP:
                     return
-                if on_open is not None:
-                    await on_open()
-                # A new parser starts from the last event ID, as the
-                # EventSource's does: a connection that only sends comments
-                # must not lose it.
-                decoder = Decoder(last_event_id=reconnector.last_event_id)
-                async for chunk in conn.receive_body(idle_timeout=idle_timeout):
-                    events = decoder.feed(chunk)
-                    reconnector.on_chunk(decoder.last_event_id, decoder.retry, events=len(events))
-                    for event in events:
-                        yield event
+                if decision.verdict is not Verdict.OPEN:  # refused, or a status to retry
+                    text = await _error_body(conn, idle_timeout)
+                    refusal = judge_response(response.status_code, content_type, text).error
+                    assert refusal is not None
+                    if decision.verdict is Verdict.FAIL:
+                        raise refusal
+                    error = refusal
+                else:
+                    if on_open is not None:
+                        await on_open()
+                    # A new parser starts from the last event ID, as the
+                    # EventSource's does: a connection that only sends comments
+                    # must not lose it.
+                    decoder = Decoder(last_event_id=reconnector.last_event_id)
+                    async for chunk in conn.receive_body(idle_timeout=idle_timeout):
+                        events = decoder.feed(chunk)
+                        reconnector.on_chunk(
+                            decoder.last_event_id, decoder.retry, events=len(events)
+                        )
+                        for event in events:
+                            yield event
             finally:
                 # Also on cancellation or an abandoned iterator: close at once.
                 await conn.aclose()

@@ -12,6 +12,7 @@ randomness come in as arguments.
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 
@@ -34,6 +35,9 @@ class RetryPolicy:
     dispatched event in between (comments, or ``id``/``retry`` alone, are not
     progress); ``deadline`` (seconds, None: none) bounds
     the whole stream. POST requests are not replayed unless ``replay_post``.
+    ``retry_statuses`` are retried like a network error (say ``{502, 503,
+    504}`` behind a load balancer); by default none is, as the spec fails the
+    connection on any status but 200 and 204.
     """
 
     initial_retry: int = 3000
@@ -43,17 +47,24 @@ class RetryPolicy:
     max_retries: int | None = 10
     deadline: float | None = None
     replay_post: bool = False
+    retry_statuses: Collection[int] = frozenset()  # kept as a frozenset
 
     def __post_init__(self) -> None:
         if self.initial_retry < 0 or self.max_delay < 0 or self.backoff < 1:
             raise ValueError("initial_retry and max_delay must be >= 0 ms, backoff >= 1")
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter is a fraction in [0, 1)")
+        statuses = frozenset(self.retry_statuses)
+        if not all(300 <= status <= 599 for status in statuses):
+            raise ValueError(f"retry_statuses are statuses 300-599, got {sorted(statuses)}")
+        object.__setattr__(self, "retry_statuses", statuses)
 
 
 class Verdict(enum.Enum):
     OPEN = "open"  # a 200 text/event-stream: read events
-    RECONNECT = "reconnect"  # wait ``delay`` seconds, then connect again
+    # Wait ``delay`` seconds, then connect again. From ``on_response`` (a retried
+    # status), the delay is still to come from ``on_end(error=decision.error)``.
+    RECONNECT = "reconnect"
     STOP = "stop"  # done, no error (204, or a POST answer that ended)
     FAIL = "fail"  # raise ``error``
 
@@ -89,9 +100,17 @@ class Reconnector:
         return headers
 
     def on_response(self, status: int, content_type: str, body: str = "") -> Decision:
-        """Judge a response head (``body``: the first bytes, for error messages)."""
+        """Judge a response head (``body``: the first bytes, for error messages).
+
+        As :func:`judge_response`, except that a status in the policy's
+        ``retry_statuses`` is RECONNECT, carrying the :class:`ResponseError`
+        that :meth:`on_end` then takes as the connection's error.
+        """
         self.connections += 1
-        return judge_response(status, content_type, body)
+        decision = judge_response(status, content_type, body)
+        if decision.verdict is Verdict.FAIL and status in self.policy.retry_statuses:
+            return Decision(Verdict.RECONNECT, error=decision.error)
+        return decision
 
     def on_chunk(self, last_event_id: str, retry: int | None, *, events: int) -> None:
         """After a chunk was decoded: keep the decoder's last event ID and reconnection time.
