@@ -877,6 +877,35 @@ async def test_a_stream_cut_by_the_drain_deadline_is_logged_as_shutdown(
     assert line["done"] is False
 
 
+async def test_no_access_log_logs_only_the_exchanges_that_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="ssekit.proxy")
+
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        if b"/cut" in seen.requests[-1]:
+            await stream.send(SSE_HEAD + chunk(b"data: half"))  # then closes: a cut stream
+        else:
+            await stream.send(SSE_HEAD + chunk(b"data: whole\n\n") + LAST_CHUNK)
+
+    async with deadline(10) as tg:
+        upstream, _ = await start_upstream(tg, script)
+        base = await start_proxy(tg, upstream, log_format="json", no_access_log=True)
+        whole = await exchange(base, b"GET /whole HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await exchange(base, b"GET /cut HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await exchange(
+            base, b"GET /_ssekit/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        await wait_for(lambda: len(exchange_logs(caplog, admin=True)) >= 1)
+        metrics = await get_metrics(base)
+    assert b"data: whole" in whole
+    # Only the cut stream is logged; the metrics count all three.
+    assert [(line["path"], line["outcome"]) for line in exchange_logs(caplog, admin=True)] == [
+        ("/cut", "upstream_cut")
+    ]
+    assert outcomes(metrics) == {"complete": 1, "upstream_cut": 1, "local": 1}
+
+
 async def test_the_503_for_too_many_connections_is_logged_and_counted_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

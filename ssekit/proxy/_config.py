@@ -90,6 +90,9 @@ class ProxyConfig:
         "N",
     )
     log_format: Literal["text", "json"] = _option("text", "one line per request on stderr")
+    no_access_log: bool = _option(
+        False, "log only the requests that failed (the metrics still count every one)"
+    )
     # -- resumable streams (ssekit.proxy._resume); off unless resume_store is set --
     resume_store: str | None = _option(
         None,

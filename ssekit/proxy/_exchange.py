@@ -52,7 +52,7 @@ from ._relay import (
 )
 from ._resume import Recording, Resume, make_resume
 from ._resume._endpoint import serve_streams
-from ._stats import Metrics, StreamStats
+from ._stats import Metrics, Outcome, StreamStats
 
 __all__ = ("Shared", "serve_exchange")
 
@@ -129,11 +129,17 @@ class Shared:
         stats.outcome = relay.outcome
         stats.duration = time.monotonic() - started
         self.metrics.record(stats)
+        if self.config.no_access_log and not stats.error and stats.outcome in _QUIET:
+            return
         fields = stats.as_log()
         if self.config.log_format == "json":
             log.info(json.dumps(fields, ensure_ascii=False))
         else:
             log.info(" ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+#: With --no-access-log, exchanges with these outcomes (and no error) are not logged.
+_QUIET: Final = frozenset({Outcome.COMPLETE, Outcome.LOCAL})
 
 
 class RequestBody:
