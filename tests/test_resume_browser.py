@@ -37,7 +37,8 @@ source.onerror = () => { window.errors += 1; };
 async def start_cutting_relay(
     tg: anyio.abc.TaskGroup, target: str, cut_after: bytes, heads: list[bytes]
 ) -> str:
-    """A relay to ``target`` that cuts its first connection once ``cut_after`` went through."""
+    """A relay to ``target`` that cuts its first connection after the event holding
+    ``cut_after``."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     host, target_port = target.removeprefix("http://").split(":")
@@ -59,11 +60,17 @@ async def start_cutting_relay(
                     seen = b""
                     with contextlib.suppress(Exception):
                         async for data in proxy:
-                            await browser.send(data)
                             seen += data
-                            if cut_after in seen and (not cut or cut == [number]):
-                                cut[:] = [number]  # the first connection to get this far
+                            found = seen.find(cut_after)
+                            end = seen.find(b"\n\n", found) if found >= 0 else -1
+                            if end >= 0 and not cut:
+                                # The first connection to get this far ends right after
+                                # that event, even if more came in the same read (a
+                                # browser slow to start finds the stream long finished).
+                                await browser.send(data[: len(data) - (len(seen) - end - 2)])
+                                cut[:] = [number]
                                 break
+                            await browser.send(data)
                     pipes.cancel_scope.cancel()
 
                 pipes.start_soon(up)

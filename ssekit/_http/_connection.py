@@ -374,16 +374,21 @@ class OriginConnection:
         """True when :meth:`splice_chunked` can read this response's body."""
         return self._chunked is not None and isinstance(self._stream, FastStream)
 
-    async def splice_chunked(self, deliver: Deliver, *, idle_timeout: float) -> None:
+    async def splice_chunked(
+        self, deliver: Deliver, *, idle_timeout: float, waiting: Callable[[], None]
+    ) -> None:
         """Read a chunked body inside the transport's read callback (when :attr:`spliceable`).
 
-        ``deliver(chunks, resume)`` is called, in that callback, with the
-        chunks each read completed (the same lists :meth:`receive_body_batches`
-        yields): no task wakes per read. It must not wait. It returns False
+        ``deliver(chunks, resume, last)`` is called, in that callback, with
+        the chunks each read completed (the same lists
+        :meth:`receive_body_batches` yields) and whether that read also ended
+        the body: no task wakes per read. It must not wait. It returns False
         when its reader cannot take more: reading then pauses (TCP pushes back
         on the upstream) until it calls ``resume``. What it raises ends the
-        body and is raised here. Returns at the end of the body; raises
-        :class:`UpstreamError` as :meth:`receive_body_batches` does.
+        body and is raised here. ``waiting()`` is called once, when what had
+        already arrived is delivered and the body goes on. Returns at the end
+        of the body; raises :class:`UpstreamError` as
+        :meth:`receive_body_batches` does.
         """
         stream = self._stream
         assert isinstance(stream, FastStream)
@@ -396,6 +401,8 @@ class OriginConnection:
             splice.received(queued)
             if closed or eof:
                 splice.ended(None)
+            if not splice.done.done():
+                waiting()
             await splice.done
         finally:
             stream.divert(None)
@@ -440,8 +447,8 @@ class OriginConnection:
         await _stream.close_now(self._stream)
 
 
-#: ``deliver(chunks, resume)`` of :meth:`OriginConnection.splice_chunked`.
-Deliver: TypeAlias = Callable[[list[bytes], Callable[[], None]], bool]
+#: ``deliver(chunks, resume, last)`` of :meth:`OriginConnection.splice_chunked`.
+Deliver: TypeAlias = Callable[[list[bytes], Callable[[], None], bool], bool]
 
 
 class _Splice:
@@ -487,7 +494,7 @@ class _Splice:
             return
         if chunks:
             try:
-                more = self._deliver(chunks, self.resume)
+                more = self._deliver(chunks, self.resume, self.reader.done)
             except Exception as exc:
                 self._fail(exc)
                 return

@@ -369,12 +369,12 @@ async def _answer(
                 headers = response_headers(list(response.headers))
                 if recording is not None:  # resume hook: keep a 200 event stream
                     recording.arm(response.status_code, content_type, headers)
-                await client.send(
+                head = client.h11.send(
                     h11.Response(
                         status_code=response.status_code, headers=headers, reason=response.reason
                     )
                 )
-                relay.on(Input.HEAD)
+                relay.on(Input.HEAD)  # written by pump, with the first body bytes if here
                 done = await pump(
                     client,
                     upstream,
@@ -386,6 +386,7 @@ async def _answer(
                     read_to_close=upstream.read_to_close,
                     sized=get_header(headers, b"content-length") is not None,
                     chunked=_chunked_to_client(client, headers, response.status_code),
+                    head=head or b"",
                     record=recording,
                 )
     except* ClientGone:

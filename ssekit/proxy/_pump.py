@@ -89,9 +89,14 @@ async def pump(
     read_to_close: bool,
     sized: bool,
     chunked: bool,
+    head: bytes,
     record: Recording | None = None,
 ) -> bool:
-    """Forward the body and its end; True when it ended cleanly (the upstream may be reused).
+    """Write the response ``head`` (framed by h11), forward the body and its end; True when
+    it ended cleanly (the upstream may be reused).
+
+    The head goes out with the first body bytes when they are already here
+    (one write, one wake of the client), else at once.
 
     A read-to-close event stream that stops inside an event was cut, not
     finished: the client's response is cut too, never ended cleanly. A body
@@ -106,15 +111,16 @@ async def pump(
     if tap is None or heartbeat is None:
         return await _forward(
             client, upstream, relay, stats, config.idle_timeout, error_event, tap, None,
-            read_to_close, chunked,
+            read_to_close, chunked, head,
         )  # fmt: skip
+    await client.send_raw(head)  # before any heartbeat
     lock = anyio.Lock()  # the heartbeat task writes too: one writer at a time
     done = False
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeats, client, tap, lock, heartbeat, relay, tg.cancel_scope)
         done = await _forward(
             client, upstream, relay, stats, config.idle_timeout, error_event, tap, lock,
-            read_to_close, chunked,
+            read_to_close, chunked, b"",
         )  # fmt: skip
         tg.cancel_scope.cancel()
     return done
@@ -131,16 +137,19 @@ async def _forward(
     lock: anyio.Lock | None,
     read_to_close: bool,
     chunked: bool,
+    head: bytes,
 ) -> bool:
     try:
         fast = isinstance(client.stream, FastStream)
         if chunked and fast and upstream.spliceable and type(client) is Downstream:
             # The hot path: forwarded in the upstream's read callback, no task per read.
+            splice = _Splice(client, relay, stats, tap, head)
             await upstream.splice_chunked(
-                lambda batch, resume: _splice(client, relay, stats, tap, batch, resume),
-                idle_timeout=idle_timeout,
+                splice.deliver, idle_timeout=idle_timeout, waiting=splice.flush
             )
         else:
+            if head:
+                await _write(client, lock, head)
             async for batch in upstream.receive_body_batches(idle_timeout=idle_timeout):
                 # One socket write per upstream read, each chunk still its own HTTP chunk.
                 if chunked:
@@ -170,30 +179,53 @@ async def _forward(
         return False
     if not relay.open:
         return False
-    await client.send(h11.EndOfMessage())
+    if client.h11.our_state is h11.SEND_BODY:  # else the splice wrote it with the last chunk
+        await client.send(h11.EndOfMessage())
     relay.on(Input.END)
     return True
 
 
-def _splice(
-    client: Downstream,
-    relay: Relay,
-    stats: StreamStats,
-    tap: Tap | None,
-    batch: list[bytes],
-    resume: Callable[[], None],
-) -> bool:
+class _Splice:
     """One upstream read's chunks, in its read callback: one client write, then the books.
 
-    False when the client is over its buffer limit: the upstream read pauses
-    until it drains (TCP then pushes back on the upstream), as a waiting write
-    does elsewhere.
+    The first write carries the response head, the last one the end of the
+    body, when they are here together. ``deliver`` returns False when the
+    client is over its buffer limit: the upstream read then pauses until it
+    drains (TCP pushes back on the upstream), as a waiting write does elsewhere.
     """
-    if not relay.open:
-        raise ClientGone  # the watcher saw the client leave; the exchange is ending
-    room = client.write_now(b"".join([frame_chunk(chunk) for chunk in batch]), resume)
-    _forwarded(relay, stats, tap, batch)
-    return room
+
+    __slots__ = ("_client", "_head", "_relay", "_stats", "_tap")
+
+    def __init__(
+        self, client: Downstream, relay: Relay, stats: StreamStats, tap: Tap | None, head: bytes
+    ) -> None:
+        self._client = client
+        self._relay = relay
+        self._stats = stats
+        self._tap = tap
+        self._head = head
+
+    def deliver(self, batch: list[bytes], resume: Callable[[], None], last: bool) -> bool:
+        if not self._relay.open:
+            raise ClientGone  # the watcher saw the client leave; the exchange is ending
+        data = b"".join([frame_chunk(chunk) for chunk in batch])
+        if self._head:
+            data, self._head = self._head + data, b""
+        if last:
+            data += self._client.h11.send(h11.EndOfMessage()) or b""
+        room = self._client.write_now(data, resume)
+        _forwarded(self._relay, self._stats, self._tap, batch)
+        return room
+
+    def flush(self) -> None:
+        """No body bytes came with the head: the head goes out now."""
+        if self._head:
+            head, self._head = self._head, b""
+            self._client.write_now(head, _nothing)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _forwarded(relay: Relay, stats: StreamStats, tap: Tap | None, batch: list[bytes]) -> None:
