@@ -515,6 +515,42 @@ async def test_a_paused_upstream_resumes_and_the_client_gets_every_chunk_intact(
     assert chunks == events
 
 
+@pytest.mark.parametrize(
+    ("body", "events", "complete"),
+    [
+        (LAST_CHUNK, [], True),  # an empty body
+        (chunk(b"data: one\n\n") + LAST_CHUNK, [b"data: one\n\n"], True),
+        (b"zz\r\ndata\r\n", [], False),  # malformed: the answer is cut, never ended
+    ],
+    ids=["empty", "whole", "malformed"],
+)
+async def test_a_head_arriving_with_its_body_in_one_read_is_forwarded_whole(
+    body: bytes, events: list[bytes], complete: bool
+) -> None:
+    # The head must reach the client whatever came with it: nothing, the whole body, or
+    # framing the proxy refuses (then the head, the error event, and a cut).
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD + body)
+        await anyio.sleep(0.2)
+
+    async with deadline(10) as tg:
+        upstream, _ = await start_upstream(tg, script)
+        base = await start_proxy(tg, upstream, error_event=True)
+        raw = await raw_exchange(base, b"GET / HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n")
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"text/event-stream" in head
+    chunks, ended = parse_chunked(rest)
+    assert ended is complete
+    if complete:
+        assert chunks == events
+    else:
+        assert len(chunks) == 1
+        error = ssekit.Decoder().feed(chunks[0])
+        assert [e.event for e in error] == ["error"]
+        assert "malformed chunked body" in error[0].json()["error"]["message"]
+
+
 async def test_heartbeats_fill_idle_time_between_events_only() -> None:
     async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
         await stream.send(SSE_HEAD + chunk(b"data: one\n\n"))

@@ -375,7 +375,7 @@ class OriginConnection:
         return self._chunked is not None and isinstance(self._stream, FastStream)
 
     async def splice_chunked(
-        self, deliver: Deliver, *, idle_timeout: float, waiting: Callable[[], None]
+        self, deliver: Deliver, *, idle_timeout: float, caught_up: Callable[[], None]
     ) -> None:
         """Read a chunked body inside the transport's read callback (when :attr:`spliceable`).
 
@@ -385,10 +385,10 @@ class OriginConnection:
         the body: no task wakes per read. It must not wait. It returns False
         when its reader cannot take more: reading then pauses (TCP pushes back
         on the upstream) until it calls ``resume``. What it raises ends the
-        body and is raised here. ``waiting()`` is called once, when what had
-        already arrived is delivered and the body goes on. Returns at the end
-        of the body; raises :class:`UpstreamError` as
-        :meth:`receive_body_batches` does.
+        body and is raised here. ``caught_up()`` is called once what had
+        already arrived is delivered (before the body goes on, ends or
+        fails). Returns at the end of the body; raises :class:`UpstreamError`
+        as :meth:`receive_body_batches` does.
         """
         stream = self._stream
         assert isinstance(stream, FastStream)
@@ -401,8 +401,7 @@ class OriginConnection:
             splice.received(queued)
             if closed or eof:
                 splice.ended(None)
-            if not splice.done.done():
-                waiting()
+            caught_up()
             await splice.done
         finally:
             stream.divert(None)

@@ -145,7 +145,7 @@ async def _forward(
             # The hot path: forwarded in the upstream's read callback, no task per read.
             splice = _Splice(client, relay, stats, tap, head)
             await upstream.splice_chunked(
-                splice.deliver, idle_timeout=idle_timeout, waiting=splice.flush
+                splice.deliver, idle_timeout=idle_timeout, caught_up=splice.flush
             )
         else:
             if head:
@@ -218,7 +218,7 @@ class _Splice:
         return room
 
     def flush(self) -> None:
-        """No body bytes came with the head: the head goes out now."""
+        """The head goes out now, if no body bytes took it along."""
         if self._head:
             head, self._head = self._head, b""
             self._client.write_now(head, _nothing)
