@@ -330,6 +330,42 @@ async def test_a_stalled_request_body_gets_408_and_frees_the_upstream_connection
     assert seen.closed_at, "the upstream connection was never closed"
 
 
+async def never_reading_upstream(peer: Peer, seen: Seen) -> None:
+    """Take the request head, then read nothing more (the body backs up), never answer."""
+    seen.requests.append(await peer.head())
+    await anyio.sleep(30)
+
+
+async def test_an_upstream_that_stops_reading_the_request_body_gets_504_not_a_hang() -> None:
+    # The client keeps sending; the upstream takes nothing: once the proxy's writes stall
+    # for --first-byte-timeout, the client gets a 504 instead of waiting forever.
+    size = 64 * 1024 * 1024
+    async with deadline(20) as tg:
+        upstream, _ = await start_raw_upstream(tg, never_reading_upstream)
+        base = await start_proxy(tg, upstream, first_byte_timeout=0.5, body_timeout=30)
+        client = await anyio.connect_tcp("127.0.0.1", port_of(base))
+        async with client:
+            await client.send(
+                b"POST /v1/upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+            )
+
+            async def feed() -> None:
+                piece = b"x" * 65536
+                with contextlib.suppress(
+                    anyio.BrokenResourceError, anyio.ClosedResourceError, OSError
+                ):
+                    for _ in range(size // len(piece)):
+                        await client.send(piece)
+
+            tg.start_soon(feed)
+            started = time.monotonic()
+            response = await read_all(client, within=10.0)
+            took = time.monotonic() - started
+    assert status_of(response) == 504, response[:300]
+    assert b"sending the request" in response
+    assert took < 8.0
+
+
 # -- framing and blame: malformed request bodies -------------------------------
 
 MALFORMED_BODIES = [

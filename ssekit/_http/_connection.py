@@ -198,10 +198,10 @@ class OriginConnection:
         #: The last response's body has no length: it ends when the origin closes.
         self.read_to_close = False
 
-    async def _send(self, event: h11.Event) -> None:
+    async def _send(self, event: h11.Event, stall_limit: float | None) -> None:
         data = self._h11.send(event)
         if data:
-            await self._stream.send(data)
+            await _stream.send(self._stream, data, stall_limit)
             self.bytes_sent += len(data)
 
     async def send_request(
@@ -210,19 +210,26 @@ class OriginConnection:
         target: str,
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterable[bytes] = b"",
+        *,
+        stall_limit: float | None = None,
     ) -> None:
-        """Send the request head, then the body (streamed when an async iterable)."""
+        """Send the request head, then the body (streamed when an async iterable).
+
+        An origin that takes none of it for ``stall_limit`` seconds while a
+        write waits is an :class:`UpstreamError` 504 (None: wait as long as it takes).
+        """
         self.bytes_sent = self.bytes_received = 0
         with _translated("sending the request", self._origin):
-            await self._send(h11.Request(method=method, target=target, headers=headers))
+            request = h11.Request(method=method, target=target, headers=headers)
+            await self._send(request, stall_limit)
             if isinstance(body, bytes):
                 if body:
-                    await self._send(h11.Data(data=body))
+                    await self._send(h11.Data(data=body), stall_limit)
             else:
                 async for piece in body:
                     if piece:
-                        await self._send(h11.Data(data=piece))
-            await self._send(h11.EndOfMessage())
+                        await self._send(h11.Data(data=piece), stall_limit)
+            await self._send(h11.EndOfMessage(), stall_limit)
 
     async def _next_event(
         self, idle_timeout: float | None = None, deadline: float | None = None

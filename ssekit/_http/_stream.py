@@ -39,6 +39,7 @@ __all__ = (
     "connect",
     "on_asyncio",
     "receive",
+    "send",
     "start_tls",
 )
 
@@ -218,18 +219,29 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
 
     async def send(self, data: bytes, /) -> None:
         """Write ``data``; wait only while the transport holds more than its limit."""
+        await self.send_within(data, None)
+
+    async def send_within(self, data: bytes, stall_limit: float | None) -> None:
+        """Like :meth:`send`, raising ``TimeoutError`` when the peer takes nothing for
+        ``stall_limit`` seconds while this write waits (None: no limit)."""
         if self._closed:
             raise anyio.ClosedResourceError
         transport = self._transport
         if self._lost is not None or transport is None or transport.is_closing():
             raise anyio.BrokenResourceError from self._lost
         transport.write(data)
+        timer = None
         while self._write_paused and self._lost is None and not self._closed:
-            self._writable = self._loop.create_future()
+            waiter = self._writable = self._loop.create_future()
+            if stall_limit is not None and timer is None:
+                timer = self._loop.call_later(stall_limit, _expire, waiter)
             try:
-                await self._writable
+                await waiter
             finally:
                 self._writable = None
+                if timer is not None and waiter.done():
+                    timer.cancel()
+                    timer = None
         if self._closed:
             raise anyio.ClosedResourceError
         if self._lost is not None:
@@ -326,6 +338,23 @@ async def close_now(stream: Stream) -> None:
             await stream.aclose()  # aborts the transport; nothing to wait for
         else:
             await anyio.aclose_forcefully(stream)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+async def send(stream: Stream, data: bytes, stall_limit: float | None) -> None:
+    """One write to either kind of stream, raising ``TimeoutError`` when the peer takes
+    nothing for ``stall_limit`` seconds (None: no limit)."""
+    if isinstance(stream, FastStream):
+        await stream.send_within(data, stall_limit)
+    elif stall_limit is None:
+        await stream.send(data)
+    else:
+        with anyio.fail_after(stall_limit):
+            await stream.send(data)
 
 
 async def receive(stream: Stream, max_bytes: int, limit: float | None) -> bytes:

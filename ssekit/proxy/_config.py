@@ -36,7 +36,10 @@ class ProxyConfig:
     listen_port: int = 8080
     connect_timeout: float = _option(10.0, "upstream TCP/TLS connect timeout (then 504)", "S")
     first_byte_timeout: float = _option(
-        60.0, "wait this long for the upstream's response head (then 504)", "S"
+        60.0,
+        "wait this long for the upstream's response head, or for it to take more of the "
+        "request while it reads none (then 504)",
+        "S",
     )
     idle_timeout: float = _option(
         300.0, "longest silence between upstream body chunks before the stream is cut", "S"

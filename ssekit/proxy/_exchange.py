@@ -307,7 +307,11 @@ async def _forward(
             failure: UpstreamError | None
             try:
                 await upstream.send_request(
-                    method, decision.target, headers, b"" if body is None else body
+                    method,
+                    decision.target,
+                    headers,
+                    b"" if body is None else body,
+                    stall_limit=cfg.first_byte_timeout,  # an upstream that stops reading
                 )
             except UpstreamError as exc:
                 failure = exc
