@@ -486,9 +486,13 @@ async def test_slow_client_pauses_the_upstream_instead_of_buffering() -> None:
         assert seen.sent < 2000 * len(payload)
 
 
-async def test_a_paused_upstream_resumes_and_the_client_gets_every_chunk_intact() -> None:
+@pytest.mark.parametrize("idle_timeout", [300.0, 0.3])
+async def test_a_paused_upstream_resumes_and_the_client_gets_every_chunk_intact(
+    idle_timeout: float,
+) -> None:
     # A client that stalls long enough for the proxy to stop reading the upstream, then
     # reads on: every event arrives, whole, in order, each in its own chunk, then the end.
+    # The stall is the client's: it never counts against the upstream's idle timeout.
     events = [b"data: %d %s\n\n" % (i, b"y" * 60_000) for i in range(200)]  # ~12 MB
 
     async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
@@ -499,7 +503,7 @@ async def test_a_paused_upstream_resumes_and_the_client_gets_every_chunk_intact(
 
     async with deadline(30) as tg:
         upstream, _ = await start_upstream(tg, script)
-        base = await start_proxy(tg, upstream)
+        base = await start_proxy(tg, upstream, idle_timeout=idle_timeout)
         client = await anyio.connect_tcp("127.0.0.1", int(base.rsplit(":", 1)[1]))
         async with client:
             await client.send(b"GET / HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n")

@@ -466,6 +466,7 @@ class _Splice:
         "_idle",
         "_last_read",
         "_loop",
+        "_paused",
         "_stream",
         "_timer",
         "done",
@@ -481,6 +482,7 @@ class _Splice:
         self._loop = asyncio.get_running_loop()
         self.reader = ChunkedReader()
         self.done: asyncio.Future[None] = self._loop.create_future()
+        self._paused = False  # reading paused for the reader: that silence is not the origin's
         self._last_read = self._loop.time()
         # One timer for the idle limit, moved on lazily when it fires (not per read).
         self._timer: asyncio.TimerHandle | None = self._loop.call_at(
@@ -505,6 +507,7 @@ class _Splice:
                 self._fail(exc)
                 return
             if not more:
+                self._paused = True
                 self._stream.pause_reading()
         if self.reader.done:
             self.done.set_result(None)
@@ -512,6 +515,8 @@ class _Splice:
     def resume(self) -> None:
         """The reader drained: read on (a no-op once this body ended)."""
         if not self.done.done():
+            self._paused = False
+            self._last_read = self._loop.time()  # the idle limit counts from here
             self._stream.resume_reading()
 
     def ended(self, error: BaseException | None) -> None:
@@ -526,10 +531,13 @@ class _Splice:
 
     def _check_idle(self) -> None:
         self._timer = None
-        due = self._last_read + self._idle
         if self.done.done():
             return
-        if self._loop.time() >= due:
+        now = self._loop.time()
+        if self._paused:
+            self._last_read = now  # no read is waiting: the origin is not silent
+        due = self._last_read + self._idle
+        if now >= due:
             error = UpstreamError(
                 f"upstream {self._conn._origin.authority}: timed out reading the body", 504
             )

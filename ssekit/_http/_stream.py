@@ -261,7 +261,7 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
             return False
         return True
 
-    # -- the relay's hot path: reads handed over in the transport's callback --
+    # -- driven from the transport's callbacks, no task woken (the relay's hot path) --
 
     def watch_gone(self, on_gone: Callable[[], None] | None, max_held: int = 0) -> None:
         """Call ``on_gone`` (soon, from the loop) when the peer closes or the connection is
@@ -289,12 +289,12 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
 
     def pause_reading(self) -> None:
         """Stop reading (TCP pushes back on the peer) until :meth:`resume_reading`."""
-        if not self._reading_paused and self._transport is not None and not self._lost:
+        if not self._reading_paused and self._transport is not None and self._lost is None:
             self._reading_paused = True
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._reading_paused and self._transport is not None and not self._lost:
+        if self._reading_paused and self._transport is not None and self._lost is None:
             self._reading_paused = False
             self._transport.resume_reading()
 
