@@ -143,7 +143,7 @@ async def _forward(
         fast = isinstance(client.stream, FastStream)
         if chunked and fast and upstream.spliceable and type(client) is Downstream:
             # The hot path: forwarded in the upstream's read callback, no task per read.
-            splice = _Splice(client, relay, stats, tap, head)
+            splice = _ToClient(client, relay, stats, tap, head)
             await upstream.splice_chunked(
                 splice.deliver, idle_timeout=idle_timeout, caught_up=splice.flush
             )
@@ -185,7 +185,7 @@ async def _forward(
     return True
 
 
-class _Splice:
+class _ToClient:
     """One upstream read's chunks, in its read callback: one client write, then the books.
 
     The first write carries the response head, the last one the end of the
