@@ -701,6 +701,43 @@ async def test_a_reused_upstream_connection_closed_on_the_next_request_is_retrie
     assert seen.connections == 2
 
 
+@pytest.mark.parametrize("separate_write", [False, True], ids=["same-write", "next-write"])
+async def test_bytes_an_upstream_sends_after_a_chunked_body_never_answer_the_next_request(
+    separate_write: bool,
+) -> None:
+    # A second response smuggled after a complete chunked body: the connection cannot be
+    # reused (those bytes would answer the next request), so the next request goes fresh.
+    smuggled = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled"
+    body = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    body += b"transfer-encoding: chunked\r\n\r\n" + chunk(b"data: one\n\n") + LAST_CHUNK
+
+    async def script(peer: Peer, seen: Seen) -> None:
+        seen.requests.append(await peer.head())
+        if seen.connections == 1:
+            if separate_write:
+                await peer.stream.send(body)
+                await anyio.sleep(0.05)
+                await peer.stream.send(smuggled)
+            else:
+                await peer.stream.send(body + smuggled)
+            await peer.until_closed(seen)
+            return
+        await peer.stream.send(OK_CLOSE)
+
+    async with deadline(10) as tg:
+        upstream, seen = await start_raw_upstream(tg, script)
+        base = await start_proxy(tg, upstream)
+        async with httpx.AsyncClient() as client:
+            first = await client.get(base + "/v1/stream")
+            await anyio.sleep(0.2)
+            second = await client.get(base + "/v1/models")
+    assert first.status_code == 200
+    assert first.text == "data: one\n\n"
+    assert second.status_code == 200
+    assert second.text == "ok", second.text
+    assert seen.connections == 2
+
+
 # -- framing and blame: one limit on upstream response heads -------------------------
 
 

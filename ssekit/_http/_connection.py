@@ -439,6 +439,8 @@ class OriginConnection:
         means it cannot carry another request. ``poll`` works for any descriptor
         number (``select`` fails at 1024 and above).
         """
+        if isinstance(self._stream, FastStream) and not self._stream.quiet:
+            return True  # it reads on while idle: what came is already queued
         if self._sock is None:
             return False
         try:
@@ -491,6 +493,8 @@ class _Splice:
 
     def received(self, data: bytes, *, count: bool = True) -> None:
         if self.done.done() or not data:
+            if data and self.reader.done:
+                self.reader.leftover += data  # after the body: the connection is not reused
             return
         if count:
             self._conn.bytes_received += len(data)

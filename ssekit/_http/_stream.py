@@ -273,6 +273,11 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         if on_gone is not None and self._eof:
             self._loop.call_soon(self._gone)
 
+    @property
+    def quiet(self) -> bool:
+        """Nothing came since the last read: no byte queued, no EOF, no error."""
+        return not self._queue and not self._eof and self._lost is None
+
     def divert(self, sink: Sink | None) -> tuple[bytes, bool]:
         """Hand every read to ``sink`` as it arrives instead of queueing it; None: queue again.
 
