@@ -366,6 +366,48 @@ async def test_an_upstream_that_stops_reading_the_request_body_gets_504_not_a_ha
     assert took < 8.0
 
 
+@pytest.mark.parametrize("framing", ["chunked", "content-length"])
+async def test_a_client_that_takes_nothing_is_cut_after_the_send_timeout(
+    caplog: pytest.LogCaptureFixture, framing: str
+) -> None:
+    # The client asks for a stream, then never reads: once the proxy's writes have waited
+    # --send-timeout, the client is cut and the upstream closed (nothing held forever).
+    caplog.set_level(logging.INFO, logger="ssekit.proxy")
+    piece = b"data: " + b"z" * 65_000 + b"\n\n"
+
+    async def endless(peer: Peer, seen: Seen) -> None:
+        seen.requests.append(await peer.head())
+        framed = framing == "chunked"
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        head += (
+            b"transfer-encoding: chunked\r\n\r\n"
+            if framed
+            else b"content-length: 1000000000000\r\n\r\n"
+        )
+        try:
+            await peer.stream.send(head)
+            for _ in range(100_000):
+                await peer.stream.send(chunk(piece) if framed else piece)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            seen.closed_at.append(time.monotonic())
+
+    async with deadline(20) as tg:
+        upstream, seen = await start_raw_upstream(tg, endless)
+        base = await start_proxy(tg, upstream, send_timeout=0.5, log_format="json")
+        client = await anyio.connect_tcp("127.0.0.1", port_of(base))
+        async with client:
+            client.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024
+            )
+            await client.send(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            await wait_for(lambda: bool(seen.closed_at), seconds=10)
+            await wait_for(lambda: len(exchange_logs(caplog)) == 1)
+    assert seen.closed_at, "the upstream was held: the stalled client was never cut"
+    [line] = exchange_logs(caplog)
+    assert line["outcome"] == "client_disconnect"
+    assert "--send-timeout" in line["error"]
+
+
 # -- framing and blame: malformed request bodies -------------------------------
 
 MALFORMED_BODIES = [

@@ -82,10 +82,16 @@ def raw_response(status: int, body: bytes, content_type: bytes = JSON) -> bytes:
 class Downstream:
     """One client connection: the socket, its h11 state, and the address it came from."""
 
-    __slots__ = ("addr", "h11", "last_write", "stream")
+    __slots__ = ("addr", "h11", "last_write", "send_timeout", "stalled", "stream")
 
-    def __init__(self, stream: Stream, max_header_size: int) -> None:
+    def __init__(
+        self, stream: Stream, max_header_size: int, send_timeout: float | None = None
+    ) -> None:
         self.stream = stream
+        #: A write the client takes none of for this long cuts it (None: no limit).
+        self.send_timeout = send_timeout
+        #: True once the client was cut for taking nothing (see :meth:`cut_stalled`).
+        self.stalled = False
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
         addr = stream.extra(anyio.abc.SocketAttribute.remote_address, ("?", 0))
         self.addr = str(addr[0]) if isinstance(addr, tuple) else str(addr)
@@ -99,10 +105,18 @@ class Downstream:
 
     async def send_raw(self, data: bytes) -> None:
         try:
-            await self.stream.send(data)
+            await _stream.send(self.stream, data, self.send_timeout)
+        except TimeoutError:
+            await self.cut_stalled()
+            raise ClientGone from None
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise ClientGone from exc
         self.last_write = time.monotonic()
+
+    async def cut_stalled(self) -> None:
+        """Drop a client that took none of the response for ``send_timeout``."""
+        self.stalled = True
+        await _stream.close_now(self.stream)
 
     def write_now(self, data: bytes, on_drained: Callable[[], None]) -> bool:
         """Write without waiting (a :class:`FastStream` only); False when the client's

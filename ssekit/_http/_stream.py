@@ -309,6 +309,10 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
 
     async def aclose(self) -> None:
         """Close at once (abort: unsent bytes are dropped), never raising."""
+        self.abort()
+
+    def abort(self) -> None:
+        """Close at once, from anywhere (a callback too): unsent bytes are dropped."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()

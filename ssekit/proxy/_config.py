@@ -47,6 +47,12 @@ class ProxyConfig:
     header_timeout: float = _option(
         10.0, "clients must send their request head within this (then 408)", "S"
     )
+    send_timeout: float = _option(
+        60.0,
+        "a client that takes none of the response for this long while the proxy has more "
+        "to send is cut, and its upstream closed (as nginx's send_timeout)",
+        "S",
+    )
     body_timeout: float = _option(
         10.0,
         "longest silence inside a client's request body (then 408, or both sides cut "

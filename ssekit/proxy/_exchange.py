@@ -215,6 +215,11 @@ async def serve_exchange(shared: Shared, client: Downstream, request: h11.Reques
         if relay.open:
             # Only the drain deadline cancels an exchange from outside.
             relay.on(Input.SHUTDOWN if shared.cutting else Input.BUG)
+        if client.stalled and not stats.error:
+            stats.error = (
+                f"the client took none of the response for {client.send_timeout:g}s "
+                "(--send-timeout): cut"
+            )
         shared.finish(stats, relay, started)
     return keep
 

@@ -8,6 +8,7 @@ where the tap saw an event boundary.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -144,9 +145,12 @@ async def _forward(
         if chunked and fast and upstream.spliceable and type(client) is Downstream:
             # The hot path: forwarded in the upstream's read callback, no task per read.
             splice = _ToClient(client, relay, stats, tap, head)
-            await upstream.splice_chunked(
-                splice.deliver, idle_timeout=idle_timeout, caught_up=splice.flush
-            )
+            try:
+                await upstream.splice_chunked(
+                    splice.deliver, idle_timeout=idle_timeout, caught_up=splice.flush
+                )
+            finally:
+                splice.stop()
         else:
             if head:
                 await _write(client, lock, head)
@@ -194,7 +198,7 @@ class _ToClient:
     drains (TCP pushes back on the upstream), as a waiting write does elsewhere.
     """
 
-    __slots__ = ("_client", "_head", "_relay", "_stats", "_tap")
+    __slots__ = ("_client", "_head", "_relay", "_resume", "_stall", "_stats", "_tap")
 
     def __init__(
         self, client: Downstream, relay: Relay, stats: StreamStats, tap: Tap | None, head: bytes
@@ -204,6 +208,8 @@ class _ToClient:
         self._stats = stats
         self._tap = tap
         self._head = head
+        self._resume: Callable[[], None] | None = None
+        self._stall: asyncio.TimerHandle | None = None  # --send-timeout while the client is full
 
     def deliver(self, batch: list[bytes], resume: Callable[[], None], last: bool) -> bool:
         if not self._relay.open:
@@ -213,9 +219,34 @@ class _ToClient:
             data, self._head = self._head + data, b""
         if last:
             data += self._client.h11.send(h11.EndOfMessage()) or b""
-        room = self._client.write_now(data, resume)
+        room = self._client.write_now(data, self._drained)
         _forwarded(self._relay, self._stats, self._tap, batch)
+        if not room:
+            self._resume = resume
+            limit = self._client.send_timeout
+            if limit is not None and self._stall is None:
+                self._stall = asyncio.get_running_loop().call_later(limit, self._stalled)
         return room
+
+    def _drained(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self._resume is not None:
+            self._resume()
+
+    def _stalled(self) -> None:
+        """The client took nothing for --send-timeout: cut it (the watcher then ends the
+        exchange, closing the upstream)."""
+        self._stall = None
+        self._client.stalled = True
+        if isinstance(self._client.stream, FastStream):
+            self._client.stream.abort()
+
+    def stop(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
     def flush(self) -> None:
         """The head goes out now, if no body bytes took it along."""

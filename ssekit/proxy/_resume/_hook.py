@@ -162,6 +162,8 @@ class Detachable(Downstream):
         self.h11 = client.h11
         self.addr = client.addr
         self.last_write = client.last_write
+        self.send_timeout = client.send_timeout
+        self.stalled = False
         self.recording = recording
         self.armed = anyio.Event()
         self.gone = False
