@@ -43,6 +43,7 @@ def test_origin_from_url_fills_default_ports_and_prefix() -> None:
         {"upstream": "http://h?q=1"},
         {"upstream": "http://user:pw@h"},
         {"upstream": "http://h", "idle_timeout": 0},
+        {"upstream": "http://h", "send_timeout": 0},
         {"upstream": "http://h", "heartbeat": -1},
         {"upstream": "http://h", "retries": -1},
         {"upstream": "http://h", "listen_port": 70000},

@@ -147,6 +147,7 @@ class ProxyConfig:
             "idle_timeout",
             "header_timeout",
             "body_timeout",
+            "send_timeout",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds")
