@@ -102,11 +102,10 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
             return
         self._queue.append(data)
         self._queued += len(data)
-        if self._on_gone is not None and self._queued > self._watch_limit:
-            self.pause_reading()  # a watched peer sent more than may be held: stop reading it
-        if self._queued >= HIGH_WATER and not self._reading_paused and self._transport:
-            self._reading_paused = True
-            self._transport.pause_reading()
+        if self._queued >= HIGH_WATER or (
+            self._on_gone is not None and self._queued > self._watch_limit
+        ):
+            self.pause_reading()  # TCP pushes back until the queue is read down
         self._wake_reader()
 
     def eof_received(self) -> bool:
@@ -182,9 +181,8 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
             chunk, rest = chunk[:max_bytes], chunk[max_bytes:]
             self._queue.appendleft(rest)
         self._queued -= len(chunk)
-        if self._reading_paused and self._queued < HIGH_WATER // 2 and self._transport:
-            self._reading_paused = False
-            self._transport.resume_reading()
+        if self._queued < HIGH_WATER // 2:
+            self.resume_reading()
         return chunk
 
     async def _wait_readable(self, idle_limit: float | None) -> None:
@@ -217,6 +215,15 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         else:
             self._timer = loop.call_at(deadline, self._check_deadline)
 
+    def _open_transport(self) -> asyncio.Transport:
+        """The transport to write to; raises as anyio's streams do when there is none."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        transport = self._transport
+        if self._lost is not None or transport is None or transport.is_closing():
+            raise anyio.BrokenResourceError from self._lost
+        return transport
+
     async def send(self, data: bytes, /) -> None:
         """Write ``data``; wait only while the transport holds more than its limit."""
         await self.send_within(data, None)
@@ -224,12 +231,7 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
     async def send_within(self, data: bytes, stall_limit: float | None) -> None:
         """Like :meth:`send`, raising ``TimeoutError`` when the peer takes nothing for
         ``stall_limit`` seconds while this write waits (None: no limit)."""
-        if self._closed:
-            raise anyio.ClosedResourceError
-        transport = self._transport
-        if self._lost is not None or transport is None or transport.is_closing():
-            raise anyio.BrokenResourceError from self._lost
-        transport.write(data)
+        self._open_transport().write(data)
         timer = None
         while self._write_paused and self._lost is None and not self._closed:
             waiter = self._writable = self._loop.create_future()
@@ -250,12 +252,7 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
     def write_now(self, data: bytes, on_drained: Callable[[], None]) -> bool:
         """Write ``data`` without waiting; False when the transport now holds more than its
         limit: ``on_drained`` is then called once it has room. Raises as :meth:`send`."""
-        transport = self._transport
-        if self._closed:
-            raise anyio.ClosedResourceError
-        if self._lost is not None or transport is None or transport.is_closing():
-            raise anyio.BrokenResourceError from self._lost
-        transport.write(data)
+        self._open_transport().write(data)
         if self._write_paused:
             self._on_drained = on_drained
             return False
@@ -390,8 +387,9 @@ async def accept(listening: socket.socket) -> FastStream:
         try:
             sock, _ = await loop.sock_accept(listening)
         except asyncio.CancelledError:
-            # A cancelled sock_accept can leave its reader behind (bpo-41317).
-            with contextlib.suppress(ValueError, NotImplementedError, OSError):
+            # A cancelled sock_accept can leave its reader behind (bpo-41317). RuntimeError:
+            # a loop with no reader support says so with a RuntimeError subclass.
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
                 loop.remove_reader(listening)
             raise
     try:

@@ -189,7 +189,7 @@ async def serve_exchange(shared: Shared, client: Downstream, request: h11.Reques
     stats = StreamStats(method=request.method.decode("ascii", "replace"), path=target.split("?")[0])
     keep = False
     try:
-        keep = await _serve(shared, client, request, relay, stats, started)
+        keep = await _serve(shared, client, request, target, relay, stats, started)
     except ClientGone:
         if relay.open:
             relay.on(Input.CLIENT_GONE)
@@ -228,15 +228,13 @@ async def _serve(
     shared: Shared,
     client: Downstream,
     request: h11.Request,
+    target: str,
     relay: Relay,
     stats: StreamStats,
     started: float,
 ) -> bool:
     cfg = shared.config
-    decision = admit(
-        stats.method, request.target.decode("ascii", "replace"), list(request.headers), cfg,
-        request.http_version,
-    )  # fmt: skip
+    decision = admit(stats.method, target, list(request.headers), cfg, request.http_version)
     if isinstance(decision, Refuse):
         relay.on(decision.input)
         stats.status = decision.status

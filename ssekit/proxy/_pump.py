@@ -252,11 +252,7 @@ class _ToClient:
         """The head goes out now, if no body bytes took it along."""
         if self._head:
             head, self._head = self._head, b""
-            self._client.write_now(head, _nothing)
-
-
-def _nothing() -> None:
-    pass
+            self._client.write_now(head, self._drained)
 
 
 def _forwarded(relay: Relay, stats: StreamStats, tap: Tap | None, batch: list[bytes]) -> None:
