@@ -107,16 +107,19 @@ class Downstream:
         try:
             await _stream.send(self.stream, data, self.send_timeout)
         except TimeoutError:
-            await self.cut_stalled()
+            self.cut_stalled()
+            await _stream.close_now(self.stream)  # anyio's streams close here
             raise ClientGone from None
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise ClientGone from exc
         self.last_write = time.monotonic()
 
-    async def cut_stalled(self) -> None:
-        """Drop a client that took none of the response for ``send_timeout``."""
+    def cut_stalled(self) -> None:
+        """Drop a client that took none of the response for ``send_timeout`` (callable
+        from a transport callback: a :class:`FastStream` is aborted at once)."""
         self.stalled = True
-        await _stream.close_now(self.stream)
+        if isinstance(self.stream, FastStream):
+            self.stream.abort()
 
     def write_now(self, data: bytes, on_drained: Callable[[], None]) -> bool:
         """Write without waiting (a :class:`FastStream` only); False when the client's

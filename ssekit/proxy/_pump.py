@@ -239,9 +239,7 @@ class _ToClient:
         """The client took nothing for --send-timeout: cut it (the watcher then ends the
         exchange, closing the upstream)."""
         self._stall = None
-        self._client.stalled = True
-        if isinstance(self._client.stream, FastStream):
-            self._client.stream.abort()
+        self._client.cut_stalled()
 
     def stop(self) -> None:
         if self._stall is not None:
