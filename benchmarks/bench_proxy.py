@@ -389,6 +389,7 @@ def start_ssekit(up_port: int, log: Path, *extra: str) -> tuple[subprocess.Popen
         [sys.executable, "-m", "ssekit", "proxy", "--upstream", f"http://127.0.0.1:{up_port}",
          "--listen", f"127.0.0.1:{port}", "--max-connections", "4096",
          "--no-access-log",  # as nginx's access_log off below: like for like
+         "--pool-size", "64",  # as nginx's keepalive 64 below
          "--loop", os.environ.get("SSEKIT_BENCH_LOOP", "auto"), *extra],
         stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )  # fmt: skip
