@@ -1,6 +1,7 @@
-"""HTTP/1.1 over anyio and h11, shared by the proxy, the mock upstream and the client.
+"""HTTP/1.1 over anyio, shared by the proxy, the mock upstream and the client.
 
-The only place where anyio, ``OSError``, ssl and h11 exceptions become ssekit's.
+Clients are served through h11; origins are spoken to with ``_wire``'s heads.
+The only place where anyio, ``OSError``, ssl and HTTP framing exceptions become ssekit's.
 """
 
 from ._chunked import frame_chunk
@@ -24,6 +25,7 @@ from ._downstream import (
 from ._headers import Headers, get_header, head_size, is_event_stream
 from ._origin import Origin
 from ._stream import FastStream, Stream, accept, close_now, on_asyncio
+from ._wire import ResponseHead
 
 __all__ = (
     "DEFAULT_MAX_HEAD_SIZE",
@@ -38,6 +40,7 @@ __all__ = (
     "Origin",
     "OriginConnection",
     "OriginPool",
+    "ResponseHead",
     "Stream",
     "accept",
     "close_now",

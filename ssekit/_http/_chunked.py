@@ -24,6 +24,10 @@ MAX_LINE: Final = 4096
 _SIZE_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 
 
+#: The chunk that ends a chunked body (with no trailer fields).
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
 class ChunkError(Exception):
     """The peer's chunked framing is malformed; the message cannot be read on."""
 

@@ -1,7 +1,7 @@
-"""Client side of HTTP/1.1 over h11: TCP or TLS, optionally through an HTTP CONNECT proxy.
+"""Client side of HTTP/1.1: TCP or TLS, optionally through an HTTP CONNECT proxy.
 
 The proxy talks to its upstream with this, and ``ssekit.client`` to a server.
-Every anyio, OSError, ssl and h11 failure is translated here, in one place,
+Every anyio, OSError, ssl and HTTP framing failure is translated here, in one place,
 into :class:`ssekit.UpstreamError` carrying the status to answer (502, or 504
 for timeouts), chained to the original.
 """
@@ -15,19 +15,25 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
-from typing import Final, TypeAlias, cast
+from typing import Final, TypeAlias
 
 import anyio
 import anyio.abc
-import h11
 from anyio.streams.tls import TLSStream
 
 from .._errors import UpstreamError
 from . import _stream
-from ._chunked import ChunkedReader, ChunkError
-from ._headers import get_header, head_size
+from ._chunked import LAST_CHUNK, ChunkedReader, ChunkError, frame_chunk
 from ._origin import Origin
 from ._stream import FastStream, Stream, on_asyncio
+from ._wire import (
+    ResponseHead,
+    WireError,
+    body_framing,
+    keep_alive,
+    parse_response_head,
+    request_head,
+)
 
 __all__ = (
     "DEFAULT_MAX_HEAD_SIZE",
@@ -64,7 +70,7 @@ def _translated(what: str, origin: Origin) -> Iterator[None]:
         raise UpstreamError(
             f"upstream {origin.authority} closed the connection {what}", 502
         ) from exc
-    except h11.ProtocolError as exc:
+    except WireError as exc:
         raise UpstreamError(f"upstream {origin.authority}: bad HTTP {what}: {exc}", 502) from exc
 
 
@@ -144,30 +150,37 @@ async def open_connection(
     return OriginConnection(raw, origin, sock, max_head_size=max_head_size)
 
 
-def _chunked_body(response: h11.Response) -> bool | None:
-    """For a chunked response, whether the connection may carry another exchange after
-    it; None when the body is not chunked (or has none)."""
-    if response.status_code in (204, 304):
-        return None
-    coding = get_header(response.headers, b"transfer-encoding")
-    if coding is None or coding.split(b",")[-1].strip().lower() != b"chunked":
-        return None
-    connection = (get_header(response.headers, b"connection") or b"").lower()
-    return response.http_version == b"1.1" and b"close" not in connection
+def _request_framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
+    """Whether a request body goes chunked, else its Content-Length (None: not given)."""
+    chunked = False
+    length = None
+    for name, value in headers:
+        name = name.lower()
+        if name == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise WireError(f"transfer coding {value!r} is not supported (only chunked)")
+            chunked = True
+        elif name == b"content-length":
+            if not value.strip().isdigit():
+                raise WireError(f"bad Content-Length {value!r}")
+            length = int(value)
+    return chunked, None if chunked else length
 
 
-def _read_to_close(response: h11.Response) -> bool:
-    """True when the response body has no length and ends only when the origin closes."""
-    if response.status_code in (204, 304):
-        return False
-    headers = response.headers
-    return get_header(headers, b"transfer-encoding") is None and (
-        get_header(headers, b"content-length") is None
-    )
+def _check_length(length: int | None, sent: int, *, final: bool = False) -> None:
+    """A request body not chunked is exactly its Content-Length (none given: no body);
+    ``sent`` is what went so far, ``final`` once the body ended."""
+    declared = length or 0
+    if sent > declared or (final and sent < declared):
+        raise WireError(
+            f"a request body of {sent} bytes or more does not match its Content-Length ({declared})"
+            if not final
+            else f"the request body was {sent} bytes, its Content-Length {declared}"
+        )
 
 
 class OriginConnection:
-    """One HTTP/1.1 connection to an origin server, driven by h11.
+    """One HTTP/1.1 connection to an origin server (heads and framing: :mod:`._wire`).
 
     Use: ``send_request`` (head and body), ``receive_response`` (head), then
     ``receive_body`` to the end; ``reusable()`` says whether it may go back to
@@ -187,22 +200,23 @@ class OriginConnection:
         self._origin = origin
         self._sock = sock
         self._max_head_size = max_head_size
-        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
         #: Bytes of this exchange's request written so far (0: safe to retry).
         self.bytes_sent = 0
         #: Bytes read since this exchange's request began (0: no answer at all).
         self.bytes_received = 0
+        self._method = "GET"
+        self._buffer = b""  # read, not yet parsed: the head, then the body's first bytes
+        self._eof = False  # the origin closed its side after what is in _buffer
+        self._framing: tuple[str, int] = ("none", 0)  # the response body's (_wire.body_framing)
+        self._keep = False  # both messages allow another exchange on this connection
+        self._sent_all = False  # the request body went out whole
+        self._ended = False  # the response body was read to its end
+        self._leftover = False  # bytes came after the response body
         # After a chunked response head: whether the connection may be kept once
-        # the body ends cleanly (None: h11 reads the body).
+        # the body ends cleanly (None: the body is not chunked).
         self._chunked: bool | None = None
         #: The last response's body has no length: it ends when the origin closes.
         self.read_to_close = False
-
-    async def _send(self, event: h11.Event, stall_limit: float | None) -> None:
-        data = self._h11.send(event)
-        if data:
-            await _stream.send(self._stream, data, stall_limit)
-            self.bytes_sent += len(data)
 
     async def send_request(
         self,
@@ -215,69 +229,112 @@ class OriginConnection:
     ) -> None:
         """Send the request head, then the body (streamed when an async iterable).
 
+        The body is framed as the headers say: chunked for ``Transfer-Encoding:
+        chunked``, else exactly its ``Content-Length`` (none without either).
         An origin that takes none of it for ``stall_limit`` seconds while a
         write waits is an :class:`UpstreamError` 504 (None: wait as long as it takes).
         """
         self.bytes_sent = self.bytes_received = 0
+        self._method = method
+        self._sent_all = self._ended = self._leftover = False
         with _translated("sending the request", self._origin):
-            request = h11.Request(method=method, target=target, headers=headers)
-            await self._send(request, stall_limit)
+            head = request_head(method, target, headers)
+            chunked, length = _request_framing(headers)
+            self._keep = keep_alive(b"1.1", headers)
             if isinstance(body, bytes):
-                if body:
-                    await self._send(h11.Data(data=body), stall_limit)
+                # Head and body in one write.
+                if chunked:
+                    await self._write(
+                        head + (frame_chunk(body) if body else b"") + LAST_CHUNK, stall_limit
+                    )
+                else:
+                    _check_length(length, len(body), final=True)
+                    await self._write(head + body, stall_limit)
             else:
+                await self._write(head, stall_limit)
+                sent = 0
                 async for piece in body:
                     if piece:
-                        await self._send(h11.Data(data=piece), stall_limit)
-            await self._send(h11.EndOfMessage(), stall_limit)
+                        sent += len(piece)
+                        if chunked:
+                            piece = frame_chunk(piece)
+                        else:
+                            _check_length(length, sent)
+                        await self._write(piece, stall_limit)
+                if chunked:
+                    await self._write(LAST_CHUNK, stall_limit)
+                else:
+                    _check_length(length, sent, final=True)
+        self._sent_all = True
 
-    async def _next_event(
-        self, idle_timeout: float | None = None, deadline: float | None = None
-    ) -> h11.Event | type[h11.PAUSED]:
-        """The next h11 event; each read waits at most ``idle_timeout``, or until
-        ``deadline`` (``time.monotonic()``): then ``TimeoutError``."""
-        while True:
-            event = self._h11.next_event()
-            if event is not h11.NEED_DATA:
-                return cast("h11.Event | type[h11.PAUSED]", event)
-            limit = idle_timeout
-            if deadline is not None:
-                limit = deadline - time.monotonic()
-                if limit <= 0:
-                    raise TimeoutError
-            try:
-                # The per-chunk path: a timer only while a read really waits.
-                data = await _stream.receive(self._stream, READ_SIZE, limit)
-            except anyio.EndOfStream:
-                data = b""
-            self.bytes_received += len(data)
-            self._h11.receive_data(data)
+    async def _write(self, data: bytes, stall_limit: float | None) -> None:
+        await _stream.send(self._stream, data, stall_limit)
+        self.bytes_sent += len(data)
 
-    async def receive_response(self, *, first_byte_timeout: float) -> h11.Response:
+    async def _read(self, limit: float | None) -> bytes:
+        """One read into the buffer's place: what came (b"" once the origin closed)."""
+        try:
+            data = await _stream.receive(self._stream, READ_SIZE, limit)
+        except anyio.EndOfStream:
+            self._eof = True
+            return b""
+        self.bytes_received += len(data)
+        return data
+
+    async def receive_response(self, *, first_byte_timeout: float) -> ResponseHead:
         """Wait up to ``first_byte_timeout`` for the response head (1xx skipped)."""
         deadline = time.monotonic() + first_byte_timeout
+        authority = self._origin.authority
         with _translated("waiting for the response head", self._origin):
             while True:
-                event = await self._next_event(deadline=deadline)
-                if isinstance(event, h11.Response | h11.InformationalResponse):
-                    size = head_size(event.reason, event.headers)
-                    if size > self._max_head_size:
+                parsed = parse_response_head(self._buffer)
+                if parsed is None:
+                    if len(self._buffer) > self._max_head_size:
                         raise UpstreamError(
-                            f"upstream {self._origin.authority} sent a response head of "
-                            f"{size} bytes, over the limit of {self._max_head_size}",
+                            f"upstream {authority} sent a response head of over "
+                            f"{len(self._buffer)} bytes, over the limit of {self._max_head_size}",
                             502,
                         )
-                if isinstance(event, h11.Response):
-                    self._chunked = _chunked_body(event)
-                    self.read_to_close = _read_to_close(event)
-                    return event
-                if isinstance(event, h11.ConnectionClosed):
+                    if self._eof:
+                        what = (
+                            "in the middle of the response head"
+                            if self._buffer
+                            else ("before answering")
+                        )
+                        raise UpstreamError(
+                            f"upstream {authority} closed the connection {what}", 502
+                        )
+                    limit = deadline - time.monotonic()
+                    if limit <= 0:
+                        raise TimeoutError
+                    self._buffer += await self._read(limit)
+                    continue
+                head, size = parsed
+                if size > self._max_head_size:
                     raise UpstreamError(
-                        f"upstream {self._origin.authority} closed the connection before answering",
+                        f"upstream {authority} sent a response head of {size} bytes, "
+                        f"over the limit of {self._max_head_size}",
                         502,
                     )
-                if not isinstance(event, h11.InformationalResponse):
-                    raise UpstreamError(f"unexpected {event!r} from upstream", 502)
+                self._buffer = self._buffer[size:]
+                if head.status_code >= 200:
+                    break
+                if head.status_code == 101:
+                    raise WireError("101 Switching Protocols, which the request did not ask for")
+        self._framing = body_framing(self._method, head)
+        self._keep = self._keep and keep_alive(head.http_version, head.headers)
+        kind = self._framing[0]
+        self._chunked = self._keep if kind == "chunked" else None
+        self.read_to_close = kind == "close"
+        if kind == "none":
+            self._body_end(self._buffer)
+        return head
+
+    def _body_end(self, leftover: bytes) -> None:
+        """The response body ended; bytes after it mean the connection is not reused."""
+        self._ended = True
+        self._leftover = bool(leftover)
+        self._buffer = b""
 
     async def receive_body(self, *, idle_timeout: float) -> AsyncIterator[bytes]:
         """Yield the body as it arrives, one item per upstream chunk.
@@ -295,61 +352,48 @@ class OriginConnection:
 
         A relay writes each list in one socket write (each chunk still its own
         HTTP chunk): no added latency, since the bytes were all here already.
-        A chunked body is read by ssekit's own :class:`ChunkedReader` (a chunk
-        arriving over several reads is held whole up to MAX_CHUNK_HOLD); a body
-        with a Content-Length or read to close by h11, as it comes. What arrived
-        before a framing error is yielded before the error is raised.
+        A chunked body is read by :class:`ChunkedReader` (a chunk arriving over
+        several reads is held whole up to MAX_CHUNK_HOLD); a body with a
+        Content-Length, or read to close, as it comes (one item per read).
+        What arrived before a framing error is yielded before the error is raised.
         """
         if self._chunked is not None:
             async for chunks in self._receive_chunked(idle_timeout):
                 yield chunks
             return
+        kind, remaining = self._framing
+        if self._ended:
+            return
+        data, self._buffer = self._buffer, b""
         while True:
-            events: list[h11.Event | type[h11.PAUSED]] = []
-            failure: UpstreamError | None = None
-            with _translated("reading the body", self._origin):
-                try:
-                    events.append(await self._next_event(idle_timeout))
-                    # Everything else this read already delivered, without waiting.
-                    while isinstance(events[-1], h11.Data):
-                        event = self._h11.next_event()
-                        if event is h11.NEED_DATA:
-                            break
-                        events.append(cast("h11.Event", event))
-                except h11.RemoteProtocolError as exc:
-                    failure = UpstreamError(
-                        f"upstream {self._origin.authority} closed the connection mid-body "
-                        f"(the response was cut: {exc})",
-                        502,
-                    )
-                    failure.__cause__ = exc
-            batch: list[bytes] = []
-            ended = False
-            for event in events:
-                if isinstance(event, h11.Data):
-                    batch.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    ended = True
+            if data:
+                if kind == "length":
+                    piece, data = data[:remaining], data[remaining:]
+                    remaining -= len(piece)
                 else:
-                    failure = UpstreamError(
-                        f"upstream {self._origin.authority} closed the connection mid-body "
-                        "(the response was cut)",
-                        502,
-                    )
-            if batch:
-                yield batch
-            if failure is not None:
-                raise failure
-            if ended:
+                    piece, data = data, b""
+                yield [piece]
+            if kind == "length" and remaining == 0:
+                self._body_end(data)
                 return
+            if self._eof:
+                if kind == "close":
+                    self._body_end(b"")
+                    return
+                raise UpstreamError(
+                    f"upstream {self._origin.authority} closed the connection mid-body "
+                    "(the response was cut)",
+                    502,
+                )
+            with _translated("reading the body", self._origin):
+                data = await self._read(idle_timeout)
 
     async def _receive_chunked(self, idle_timeout: float) -> AsyncIterator[list[bytes]]:
         reader = ChunkedReader()
-        data, closed = self._h11.trailing_data  # body bytes h11 read past the head
-        stream = self._stream
+        data, self._buffer = self._buffer, b""  # body bytes read with the head
         while True:
             try:
-                chunks = reader.feed(bytes(data)) if data else []
+                chunks = reader.feed(data) if data else []
             except ChunkError as exc:
                 raise UpstreamError(
                     f"upstream {self._origin.authority} sent a malformed chunked body "
@@ -359,22 +403,18 @@ class OriginConnection:
             if chunks:
                 yield chunks
             if reader.done:
-                # Clean end: a next request may follow on a fresh h11 state,
-                # unless bytes came after the body or either side wants a close.
-                self._chunked = not reader.leftover and self._chunked
+                # Clean end: a next request may follow, unless bytes came after
+                # the body or either side wants a close.
+                self._body_end(reader.leftover)
                 return
-            if closed:
+            if self._eof:
                 raise UpstreamError(
                     f"upstream {self._origin.authority} closed the connection mid-body "
                     "(the response was cut)",
                     502,
                 )
             with _translated("reading the body", self._origin):
-                try:
-                    data = await _stream.receive(stream, READ_SIZE, idle_timeout)
-                except anyio.EndOfStream:
-                    data, closed = b"", True
-            self.bytes_received += len(data)
+                data = await self._read(idle_timeout)
 
     @property
     def spliceable(self) -> bool:
@@ -401,36 +441,28 @@ class OriginConnection:
         assert isinstance(stream, FastStream)
         assert self._chunked is not None
         splice = _Splice(self, deliver, idle_timeout)
-        data, closed = self._h11.trailing_data  # body bytes h11 read past the head
+        data, self._buffer = self._buffer, b""  # body bytes read with the head
         queued, eof = stream.divert(splice)
         try:
-            splice.received(bytes(data), count=False)
+            splice.received(data, count=False)
             splice.received(queued)
-            if closed or eof:
+            if self._eof or eof:
                 splice.ended(None)
             caught_up()
             await splice.done
         finally:
             stream.divert(None)
             splice.stop()
-        # Clean end: as in _receive_chunked.
-        self._chunked = not splice.reader.leftover and self._chunked
+        self._body_end(splice.reader.leftover)  # a clean end, as in _receive_chunked
 
     def reusable(self) -> bool:
-        """True when both sides finished the exchange and may keep the connection."""
-        if self._chunked is not None:
-            # The body was read past h11: start the next exchange on a fresh state.
-            keep = self._chunked and self._h11.our_state is h11.DONE
-            self._chunked = None
-            self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max_head_size)
-            return keep
-        if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
-            return False
-        try:
-            self._h11.start_next_cycle()
-        except h11.LocalProtocolError:
-            return False
-        return True
+        """True when both messages ended whole and allow another exchange; the
+        connection is then ready for the next request."""
+        keep = self._keep and self._sent_all and self._ended and not self._leftover
+        keep = keep and not self._buffer and not self._eof
+        self._chunked = None
+        self._keep = self._sent_all = self._ended = False
+        return keep
 
     def is_stale(self) -> bool:
         """True when the origin already closed an idle kept-alive connection.

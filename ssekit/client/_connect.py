@@ -12,13 +12,19 @@ from typing import Final, Protocol
 from urllib.parse import urljoin
 
 import anyio
-import h11
 from anyio.from_thread import start_blocking_portal
 
 from .._decoder import Decoder
 from .._errors import ClientError, ConfigError, ResponseError, UpstreamError
 from .._event import Event
-from .._http import Origin, OriginConnection, get_header, make_ssl_context, open_connection
+from .._http import (
+    Origin,
+    OriginConnection,
+    ResponseHead,
+    get_header,
+    make_ssl_context,
+    open_connection,
+)
 from ..openai import Chunk, aiter_chunks, join_deltas
 from ._policy import MAX_ERROR_BODY, Reconnector, RetryPolicy, Verdict, judge_response
 
@@ -212,7 +218,7 @@ async def _events(
 
 async def _open(
     request: _Request, reconnector: Reconnector
-) -> tuple[OriginConnection, h11.Response]:
+) -> tuple[OriginConnection, ResponseHead]:
     """Send the request, following redirects as fetch does; the connection and its response."""
     url, method, body, extra = request.url, request.method, request.body, request.headers
     json = request.json

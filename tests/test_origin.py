@@ -1,0 +1,229 @@
+"""``OriginConnection`` against scripted origins on loopback: framing both ways, and reuse.
+
+The origin side reads and writes its own heads (``_wire``); these are the
+exchanges h11 used to frame for it: a HEAD answer, informational responses,
+bodies ended by a length, by the close, or malformed, and what may be reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import anyio.abc
+import pytest
+from _servers import read_request, serve_closing
+
+from ssekit import UpstreamError
+from ssekit._http import Origin, OriginConnection, open_connection
+
+pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def origin(
+    answers: Sequence[bytes], seen: list[bytes]
+) -> AsyncIterator[tuple[Origin, list[int]]]:
+    """An origin that, on each connection, reads a request and sends the next answer,
+    then closes once the answers run out; yields where it is and how many
+    connections it took."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    connections = [0]
+    queue = list(answers)
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        connections[0] += 1
+        async with stream:
+            while queue:
+                request = await read_request(stream)
+                if not request:
+                    return
+                seen.append(request)
+                await stream.send(queue.pop(0))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve_closing, listener, handle)
+        yield Origin.from_url(f"http://127.0.0.1:{port}"), connections
+        tg.cancel_scope.cancel()
+
+
+async def body(conn: OriginConnection) -> bytes:
+    return b"".join([piece async for piece in conn.receive_body(idle_timeout=5)])
+
+
+async def exchange(
+    conn: OriginConnection, method: str = "GET", headers: Sequence[tuple[bytes, bytes]] = ()
+) -> tuple[int, bytes]:
+    await conn.send_request(method, "/", [(b"host", b"origin"), *headers])
+    response = await conn.receive_response(first_byte_timeout=5)
+    return response.status_code, await body(conn)
+
+
+async def connect(where: Origin, max_head_size: int = 65536) -> OriginConnection:
+    return await open_connection(where, connect_timeout=5, max_head_size=max_head_size)
+
+
+async def test_a_head_answer_has_no_body_whatever_its_length_and_the_connection_is_kept() -> None:
+    seen: list[bytes] = []
+    answers = [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",  # to HEAD: the length of a GET's body
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+    ]
+    async with origin(answers, seen) as (where, connections):
+        conn = await connect(where)
+        assert await exchange(conn, "HEAD") == (200, b"")
+        assert conn.reusable()
+        assert await exchange(conn) == (200, b"hello")
+        assert conn.reusable()
+        await conn.aclose()
+    assert connections == [1]
+    assert [request.split(b" ")[0] for request in seen] == [b"HEAD", b"GET"]
+
+
+async def test_informational_responses_are_passed_over_for_the_final_one() -> None:
+    answer = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    async with origin([answer], []) as (where, _):
+        conn = await connect(where)
+        assert await exchange(conn) == (200, b"hello")
+        await conn.aclose()
+
+
+async def test_a_101_nobody_asked_for_is_a_bad_gateway() -> None:
+    async with origin([b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n"], []) as (
+        where,
+        _,
+    ):
+        conn = await connect(where)
+        with pytest.raises(UpstreamError) as caught:
+            await exchange(conn)
+        assert caught.value.status == 502
+        assert "101" in str(caught.value)
+        await conn.aclose()
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected", "kept"),
+    [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", b"hello", True),
+        # Bytes after the body: whatever they are, they must not answer a next request.
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\n\r\n",
+            b"hello",
+            False,
+        ),
+        (b"HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\nhello", b"hello", False),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+            b"hello",
+            False,
+        ),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b"", True),
+    ],
+)
+async def test_a_body_ends_at_its_length_and_the_connection_is_kept_only_when_clean(
+    answer: bytes, expected: bytes, kept: bool
+) -> None:
+    async with origin([answer], []) as (where, _):
+        conn = await connect(where)
+        assert await exchange(conn) == (int(answer.split(b" ")[1]), expected)
+        assert conn.reusable() is kept
+        await conn.aclose()
+
+
+async def test_a_body_without_a_length_is_read_to_the_close_and_never_kept() -> None:
+    async with origin([b"HTTP/1.1 200 OK\r\n\r\nall of it"], []) as (where, _):
+        conn = await connect(where)
+        await conn.send_request("GET", "/", [(b"host", b"origin")])
+        await conn.receive_response(first_byte_timeout=5)
+        assert conn.read_to_close
+        assert await body(conn) == b"all of it"
+        assert not conn.reusable()
+        await conn.aclose()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",  # closes 5 bytes short
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",  # no last chunk
+    ],
+)
+async def test_a_body_cut_by_the_close_is_an_error_not_an_end(answer: bytes) -> None:
+    async with origin([answer], []) as (where, _):
+        conn = await connect(where)
+        with pytest.raises(UpstreamError, match="mid-body") as caught:
+            await exchange(conn)
+        assert caught.value.status == 502
+        assert not conn.reusable()
+        await conn.aclose()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx-a : 1\r\n\r\n",  # whitespace before the colon (RFC 9112 5.1)
+        b"HTTP/9 200 OK\r\n\r\n",
+    ],
+)
+async def test_a_malformed_response_head_is_a_bad_gateway(answer: bytes) -> None:
+    async with origin([answer], []) as (where, _):
+        conn = await connect(where)
+        with pytest.raises(UpstreamError, match="bad HTTP") as caught:
+            await exchange(conn)
+        assert caught.value.status == 502
+        await conn.aclose()
+
+
+async def test_a_response_head_over_the_limit_is_refused_however_it_is_cut() -> None:
+    head = b"HTTP/1.1 200 OK\r\n" + b"x-filler: " + b"y" * 3000 + b"\r\n\r\n"
+    async with origin([head], []) as (where, _):
+        conn = await connect(where, max_head_size=1024)
+        with pytest.raises(UpstreamError, match="over the limit of 1024"):
+            await exchange(conn)
+        await conn.aclose()
+
+
+async def test_a_request_body_must_be_its_content_length_and_nothing_is_sent_otherwise() -> None:
+    seen: list[bytes] = []
+    async with origin([b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"], seen) as (where, _):
+        conn = await connect(where)
+        with pytest.raises(UpstreamError, match="Content-Length"):
+            await conn.send_request(
+                "POST", "/", [(b"host", b"o"), (b"content-length", b"10")], b"short"
+            )
+        assert conn.bytes_sent == 0
+        with pytest.raises(UpstreamError, match="Content-Length"):
+            await conn.send_request("POST", "/", [(b"host", b"o")], b"a body and no length")
+        await conn.aclose()
+    assert seen == []
+
+
+async def test_a_streamed_request_body_goes_chunked_or_exactly_as_long_as_declared() -> None:
+    seen: list[bytes] = []
+    answers = [b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"] * 2
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for piece in (b"hel", b"", b"lo"):
+            yield piece
+
+    async with origin(answers, seen) as (where, _):
+        conn = await connect(where)
+        headers = [(b"transfer-encoding", b"chunked")]
+        await conn.send_request("POST", "/", [(b"host", b"o"), *headers], pieces())
+        assert (await conn.receive_response(first_byte_timeout=5)).status_code == 200
+        assert await body(conn) == b""
+        assert conn.reusable()
+        await conn.send_request("POST", "/", [(b"host", b"o"), (b"content-length", b"5")], pieces())
+        assert (await conn.receive_response(first_byte_timeout=5)).status_code == 200
+        assert await body(conn) == b""
+        await conn.aclose()
+    assert seen[0].endswith(b"\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n")
+    assert seen[1].endswith(b"\r\n\r\nhello")
