@@ -150,7 +150,8 @@ def _framing_checked(headers: Headers) -> Headers:
         elif name == b"transfer-encoding":
             if coded:
                 raise WireError("more than one Transfer-Encoding header")
-            if value.lower() != b"chunked":
+            value = value.lower()  # coding names are case-insensitive (RFC 9112 7)
+            if value != b"chunked":
                 raise WireError(f"transfer coding {value!r} is not supported (only chunked)")
             coded = True
         out.append((name, value))
