@@ -16,7 +16,7 @@ import pytest
 from _servers import read_request, serve_closing
 
 from ssekit import UpstreamError
-from ssekit._http import Origin, OriginConnection, open_connection
+from ssekit._http import Origin, OriginConnection, ResponseHead, open_connection
 
 pytestmark = pytest.mark.anyio
 
@@ -91,6 +91,26 @@ async def test_informational_responses_are_passed_over_for_the_final_one() -> No
         conn = await connect(where)
         assert await exchange(conn) == (200, b"hello")
         await conn.aclose()
+
+
+async def test_informational_responses_go_in_order_to_whoever_passes_them_on() -> None:
+    answer = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    )
+    passed: list[tuple[int, list[tuple[bytes, bytes]]]] = []
+
+    async def pass_on(head: ResponseHead) -> None:
+        passed.append((head.status_code, head.headers))
+
+    async with origin([answer], []) as (where, _):
+        conn = await connect(where)
+        await conn.send_request("GET", "/", [(b"host", b"origin")])
+        response = await conn.receive_response(first_byte_timeout=5, informational=pass_on)
+        assert response.status_code == 200
+        assert await body(conn) == b"ok"
+        await conn.aclose()
+    assert passed == [(100, []), (103, [(b"link", b"</a>")])]
 
 
 async def test_a_101_nobody_asked_for_is_a_bad_gateway() -> None:

@@ -691,3 +691,44 @@ async def test_an_event_stream_with_a_content_length_gets_nothing_inserted() -> 
             response = await client.get(base + "/")
     assert response.status_code == 200
     assert response.content == body * 2  # exactly the declared bytes, no heartbeat inside
+
+
+@pytest.mark.parametrize(("version", "passed_on"), [(b"1.1", True), (b"1.0", False)])
+async def test_informational_responses_reach_http_1_1_clients_before_the_final_one(
+    version: bytes, passed_on: bool
+) -> None:
+    """RFC 9110 15.2: a proxy forwards 1xx responses; an HTTP/1.0 client must get none."""
+    hints = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
+
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(hints)
+        await anyio.sleep(0.05)
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    async with deadline(10) as tg:
+        upstream, _ = await start_upstream(tg, script)
+        base = await start_proxy(tg, upstream)
+        request = b"GET / HTTP/" + version + b"\r\nHost: x\r\nConnection: close\r\n\r\n"
+        raw = await raw_exchange(base, request)
+    if passed_on:
+        first, _, rest = raw.partition(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+        assert b"\r\nlink: </style.css>; rel=preload" in first
+        assert b"\r\nvia: 1.1 ssekit" in first
+        assert rest.startswith(b"HTTP/1.1 200 OK\r\n")
+    else:
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b" 103 " not in raw
+    assert raw.endswith(b"\r\n\r\nok")
+
+
+async def test_an_upgrade_the_client_never_asked_for_is_a_bad_gateway() -> None:
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n")
+
+    async with deadline(10) as tg:
+        upstream, _ = await start_upstream(tg, script)
+        base = await start_proxy(tg, upstream)
+        raw = await raw_exchange(base, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 502 ")
+    assert b"101" in raw

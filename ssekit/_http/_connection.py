@@ -14,7 +14,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Final, TypeAlias
 
 import anyio
@@ -281,46 +281,25 @@ class OriginConnection:
         self.bytes_received += len(data)
         return data
 
-    async def receive_response(self, *, first_byte_timeout: float) -> ResponseHead:
-        """Wait up to ``first_byte_timeout`` for the response head (1xx skipped)."""
+    async def receive_response(
+        self,
+        *,
+        first_byte_timeout: float,
+        informational: Callable[[ResponseHead], Awaitable[None]] | None = None,
+    ) -> ResponseHead:
+        """Wait up to ``first_byte_timeout`` for the final response head.
+
+        Each 1xx head before it (but 101, never asked for: a 502) goes to
+        ``informational`` when given (a proxy passes them on), else is passed over.
+        """
         deadline = time.monotonic() + first_byte_timeout
-        authority = self._origin.authority
-        with _translated("waiting for the response head", self._origin):
-            while True:
-                parsed = parse_response_head(self._buffer)
-                if parsed is None:
-                    if len(self._buffer) > self._max_head_size:
-                        raise UpstreamError(
-                            f"upstream {authority} sent a response head of over "
-                            f"{len(self._buffer)} bytes, over the limit of {self._max_head_size}",
-                            502,
-                        )
-                    if self._eof:
-                        what = (
-                            "in the middle of the response head"
-                            if self._buffer
-                            else ("before answering")
-                        )
-                        raise UpstreamError(
-                            f"upstream {authority} closed the connection {what}", 502
-                        )
-                    limit = deadline - time.monotonic()
-                    if limit <= 0:
-                        raise TimeoutError
-                    self._buffer += await self._read(limit)
-                    continue
-                head, size = parsed
-                if size > self._max_head_size:
-                    raise UpstreamError(
-                        f"upstream {authority} sent a response head of {size} bytes, "
-                        f"over the limit of {self._max_head_size}",
-                        502,
-                    )
-                self._buffer = self._buffer[size:]
-                if head.status_code >= 200:
-                    break
-                if head.status_code == 101:
-                    raise WireError("101 Switching Protocols, which the request did not ask for")
+        while True:
+            with _translated("waiting for the response head", self._origin):
+                head = await self._next_head(deadline)
+            if head.status_code >= 200:
+                break
+            if informational is not None:
+                await informational(head)
         self._framing = body_framing(self._method, head)
         self._keep = self._keep and keep_alive(head.http_version, head.headers)
         kind = self._framing[0]
@@ -328,6 +307,37 @@ class OriginConnection:
         self.read_to_close = kind == "close"
         if kind == "none":
             self._body_end(self._buffer)
+        return head
+
+    async def _next_head(self, deadline: float) -> ResponseHead:
+        authority = self._origin.authority
+        while True:
+            parsed = parse_response_head(self._buffer)
+            if parsed is not None:
+                break
+            if len(self._buffer) > self._max_head_size:
+                raise UpstreamError(
+                    f"upstream {authority} sent a response head of over "
+                    f"{len(self._buffer)} bytes, over the limit of {self._max_head_size}",
+                    502,
+                )
+            if self._eof:
+                what = "in the middle of the response head" if self._buffer else "before answering"
+                raise UpstreamError(f"upstream {authority} closed the connection {what}", 502)
+            limit = deadline - time.monotonic()
+            if limit <= 0:
+                raise TimeoutError
+            self._buffer += await self._read(limit)
+        head, size = parsed
+        if size > self._max_head_size:
+            raise UpstreamError(
+                f"upstream {authority} sent a response head of {size} bytes, "
+                f"over the limit of {self._max_head_size}",
+                502,
+            )
+        self._buffer = self._buffer[size:]
+        if head.status_code == 101:
+            raise WireError("101 Switching Protocols, which the request did not ask for")
         return head
 
     def _body_end(self, leftover: bytes) -> None:

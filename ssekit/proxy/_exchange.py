@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -31,6 +32,7 @@ from .._http import (
     Headers,
     OriginConnection,
     OriginPool,
+    ResponseHead,
     error_body,
     get_header,
     is_event_stream,
@@ -365,7 +367,8 @@ async def _answer(
         async with _watching(client, relay, cfg.max_header_size):
             try:
                 response = await upstream.receive_response(
-                    first_byte_timeout=cfg.first_byte_timeout
+                    first_byte_timeout=cfg.first_byte_timeout,
+                    informational=partial(_pass_on, client),
                 )
             except UpstreamError as exc:
                 failure = exc
@@ -403,6 +406,19 @@ async def _answer(
         if recording is not None:  # resume hook: the stored stream ends as this one did
             recording.end(relay.phase is Phase.DONE)
     return failure, done
+
+
+async def _pass_on(client: Downstream, head: ResponseHead) -> None:
+    """Forward a 1xx response (RFC 9110 15.2: a proxy must), except to an HTTP/1.0
+    client, which must get none."""
+    if (client.h11.their_http_version or b"1.0") >= b"1.1":
+        await client.send(
+            h11.InformationalResponse(
+                status_code=head.status_code,
+                headers=response_headers(head.headers),
+                reason=head.reason,
+            )
+        )
 
 
 def _chunked_to_client(client: Downstream, headers: Headers, status: int) -> bool:
