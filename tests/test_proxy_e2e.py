@@ -19,6 +19,7 @@ from _servers import (
     deadline,
     parse_chunked,
     raw_exchange,
+    read_request,
     start_connect_proxy,
     start_mock,
     start_proxy,
@@ -732,3 +733,35 @@ async def test_an_upgrade_the_client_never_asked_for_is_a_bad_gateway() -> None:
         raw = await raw_exchange(base, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 502 ")
     assert b"101" in raw
+
+
+async def test_a_head_request_gets_the_head_alone_and_both_connections_carry_on() -> None:
+    """A HEAD answer's Content-Length describes a body that never comes (RFC 9110 9.3.2):
+    the proxy must not wait for it on either side."""
+
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+        request = await read_request(stream)  # the next request, on the same connection
+        seen.requests.append(request)
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+        await wait_closed(stream, seen)
+
+    async with deadline(10) as tg:
+        upstream, seen = await start_upstream(tg, script)
+        base = await start_proxy(tg, upstream)
+        host, port = base.removeprefix("http://").split(":")
+        async with await anyio.connect_tcp(host, int(port)) as client:
+            await client.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await client.receive()
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b"\r\ncontent-length: 5\r\n" in head
+            assert head.endswith(b"\r\n\r\n")  # and nothing after it
+            await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"hello"):
+                answer += await client.receive()
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert [r.split(b" ")[0] for r in seen.requests] == [b"HEAD", b"GET"]
+    assert seen.connections == 1  # the upstream connection was kept for the GET
