@@ -1,0 +1,120 @@
+"""What one request costs: ssekit beside nginx and the floor (benchmarks/floor_proxy.py).
+
+Each round opens 100 streams at once through each path (interleaved), the clients
+leaving at the response head, as the TTFB column of ``bench_proxy`` does; it
+reports the time to first byte (median of the rounds' medians) and the path's
+user and system CPU per request (median over the rounds).
+
+    python -m benchmarks.bench_requests [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .bench_proxy import NGINX_CONF, UPSTREAM, first_bytes, free_port, start_ssekit, wait_port
+
+BURST = 100
+BURSTS_PER_ROUND = 10
+
+
+def cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+async def bursts(port: int) -> float:
+    """BURSTS_PER_ROUND bursts of BURST streams; the median time to first byte (ms)."""
+    medians = [statistics.median(await first_bytes(port, BURST)) for _ in range(BURSTS_PER_ROUND)]
+    return statistics.median(medians)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args(argv)
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="ssekit-requests-") as tmp_name:
+        tmp = Path(tmp_name)
+        try:
+            up = free_port()
+            (tmp / "upstream.py").write_text(UPSTREAM)
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(tmp / "upstream.py"), str(up)], stderr=subprocess.DEVNULL
+                )
+            )
+            wait_port(up)
+            paths: dict[str, tuple[int, int]] = {}
+            proxy, port = start_ssekit(up, tmp / "ssekit.log")
+            procs.append(proxy)
+            paths["ssekit"] = (port, proxy.pid)
+            port = free_port()
+            floor = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.floor_proxy", str(up), str(port)]
+            )
+            procs.append(floor)
+            wait_port(port)
+            paths["floor (benchmarks/floor_proxy.py)"] = (port, floor.pid)
+            nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+            if os.path.exists(nginx):
+                port = free_port()
+                for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                    (tmp / sub).mkdir()
+                (tmp / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, upstream=up, port=port))
+                ngx = subprocess.Popen(
+                    [nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
+                    stderr=subprocess.DEVNULL,
+                )
+                procs.append(ngx)
+                wait_port(port)
+                # The worker does the work; the master only watches it.
+                worker = int(
+                    subprocess.check_output(["pgrep", "-P", str(ngx.pid)], text=True).split()[0]
+                )
+                paths["nginx"] = (port, worker)
+            for port, _ in paths.values():
+                asyncio.run(first_bytes(port, BURST))  # warm up
+            ttfb: dict[str, list[float]] = {name: [] for name in paths}
+            user: dict[str, list[float]] = {name: [] for name in paths}
+            system: dict[str, list[float]] = {name: [] for name in paths}
+            for number in range(args.rounds):
+                print(f"round {number + 1} ...", file=sys.stderr, flush=True)
+                for name, (port, pid) in paths.items():
+                    u0, s0 = cpu(pid)
+                    ttfb[name].append(asyncio.run(bursts(port)))
+                    u1, s1 = cpu(pid)
+                    requests = BURST * BURSTS_PER_ROUND
+                    user[name].append((u1 - u0) / requests * 1e6)
+                    system[name].append((s1 - s0) / requests * 1e6)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait()
+    base = statistics.median(ttfb["nginx"]) if "nginx" in ttfb else None
+    print(f"Medians of {args.rounds} interleaved rounds of {BURSTS_PER_ROUND} x {BURST} streams")
+    print()
+    print("| path | TTFB p50 ms | vs nginx | user CPU us/request | system CPU us/request |")
+    print("|---|---:|---:|---:|---:|")
+    for name in paths:
+        median = statistics.median(ttfb[name])
+        ratio = f"{median / base:.2f}x" if base else "-"
+        print(
+            f"| {name} | {median:.1f} | {ratio} | {statistics.median(user[name]):.0f} | "
+            f"{statistics.median(system[name]):.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
