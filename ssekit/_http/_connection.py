@@ -390,11 +390,7 @@ class OriginConnection:
                 if kind == "close":
                     self._body_end(b"")
                     return
-                raise UpstreamError(
-                    f"upstream {self._origin.authority} closed the connection mid-body "
-                    "(the response was cut)",
-                    502,
-                )
+                raise self._cut_mid_body()
             with _translated("reading the body", self._origin):
                 data = await self._read(idle_timeout)
 
@@ -418,13 +414,16 @@ class OriginConnection:
                 self._body_end(reader.leftover)
                 return
             if self._eof:
-                raise UpstreamError(
-                    f"upstream {self._origin.authority} closed the connection mid-body "
-                    "(the response was cut)",
-                    502,
-                )
+                raise self._cut_mid_body()
             with _translated("reading the body", self._origin):
                 data = await self._read(idle_timeout)
+
+    def _cut_mid_body(self) -> UpstreamError:
+        return UpstreamError(
+            f"upstream {self._origin.authority} closed the connection mid-body "
+            "(the response was cut)",
+            502,
+        )
 
     @property
     def spliceable(self) -> bool:
