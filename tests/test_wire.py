@@ -58,7 +58,8 @@ status_lines = st.sampled_from(
     [b"HTTP/1.1 200 OK", b"HTTP/1.0 200 OK", b"HTTP/1.1 204 No Content", b"HTTP/1.1 200",
      b"HTTP/1.1 200 ", b"HTTP/1.1 404 Not  Found\t", b"HTTP/2.0 200 OK", b"HTTP/1.1 20 OK",
      b"HTTP/1.1  200 OK", b"http/1.1 200 OK", b"HTTP/1.1 103 Early Hints", b"HTTP/1.1 200 \xe9",
-     b"HTTP/1.1 200 OK\r", b"ICY 200 OK"]
+     b"HTTP/1.1 200 OK\r", b"ICY 200 OK", b"HTTP/1.1 099 Low", b"HTTP/1.1 000 Zero",
+     b"HTTP/1.1 999 High", b"HTTP/1.1 600 Beyond"]
 )  # fmt: skip
 line_ends = st.sampled_from([b"\r\n", b"\n"])
 
@@ -92,6 +93,7 @@ def same(head: ResponseHead | None, event: h11.Response | h11.InformationalRespo
 @example(b"\r\nHTTP/1.1 200 OK\r\n\r\n", b"")
 @example(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n", b"")
 @example(b"HTTP/1.1 200 OK\r\nTransfer-Encoding:Chunked\r\n\r\n", b"")
+@example(b"HTTP/1.1 099 Low\r\n\r\n", b"")
 @example(b"HTTP/1.1 200 OK\r\n\n:text/event-stream\r\n\r\n", b"")
 @example(
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", b""
@@ -134,13 +136,15 @@ methods = st.sampled_from(["GET", "POST", "HEAD", "GE T", "", "PÖST", "M\r\n"])
 targets = st.sampled_from(["/", "/v1/chat?x=1", "/a b", "", "/\r\nX: y", "/é", "*"])
 
 
-@given(methods, targets, st.lists(st.tuples(names, values), max_size=5))
+@given(methods, targets, st.lists(st.tuples(names | st.just(b"Host"), values), max_size=5))
 @example("GET", "/", [(b"Host", b"x"), (b"X-Injected", b"a\r\nEvil: 1")])
 @example("GET", "/", [(b"Host", b"x"), (b"Bad Name", b"v")])
+@example("GET", "/", [])  # no Host (RFC 9112 3.2: a client must send one)
+@example("GET", "/", [(b"Host", b"a"), (b"host", b"b")])
+@example("GET", "/", [(b"Content-Type", b"text/plain"), (b"Host", b"h")])  # Host goes first
 def test_a_request_head_is_written_as_h11_writes_it_and_refused_where_it_refuses(
     method: str, target: str, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    headers = [(b"host", b"upstream"), *headers]
     # Framing headers are checked by the connection (body length), not by the head.
     assume(not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers))
     try:

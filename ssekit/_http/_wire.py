@@ -63,8 +63,9 @@ def request_head(method: str, target: str, headers: Headers) -> bytes:
     """The bytes of a request head, after checking every part is well-formed HTTP/1.1.
 
     Raises :class:`WireError` for a method that is not a token, a target with
-    whitespace or control bytes, or a header field that could not be read
-    back as sent (a CR or LF in a value would start a field of its own).
+    whitespace or control bytes, a header field that could not be read back
+    as sent (a CR or LF in a value would start a field of its own), or not
+    exactly one Host field.
     """
     try:
         method_bytes = method.encode("ascii")
@@ -75,13 +76,23 @@ def request_head(method: str, target: str, headers: Headers) -> bytes:
         raise WireError(f"illegal request method {method!r}")
     if not _TARGET_RE.fullmatch(target_bytes):
         raise WireError(f"illegal request target {target!r}")
-    lines = [b"%s %s HTTP/1.1\r\n" % (method_bytes, target_bytes)]
+    host = b""
+    lines = []
     for name, value in headers:
         if not _NAME_RE.fullmatch(name):
             raise WireError(f"illegal header name {name!r}")
         if not _VALUE_RE.fullmatch(value):
             raise WireError(f"illegal header value {value!r}")
-        lines.append(b"%s: %s\r\n" % (name, value))
+        if name.lower() == b"host":
+            if host:
+                raise WireError("a request needs exactly one Host header field, not several")
+            host = b"%s: %s\r\n" % (name, value)
+        else:
+            lines.append(b"%s: %s\r\n" % (name, value))
+    if not host:
+        raise WireError("a request needs a Host header field (RFC 9112 3.2)")
+    # Host first after the request line, as RFC 9112 3.2 asks of a user agent.
+    lines[:0] = [b"%s %s HTTP/1.1\r\n" % (method_bytes, target_bytes), host]
     lines.append(b"\r\n")
     return b"".join(lines)
 
@@ -117,6 +128,8 @@ def parse_response_head(data: bytes) -> tuple[ResponseHead, int] | None:
     if folded is not None:
         headers.append(_field(folded))
     version, code, reason = status.groups()
+    if int(code) < 100:
+        raise WireError(f"status {code.decode()} is not a status code (100-999)")
     return ResponseHead(int(code), reason or b"", version, _framing_checked(headers)), size
 
 
