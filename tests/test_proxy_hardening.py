@@ -527,6 +527,24 @@ async def test_a_higher_minor_version_is_served_as_http_1_1() -> None:
     assert seen.requests[0].startswith(b"GET /v1/models HTTP/1.1\r\n")
 
 
+async def test_an_event_stream_to_a_higher_minor_version_keeps_its_chunks() -> None:
+    """An HTTP/1.2 client is served as 1.1: chunked, one chunk per upstream chunk."""
+
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD + chunk(b"data: 1\n\n") + chunk(b"data: 2\n\n"))
+        await anyio.sleep(0.05)
+        await stream.send(chunk(b"data: 3\n\n") + LAST_CHUNK)
+
+    async with deadline(10) as tg:
+        upstream, _ = await start_upstream(tg, script)
+        base = await start_proxy(tg, upstream)
+        response = await exchange(base, b"GET / HTTP/1.2\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert parse_chunked(body) == ([b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"], True)
+
+
 async def test_http_1_0_with_transfer_encoding_is_bad_framing_and_nothing_goes_upstream() -> None:
     # RFC 9112 6.1: a server receiving Transfer-Encoding in an HTTP/1.0 message
     # must treat the framing as faulty.

@@ -423,9 +423,9 @@ async def _pass_on(client: Downstream, head: ResponseHead) -> None:
 
 def _chunked_to_client(client: Downstream, headers: Headers, status: int) -> bool:
     """True when h11 frames our response to the client in chunks (RFC 9112 6.1): an
-    HTTP/1.1 client, a body, and no Content-Length."""
+    HTTP/1.1 client (or 1.x above, served as 1.1), a body, and no Content-Length."""
     return (
-        client.h11.their_http_version == b"1.1"
+        (client.h11.their_http_version or b"1.0") >= b"1.1"
         and client.h11.our_state is h11.SEND_BODY
         and status not in (204, 304)
         and get_header(headers, b"content-length") is None
