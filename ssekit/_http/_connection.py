@@ -30,8 +30,10 @@ from ._wire import (
     ResponseHead,
     WireError,
     body_framing,
+    check_length,
     keep_alive,
     parse_response_head,
+    request_framing,
     request_head,
 )
 
@@ -150,35 +152,6 @@ async def open_connection(
     return OriginConnection(raw, origin, sock, max_head_size=max_head_size)
 
 
-def _request_framing(headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
-    """Whether a request body goes chunked, else its Content-Length (None: not given)."""
-    chunked = False
-    length = None
-    for name, value in headers:
-        name = name.lower()
-        if name == b"transfer-encoding":
-            if value.strip().lower() != b"chunked":
-                raise WireError(f"transfer coding {value!r} is not supported (only chunked)")
-            chunked = True
-        elif name == b"content-length":
-            if not value.strip().isdigit():
-                raise WireError(f"bad Content-Length {value!r}")
-            length = int(value)
-    return chunked, None if chunked else length
-
-
-def _check_length(length: int | None, sent: int, *, final: bool = False) -> None:
-    """A request body not chunked is exactly its Content-Length (none given: no body);
-    ``sent`` is what went so far, ``final`` once the body ended."""
-    declared = length or 0
-    if sent > declared or (final and sent < declared):
-        raise WireError(
-            f"a request body of {sent} bytes or more does not match its Content-Length ({declared})"
-            if not final
-            else f"the request body was {sent} bytes, its Content-Length {declared}"
-        )
-
-
 class OriginConnection:
     """One HTTP/1.1 connection to an origin server (heads and framing: :mod:`._wire`).
 
@@ -212,9 +185,6 @@ class OriginConnection:
         self._sent_all = False  # the request body went out whole
         self._ended = False  # the response body was read to its end
         self._leftover = False  # bytes came after the response body
-        # After a chunked response head: whether the connection may be kept once
-        # the body ends cleanly (None: the body is not chunked).
-        self._chunked: bool | None = None
         #: The last response's body has no length: it ends when the origin closes.
         self.read_to_close = False
 
@@ -239,7 +209,7 @@ class OriginConnection:
         self._sent_all = self._ended = self._leftover = False
         with _translated("sending the request", self._origin):
             head = request_head(method, target, headers)
-            chunked, length = _request_framing(headers)
+            chunked, length = request_framing(headers)
             self._keep = keep_alive(b"1.1", headers)
             if isinstance(body, bytes):
                 # Head and body in one write.
@@ -248,7 +218,7 @@ class OriginConnection:
                         head + (frame_chunk(body) if body else b"") + LAST_CHUNK, stall_limit
                     )
                 else:
-                    _check_length(length, len(body), final=True)
+                    check_length(length, len(body), final=True)
                     await self._write(head + body, stall_limit)
             else:
                 await self._write(head, stall_limit)
@@ -259,12 +229,12 @@ class OriginConnection:
                         if chunked:
                             piece = frame_chunk(piece)
                         else:
-                            _check_length(length, sent)
+                            check_length(length, sent)
                         await self._write(piece, stall_limit)
                 if chunked:
                     await self._write(LAST_CHUNK, stall_limit)
                 else:
-                    _check_length(length, sent, final=True)
+                    check_length(length, sent, final=True)
         self._sent_all = True
 
     async def _write(self, data: bytes, stall_limit: float | None) -> None:
@@ -303,7 +273,6 @@ class OriginConnection:
         self._framing = body_framing(self._method, head)
         self._keep = self._keep and keep_alive(head.http_version, head.headers)
         kind = self._framing[0]
-        self._chunked = self._keep if kind == "chunked" else None
         self.read_to_close = kind == "close"
         if kind == "none":
             self._body_end(self._buffer)
@@ -367,7 +336,7 @@ class OriginConnection:
         Content-Length, or read to close, as it comes (one item per read).
         What arrived before a framing error is yielded before the error is raised.
         """
-        if self._chunked is not None:
+        if self._framing[0] == "chunked":
             async for chunks in self._receive_chunked(idle_timeout):
                 yield chunks
             return
@@ -401,11 +370,7 @@ class OriginConnection:
             try:
                 chunks = reader.feed(data) if data else []
             except ChunkError as exc:
-                raise UpstreamError(
-                    f"upstream {self._origin.authority} sent a malformed chunked body "
-                    f"(the response was cut: {exc})",
-                    502,
-                ) from exc
+                raise self._malformed_body(exc) from exc
             if chunks:
                 yield chunks
             if reader.done:
@@ -418,17 +383,24 @@ class OriginConnection:
             with _translated("reading the body", self._origin):
                 data = await self._read(idle_timeout)
 
-    def _cut_mid_body(self) -> UpstreamError:
+    def _cut_mid_body(self, error: BaseException | None = None) -> UpstreamError:
+        """The origin closed (or the connection failed with ``error``) inside the body."""
+        what = " closed the connection mid-body (the response was cut)"
+        if error is not None and not isinstance(error, ConnectionResetError):
+            what = f": reading the body failed: {error!r}"
+        return UpstreamError(f"upstream {self._origin.authority}{what}", 502)
+
+    def _malformed_body(self, error: ChunkError) -> UpstreamError:
         return UpstreamError(
-            f"upstream {self._origin.authority} closed the connection mid-body "
-            "(the response was cut)",
+            f"upstream {self._origin.authority} sent a malformed chunked body "
+            f"(the response was cut: {error})",
             502,
         )
 
     @property
     def spliceable(self) -> bool:
         """True when :meth:`splice_chunked` can read this response's body."""
-        return self._chunked is not None and isinstance(self._stream, FastStream)
+        return self._framing[0] == "chunked" and isinstance(self._stream, FastStream)
 
     async def splice_chunked(
         self, deliver: Deliver, *, idle_timeout: float, caught_up: Callable[[], None]
@@ -448,7 +420,7 @@ class OriginConnection:
         """
         stream = self._stream
         assert isinstance(stream, FastStream)
-        assert self._chunked is not None
+        assert self._framing[0] == "chunked"
         splice = _Splice(self, deliver, idle_timeout)
         data, self._buffer = self._buffer, b""  # body bytes read with the head
         queued, eof = stream.divert(splice)
@@ -469,7 +441,7 @@ class OriginConnection:
         connection is then ready for the next request."""
         keep = self._keep and self._sent_all and self._ended and not self._leftover
         keep = keep and not self._buffer and not self._eof
-        self._chunked = None
+        self._framing = ("none", 0)
         self._keep = self._sent_all = self._ended = False
         return keep
 
@@ -522,7 +494,7 @@ class _Splice:
         self._stream = conn._stream
         self._deliver = deliver
         self._idle = idle
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._stream.loop
         self.reader = ChunkedReader()
         self.done: asyncio.Future[None] = self._loop.create_future()
         self._paused = False  # reading paused for the reader: that silence is not the origin's
@@ -543,7 +515,7 @@ class _Splice:
         try:
             chunks = self.reader.feed(data)
         except ChunkError as exc:
-            self._fail(self._cut(f" sent a malformed chunked body (the response was cut: {exc})"))
+            self._fail(self._conn._malformed_body(exc))
             return
         if chunks:
             try:
@@ -566,13 +538,7 @@ class _Splice:
 
     def ended(self, error: BaseException | None) -> None:
         if not self.done.done():
-            what = " closed the connection mid-body (the response was cut)"
-            if error is not None and not isinstance(error, ConnectionResetError):
-                what = f": reading the body failed: {error!r}"
-            self._fail(self._cut(what))
-
-    def _cut(self, what: str) -> UpstreamError:
-        return UpstreamError(f"upstream {self._conn._origin.authority}{what}", 502)
+            self._fail(self._conn._cut_mid_body(error))
 
     def _check_idle(self) -> None:
         self._timer = None

@@ -89,6 +89,11 @@ class FastStream(asyncio.Protocol, anyio.abc.AsyncResource):
         self._on_gone: Callable[[], None] | None = None  # see watch_gone
         self._watch_limit = 0
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this stream runs on (looked up once: each lookup costs a getpid())."""
+        return self._loop
+
     # -- asyncio.Protocol --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

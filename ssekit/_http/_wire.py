@@ -23,8 +23,10 @@ __all__ = (
     "ResponseHead",
     "WireError",
     "body_framing",
+    "check_length",
     "keep_alive",
     "parse_response_head",
+    "request_framing",
     "request_head",
 )
 
@@ -95,6 +97,35 @@ def request_head(method: str, target: str, headers: Headers) -> bytes:
     lines[:0] = [b"%s %s HTTP/1.1\r\n" % (method_bytes, target_bytes), host]
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def request_framing(headers: Headers) -> tuple[bool, int | None]:
+    """Whether a request body goes chunked, else its Content-Length (None: not given)."""
+    chunked = False
+    length = None
+    for name, value in headers:
+        name = name.lower()
+        if name == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise WireError(f"transfer coding {value!r} is not supported (only chunked)")
+            chunked = True
+        elif name == b"content-length":
+            if not value.strip().isdigit():
+                raise WireError(f"bad Content-Length {value!r}")
+            length = int(value)
+    return chunked, None if chunked else length
+
+
+def check_length(length: int | None, sent: int, *, final: bool = False) -> None:
+    """A request body not chunked is exactly its Content-Length (none given: no body);
+    ``sent`` is what went so far, ``final`` once the body ended."""
+    declared = length or 0
+    if sent > declared or (final and sent < declared):
+        raise WireError(
+            f"a request body of {sent} bytes or more does not match its Content-Length ({declared})"
+            if not final
+            else f"the request body was {sent} bytes, its Content-Length {declared}"
+        )
 
 
 def parse_response_head(data: bytes) -> tuple[ResponseHead, int] | None:
