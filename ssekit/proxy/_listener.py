@@ -108,40 +108,33 @@ class Turns:
 
     async def take(self) -> None:
         """Return once this request may begin (at once while this turn has room)."""
+        loop = self._loop
+        if loop is None:
+            if not on_asyncio():
+                return  # no turns to count: every request begins at once
+            loop = self._loop = asyncio.get_running_loop()
+        if not self._ticking:
+            self._ticking = True
+            loop.call_soon(self._tick)
         if not self._waiting and self._left > 0:
             self._left -= 1
-            self._tick_next_turn()
             return
-        if self._loop is None:
-            if not on_asyncio():
-                return
-            self._loop = asyncio.get_running_loop()
-        waiter = self._loop.create_future()
+        waiter = loop.create_future()
         self._waiting.append(waiter)
-        self._tick_next_turn()
         await waiter  # a cancelled waiter is skipped by _tick
-
-    def _tick_next_turn(self) -> None:
-        if not self._ticking:
-            if self._loop is None:
-                if not on_asyncio():
-                    self._left = self.per_turn  # nothing to count turns with
-                    return
-                self._loop = asyncio.get_running_loop()
-            self._ticking = True
-            self._loop.call_soon(self._tick)
 
     def _tick(self) -> None:
         """Once per turn while there is demand: refill, and wake the next waiters."""
-        self._ticking = False
         self._left = self.per_turn
         while self._waiting and self._left > 0:
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 self._left -= 1
-        if self._waiting or self._left < self.per_turn:
-            self._tick_next_turn()
+        self._ticking = bool(self._waiting) or self._left < self.per_turn
+        if self._ticking:
+            assert self._loop is not None
+            self._loop.call_soon(self._tick)
 
 
 class Proxy:
