@@ -4,7 +4,7 @@ Clients are served through h11; origins are spoken to with ``_wire``'s heads.
 The only place where anyio, ``OSError``, ssl and HTTP framing exceptions become ssekit's.
 """
 
-from ._chunked import frame_chunk
+from ._chunked import frame_chunk, frame_chunks
 from ._connection import (
     DEFAULT_MAX_HEAD_SIZE,
     READ_SIZE,
@@ -46,6 +46,7 @@ __all__ = (
     "close_now",
     "error_body",
     "frame_chunk",
+    "frame_chunks",
     "get_header",
     "head_size",
     "is_event_stream",

@@ -12,7 +12,14 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ("MAX_CHUNK_HOLD", "ChunkError", "ChunkedReader", "frame_chunk")
+__all__ = (
+    "LAST_CHUNK",
+    "MAX_CHUNK_HOLD",
+    "ChunkError",
+    "ChunkedReader",
+    "frame_chunk",
+    "frame_chunks",
+)
 
 #: A chunk arriving over several reads is returned whole up to this size, so
 #: chunk boundaries survive without unbounded buffering; a larger one in pieces.
@@ -35,6 +42,11 @@ class ChunkError(Exception):
 def frame_chunk(payload: bytes) -> bytes:
     """One HTTP/1.1 chunk carrying ``payload`` (which must not be empty)."""
     return b"%x\r\n%b\r\n" % (len(payload), payload)
+
+
+def frame_chunks(payloads: list[bytes]) -> bytes:
+    """``payloads`` (none empty), each its own chunk, as one write."""
+    return b"".join([frame_chunk(payload) for payload in payloads])
 
 
 class ChunkedReader:

@@ -376,7 +376,7 @@ async def _answer(
                 stats.upstream_first_byte = time.monotonic() - started
                 stats.status = response.status_code
                 content_type = get_header(response.headers, b"content-type") or b""
-                headers = response_headers(list(response.headers))
+                headers = response_headers(response.headers)
                 if recording is not None:  # resume hook: keep a 200 event stream
                     recording.arm(response.status_code, content_type, headers)
                 head = client.h11.send(
@@ -408,10 +408,15 @@ async def _answer(
     return failure, done
 
 
+def _speaks_1_1(client: Downstream) -> bool:
+    """True for an HTTP/1.1 client (or 1.x above, served as 1.1)."""
+    return (client.h11.their_http_version or b"1.0") >= b"1.1"
+
+
 async def _pass_on(client: Downstream, head: ResponseHead) -> None:
     """Forward a 1xx response (RFC 9110 15.2: a proxy must), except to an HTTP/1.0
     client, which must get none."""
-    if (client.h11.their_http_version or b"1.0") >= b"1.1":
+    if _speaks_1_1(client):
         await client.send(
             h11.InformationalResponse(
                 status_code=head.status_code,
@@ -425,7 +430,7 @@ def _chunked_to_client(client: Downstream, headers: Headers, status: int) -> boo
     """True when h11 frames our response to the client in chunks (RFC 9112 6.1): an
     HTTP/1.1 client (or 1.x above, served as 1.1), a body, and no Content-Length."""
     return (
-        (client.h11.their_http_version or b"1.0") >= b"1.1"
+        _speaks_1_1(client)
         and client.h11.our_state is h11.SEND_BODY
         and status not in (204, 304)
         and get_header(headers, b"content-length") is None

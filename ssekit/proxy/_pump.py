@@ -22,7 +22,7 @@ from .._decoder import Decoder
 from .._encoder import encode, encode_comment
 from .._errors import SSEError, UpstreamError
 from .._event import Comment, Event
-from .._http import ClientGone, Downstream, FastStream, OriginConnection, frame_chunk
+from .._http import ClientGone, Downstream, FastStream, OriginConnection, frame_chunks
 from ..openai import DONE
 from ._config import ProxyConfig
 from ._relay import Input, Relay, heartbeat_due
@@ -157,7 +157,7 @@ async def _forward(
             async for batch in upstream.receive_body_batches(idle_timeout=idle_timeout):
                 # One socket write per upstream read, each chunk still its own HTTP chunk.
                 if chunked:
-                    framed = b"".join([frame_chunk(chunk) for chunk in batch])
+                    framed = frame_chunks(batch)
                 else:
                     framed = b"".join([client.h11.send(h11.Data(data=c)) or b"" for c in batch])
                 await _write(client, lock, framed)
@@ -214,7 +214,7 @@ class _ToClient:
     def deliver(self, batch: list[bytes], resume: Callable[[], None], last: bool) -> bool:
         if not self._relay.open:
             raise ClientGone  # the watcher saw the client leave; the exchange is ending
-        data = b"".join([frame_chunk(chunk) for chunk in batch])
+        data = frame_chunks(batch)
         if self._head:
             data, self._head = self._head + data, b""
         if last:
@@ -229,9 +229,7 @@ class _ToClient:
         return room
 
     def _drained(self) -> None:
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
+        self.stop()
         if self._resume is not None:
             self._resume()
 
