@@ -2,7 +2,7 @@
 
 A sans-IO decoder exact to the WHATWG parsing algorithm for every split of the
 input, an encoder that escapes every line break, and (in ``ssekit.proxy`` and
-``ssekit.client``, which alone import anyio and h11) a streaming reverse proxy
+``ssekit.client``, which alone import anyio) a streaming reverse proxy
 and a reconnecting client.
 
 The names below live in private modules (``ssekit._decoder`` and so on) and

@@ -2,7 +2,7 @@
 
 One root, :class:`SSEError`; below it, one family per party at fault (h11-style).
 Callers only ever need to catch ssekit types: the I/O layers translate anyio,
-``OSError`` and h11 exceptions into these, chained, at one place each.
+``OSError`` and HTTP framing errors into these, chained, at one place each.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """HTTP/1.1 over anyio, shared by the proxy, the mock upstream and the client.
 
-Clients are served through h11; origins are spoken to with ``_wire``'s heads.
+Clients are served with ``_server``'s connection state, origins spoken to with
+``_wire``'s heads: HTTP/1.1 of our own, held to h11 by the tests.
 The only place where anyio, ``OSError``, ssl and HTTP framing exceptions become ssekit's.
 """
 
@@ -24,8 +25,9 @@ from ._downstream import (
 )
 from ._headers import Headers, get_header, head_size, is_event_stream
 from ._origin import Origin
+from ._server import ServerConnection, Signal
 from ._stream import FastStream, Stream, accept, close_now, on_asyncio
-from ._wire import ResponseHead
+from ._wire import RequestHead, ResponseHead
 
 __all__ = (
     "DEFAULT_MAX_HEAD_SIZE",
@@ -40,7 +42,10 @@ __all__ = (
     "Origin",
     "OriginConnection",
     "OriginPool",
+    "RequestHead",
     "ResponseHead",
+    "ServerConnection",
+    "Signal",
     "Stream",
     "accept",
     "close_now",

@@ -1,10 +1,11 @@
-"""Sans-IO chunked transfer coding (RFC 9112 7.1): the body hot path without h11's events.
+"""Sans-IO chunked transfer coding (RFC 9112 7.1): the body hot path, one list per read.
 
-h11 turns every piece of a chunked body into a ``Data`` event through its
-state machine; on a relay's hot path that is most of the parsing cost. The
+h11 turned every piece of a chunked body into a ``Data`` event through its
+state machine; on a relay's hot path that was most of the parsing cost. The
 reader here takes bytes and returns the payloads of the chunks they completed,
-as one list per call, and the framer writes one HTTP chunk per payload. h11
-still reads and writes the heads; tests check the reader against h11.
+as one list per call, and the framer writes one HTTP chunk per payload. It
+reads response bodies from origins and request bodies from clients; tests
+check it against h11.
 """
 
 from __future__ import annotations

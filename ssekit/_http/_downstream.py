@@ -1,4 +1,4 @@
-"""Server side of HTTP/1.1 over h11: one client connection, its reads, writes and answers.
+"""Server side of HTTP/1.1: one client connection, its reads, writes and answers.
 
 The proxy serves its clients with this and the mock upstream its callers. Reads
 and writes that fail because the peer went away raise :class:`ClientGone`; a
@@ -15,10 +15,12 @@ from typing import Final
 
 import anyio
 import anyio.abc
-import h11
 
 from . import _stream
+from ._headers import Headers
+from ._server import RequestError, ServerConnection, Signal
 from ._stream import FastStream, Stream
+from ._wire import RequestHead
 
 __all__ = (
     "JSON",
@@ -45,7 +47,7 @@ REASONS: Final = {
     504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
-#: What one read from a client may take: a head is bounded by h11 besides.
+#: What one read from a client may take: a head is bounded by ``max_header_size`` besides.
 CLIENT_READ_SIZE: Final = 64 * 1024
 
 
@@ -71,7 +73,8 @@ def error_body(status: int, message: str) -> bytes:
 
 
 def raw_response(status: int, body: bytes, content_type: bytes = JSON) -> bytes:
-    """A complete ``Connection: close`` response, for answers outside h11's state machine."""
+    """A complete ``Connection: close`` response, for answers outside the connection's state
+    (a request too broken to have one)."""
     reason = REASONS.get(status, "Error").encode()
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n"
@@ -80,9 +83,9 @@ def raw_response(status: int, body: bytes, content_type: bytes = JSON) -> bytes:
 
 
 class Downstream:
-    """One client connection: the socket, its h11 state, and the address it came from."""
+    """One client connection: the socket, its HTTP state, and the address it came from."""
 
-    __slots__ = ("addr", "h11", "last_write", "send_timeout", "stalled", "stream")
+    __slots__ = ("addr", "conn", "last_write", "send_timeout", "stalled", "stream")
 
     def __init__(
         self, stream: Stream, max_header_size: int, send_timeout: float | None = None
@@ -92,16 +95,26 @@ class Downstream:
         self.send_timeout = send_timeout
         #: True once the client was cut for taking nothing (see :meth:`cut_stalled`).
         self.stalled = False
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        self.conn = ServerConnection(max_header_size)
         addr = stream.extra(anyio.abc.SocketAttribute.remote_address, ("?", 0))
         self.addr = str(addr[0]) if isinstance(addr, tuple) else str(addr)
         self.last_write = time.monotonic()
 
-    async def send(self, event: h11.Event) -> None:
-        """Write one h11 event; raises :class:`ClientGone` when the client went away."""
-        data = self.h11.send(event)
-        if data:
-            await self.send_raw(data)
+    async def send_response(self, status: int, headers: Headers, reason: bytes = b"") -> None:
+        """Write the final response head; raises :class:`ClientGone` when the client went away."""
+        await self.send_raw(self.conn.send_response(status, headers, reason))
+
+    async def send_data(self, data: bytes) -> None:
+        """Write body bytes, framed for the client (an empty piece writes nothing)."""
+        framed = self.conn.send_data(data)
+        if framed:
+            await self.send_raw(framed)
+
+    async def send_end(self) -> None:
+        """End the response body (the last chunk, when chunked)."""
+        framed = self.conn.send_end()
+        if framed:
+            await self.send_raw(framed)
 
     async def send_raw(self, data: bytes) -> None:
         try:
@@ -146,8 +159,9 @@ class Downstream:
 
     async def next_event(
         self, read_timeout: float | None = None, *, deadline: float | None = None
-    ) -> h11.Event | type[h11.PAUSED]:
-        """The next h11 event, reading as needed.
+    ) -> RequestHead | bytes | Signal:
+        """The next request head, body piece, or :class:`Signal` (never NEED_DATA), reading
+        as needed.
 
         Waits at most ``read_timeout`` seconds for each read (then
         :class:`BadRequest` 408), or until ``deadline`` (``time.monotonic()``;
@@ -156,11 +170,11 @@ class Downstream:
         """
         while True:
             try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise BadRequest(400, f"malformed request: {exc}") from exc
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
+                event = self.conn.next_event()
+            except RequestError as exc:
+                raise BadRequest(exc.status, str(exc)) from exc
+            if event is not Signal.NEED_DATA:
+                return event
             if deadline is not None:
                 data = await self.receive(max(0.0, deadline - time.monotonic()))
             else:
@@ -170,7 +184,7 @@ class Downstream:
                     raise BadRequest(
                         408, f"no byte of the request for {read_timeout:g}s (--body-timeout)"
                     ) from None
-            self.h11.receive_data(data)
+            self.conn.receive_data(data)
 
     async def body(self, read_timeout: float | None = None) -> AsyncIterator[bytes]:
         """The request body's pieces as they arrive, after a ``100 Continue`` if the client
@@ -179,16 +193,16 @@ class Downstream:
         await self.continue_if_expected()
         while True:
             event = await self.next_event(read_timeout)
-            if isinstance(event, h11.EndOfMessage):
+            if event is Signal.END:
                 return
-            if not isinstance(event, h11.Data):
+            if not isinstance(event, bytes):
                 raise BadRequest(400, "request body ended early")
-            yield bytes(event.data)
+            yield event
 
     async def wait_gone(self, max_held: int) -> None:
         """Return when the client goes away (EOF or reset).
 
-        Bytes it sends meanwhile (a pipelined next request) are kept for h11, up
+        Bytes it sends meanwhile (a pipelined next request) are kept for the next, up
         to about ``max_held``; past that it is no longer read (TCP pushes back on
         it) and this never returns: a departure is then noticed at the next write.
         """
@@ -201,13 +215,13 @@ class Downstream:
             if not data:
                 return
             held += len(data)
-            self.h11.receive_data(data)
+            self.conn.receive_data(data)
         await anyio.sleep_forever()
 
     async def continue_if_expected(self) -> None:
         """Send ``100 Continue`` when the client waits for it before sending its body."""
-        if self.h11.they_are_waiting_for_100_continue:
-            await self.send(h11.InformationalResponse(status_code=100, headers=[]))
+        if self.conn.waiting_for_100:
+            await self.send_raw(self.conn.send_informational(100, []))
 
     async def answer(
         self, status: int, body: bytes, content_type: bytes = JSON, *, close: bool = False
@@ -217,6 +231,7 @@ class Downstream:
         headers.append((b"via", b"1.1 ssekit"))
         if close:
             headers.append((b"connection", b"close"))
-        await self.send(h11.Response(status_code=status, headers=headers))
-        await self.send(h11.Data(data=body))
-        await self.send(h11.EndOfMessage())
+        conn = self.conn
+        await self.send_raw(
+            conn.send_response(status, headers) + conn.send_data(body) + conn.send_end()
+        )

@@ -20,8 +20,8 @@ def get_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | N
 def head_size(start_line: bytes, headers: Iterable[tuple[bytes, bytes]]) -> int:
     """About how many bytes a head took on the wire (start line, ``name: value\\r\\n`` each).
 
-    h11 bounds a head only while it is still arriving; one that arrived in a
-    single read is measured with this, so one limit holds however it was cut.
+    The connection bounds a head only while it is still arriving; one that arrived
+    in a single read is measured with this, so one limit holds however it was cut.
     """
     return len(start_line) + 2 + sum(len(k) + len(v) + 4 for k, v in headers) + 2
 

@@ -1,14 +1,15 @@
-"""The origin side's HTTP/1.1 heads and framing, sans-IO: request heads out, response heads in.
+"""HTTP/1.1 heads and framing, sans-IO: request heads out and response heads in for the
+origin side, request heads in for the client side (``_server``).
 
 :class:`OriginConnection` speaks to its origin with these instead of h11,
 which cost about 45 us per exchange there (building, validating and parsing
 the heads through its state machine) for a side whose every step the
 connection already orders: one request, then its response. The rules are
-h11's, which are RFC 9112's (``tests/test_wire.py`` holds the parser to h11
-on generated heads): a status line ``HTTP/x.y NNN reason``, header fields as
-``token ":" OWS value OWS``, obsolete line folds joined with a space, lines
-ending in CRLF or LF, one Content-Length value, and no transfer coding but
-``chunked``.
+h11's, which are RFC 9112's (``tests/test_wire.py`` and ``tests/test_server.py``
+hold the parsers to h11 on generated heads): a start line ``HTTP/x.y NNN reason``
+or ``METHOD target HTTP/x.y``, header fields as ``token ":" OWS value OWS``,
+obsolete line folds joined with a space, lines ending in CRLF or LF, one
+Content-Length value, and no transfer coding but ``chunked``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from typing import Final
 from ._headers import Headers
 
 __all__ = (
+    "RequestHead",
     "ResponseHead",
     "WireError",
     "body_framing",
     "check_length",
+    "framing_checked",
     "keep_alive",
+    "parse_request_head",
     "parse_response_head",
     "request_framing",
     "request_head",
@@ -41,6 +45,7 @@ _FIELD_RE: Final = re.compile(rb"(%s):[ \t]*(%s)[ \t]*" % (_TOKEN, _FIELD_VALUE)
 _STATUS_RE: Final = re.compile(
     rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|%s)*))?" % _FIELD_VCHAR
 )
+_REQUEST_RE: Final = re.compile(rb"(%s) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])" % _TOKEN)
 _BLANK_LINE: Final = re.compile(rb"\n\r?\n")
 _LENGTH_RE: Final = re.compile(rb"[0-9]+")
 #: Content-Length digits accepted (h11's bound: about 10**20 bytes).
@@ -49,6 +54,16 @@ MAX_LENGTH_DIGITS: Final = 20
 
 class WireError(Exception):
     """A head that breaks HTTP/1.1's rules: malformed, or framed in a way not supported."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A parsed request head; header names lower-cased, values as sent (OWS stripped)."""
+
+    method: bytes
+    target: bytes
+    http_version: bytes
+    headers: Headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,18 +151,67 @@ def parse_response_head(data: bytes) -> tuple[ResponseHead, int] | None:
     """
     if data[:1] == b"\n" or data[:2] == b"\r\n":
         raise WireError("no status line: the response began with a blank line")
-    end = _BLANK_LINE.search(data)
-    if end is None:
+    split = _head_lines(data)
+    if split is None:
         return None
-    size = end.end()
-    lines = data[: end.start()].split(b"\n")
-    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    lines, size = split
     status = _STATUS_RE.fullmatch(lines[0])
     if status is None:
         raise WireError(f"illegal status line {lines[0]!r}")
+    headers = _fields(lines[1:])
+    version, code, reason = status.groups()
+    if int(code) < 100:
+        raise WireError(f"status {code.decode()} is not a status code (100-999)")
+    return ResponseHead(int(code), reason or b"", version, headers), size
+
+
+def parse_request_head(data: bytes) -> tuple[RequestHead, int] | None:
+    """The request head at the start of ``data`` and its length on the wire; None
+    while its blank line has not arrived. Raises :class:`WireError` when malformed,
+    as soon as the first byte shows it cannot be a request line (a TLS handshake
+    sent to a plain port is refused before it completes a "head").
+
+    A request line is ``method SP target SP HTTP/x.y`` with a token for the method
+    and visible ASCII for the target; an HTTP/1.1 request has exactly one Host
+    field, any other at most one (RFC 9112 3, 3.2). The caller bounds how much it
+    buffers while this returns None.
+    """
+    if data[:1] == b"\n" or data[:2] == b"\r\n":
+        raise WireError("no request line: the request began with a blank line")
+    if data and data[0] < 0x21:
+        raise WireError(f"illegal request line {data[:40]!r}")
+    split = _head_lines(data)
+    if split is None:
+        return None
+    lines, size = split
+    request = _REQUEST_RE.fullmatch(lines[0])
+    if request is None:
+        raise WireError(f"illegal request line {lines[0][:200]!r}")
+    headers = _fields(lines[1:])
+    method, target, version = request.groups()
+    hosts = sum(1 for name, _ in headers if name == b"host")
+    if hosts > 1:
+        raise WireError("more than one Host header field; send exactly one")
+    if hosts == 0 and version == b"1.1":
+        raise WireError("an HTTP/1.1 request needs a Host header field (RFC 9112 3.2)")
+    return RequestHead(method, target, version, headers), size
+
+
+def _head_lines(data: bytes) -> tuple[list[bytes], int] | None:
+    """The lines of the head at the start of ``data`` (each ended by CRLF or a bare
+    LF, the ending dropped) and the head's size; None while its blank line is missing."""
+    end = _BLANK_LINE.search(data)
+    if end is None:
+        return None
+    lines = data[: end.start()].split(b"\n")
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines], end.end()
+
+
+def _fields(lines: list[bytes]) -> Headers:
+    """Header lines as fields (obsolete folds joined with a space), framing checked."""
     headers: Headers = []
     folded: bytes | None = None
-    for line in lines[1:]:
+    for line in lines:
         if line[:1] in (b" ", b"\t"):  # obsolete line folding (RFC 9112 5.2)
             if folded is None:
                 raise WireError("a continuation line before the first header field")
@@ -158,10 +222,7 @@ def parse_response_head(data: bytes) -> tuple[ResponseHead, int] | None:
         folded = line
     if folded is not None:
         headers.append(_field(folded))
-    version, code, reason = status.groups()
-    if int(code) < 100:
-        raise WireError(f"status {code.decode()} is not a status code (100-999)")
-    return ResponseHead(int(code), reason or b"", version, _framing_checked(headers)), size
+    return framing_checked(headers)
 
 
 def _field(line: bytes) -> tuple[bytes, bytes]:
@@ -171,15 +232,16 @@ def _field(line: bytes) -> tuple[bytes, bytes]:
     return match[1].lower(), match[2]
 
 
-def _framing_checked(headers: Headers) -> Headers:
+def framing_checked(headers: Headers) -> Headers:
     """``headers`` with one Content-Length (``n, n`` and repeats of an equal value
     become one ``n``); raises :class:`WireError` for conflicting lengths or a
-    transfer coding other than chunked."""
+    transfer coding other than chunked. Names keep their case."""
     out: Headers = []
     length: bytes | None = None
     coded = False
     for name, value in headers:
-        if name == b"content-length":
+        low = name.lower()
+        if low == b"content-length":
             values = {part.strip() for part in value.split(b",")}
             if len(values) != 1:
                 raise WireError("conflicting Content-Length values")
@@ -191,7 +253,7 @@ def _framing_checked(headers: Headers) -> Headers:
                     raise WireError("conflicting Content-Length headers")
                 continue
             length = value = one
-        elif name == b"transfer-encoding":
+        elif low == b"transfer-encoding":
             if coded:
                 raise WireError("more than one Transfer-Encoding header")
             value = value.lower()  # coding names are case-insensitive (RFC 9112 7)

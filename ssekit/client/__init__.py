@@ -1,6 +1,6 @@
-"""A reconnecting SSE client (anyio + h11), exact to the EventSource's reconnection rules.
+"""A reconnecting SSE client (anyio), exact to the EventSource's reconnection rules.
 
-Importing this package imports anyio and h11; ``import ssekit`` does not. It
+Importing this package imports anyio; ``import ssekit`` does not. It
 reuses the proxy's HTTP/1.1 upstream code; it is not a second HTTP client.
 """
 

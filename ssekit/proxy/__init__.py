@@ -1,6 +1,6 @@
-"""The ssekit reverse proxy (anyio + h11): forwards streams unchanged, handles faults.
+"""The ssekit reverse proxy (anyio, its own HTTP/1.1): forwards streams unchanged, handles faults.
 
-Importing this package imports anyio and h11; ``import ssekit`` does not.
+Importing this package imports anyio; ``import ssekit`` does not.
 """
 
 from .._http import Origin

@@ -21,7 +21,6 @@ from typing import Final
 
 import anyio
 import anyio.abc
-import h11
 
 from .._errors import UpstreamError
 from .._http import (
@@ -29,9 +28,9 @@ from .._http import (
     ClientGone,
     Downstream,
     FastStream,
-    Headers,
     OriginConnection,
     OriginPool,
+    RequestHead,
     ResponseHead,
     error_body,
     get_header,
@@ -183,7 +182,7 @@ async def discard_body(client: Downstream, read_timeout: float) -> None:
         pass
 
 
-async def serve_exchange(shared: Shared, client: Downstream, request: h11.Request) -> bool:
+async def serve_exchange(shared: Shared, client: Downstream, request: RequestHead) -> bool:
     """Serve one request; True when the connection may carry another."""
     started = time.monotonic()
     relay = Relay()
@@ -229,14 +228,14 @@ async def serve_exchange(shared: Shared, client: Downstream, request: h11.Reques
 async def _serve(
     shared: Shared,
     client: Downstream,
-    request: h11.Request,
+    request: RequestHead,
     target: str,
     relay: Relay,
     stats: StreamStats,
     started: float,
 ) -> bool:
     cfg = shared.config
-    decision = admit(stats.method, target, list(request.headers), cfg, request.http_version)
+    decision = admit(stats.method, target, request.headers, cfg, request.http_version)
     if isinstance(decision, Refuse):
         relay.on(decision.input)
         stats.status = decision.status
@@ -263,7 +262,7 @@ async def _serve(
 async def _forward(
     shared: Shared,
     client: Downstream,
-    request: h11.Request,
+    request: RequestHead,
     decision: Forward,
     relay: Relay,
     stats: StreamStats,
@@ -271,7 +270,7 @@ async def _forward(
 ) -> bool:
     cfg = shared.config
     headers = request_headers(
-        list(request.headers),
+        request.headers,
         origin=cfg.origin,
         client_addr=client.addr,
         api_key=shared.next_api_key(),
@@ -285,7 +284,7 @@ async def _forward(
     if chunked or get_header(headers, b"content-length") not in (None, b"0"):
         body = RequestBody(client, cfg.body_timeout)
     else:
-        await discard_body(client, cfg.body_timeout)  # h11 ends an empty body at once
+        await discard_body(client, cfg.body_timeout)  # an empty body ends at once
     if chunked:
         # Transfer-Encoding is hop-by-hop: our own hop streams the body chunked too.
         headers.append((b"transfer-encoding", b"chunked"))
@@ -379,11 +378,7 @@ async def _answer(
                 headers = response_headers(response.headers)
                 if recording is not None:  # resume hook: keep a 200 event stream
                     recording.arm(response.status_code, content_type, headers)
-                head = client.h11.send(
-                    h11.Response(
-                        status_code=response.status_code, headers=headers, reason=response.reason
-                    )
-                )
+                head = client.conn.send_response(response.status_code, headers, response.reason)
                 relay.on(Input.HEAD)  # written by pump, with the first body bytes if here
                 done = await pump(
                     client,
@@ -395,8 +390,8 @@ async def _answer(
                     sse=is_event_stream(content_type),
                     read_to_close=upstream.read_to_close,
                     sized=get_header(headers, b"content-length") is not None,
-                    chunked=_chunked_to_client(client, headers, response.status_code),
-                    head=head or b"",
+                    chunked=client.conn.chunked,
+                    head=head,
                     record=recording,
                 )
     except* ClientGone:
@@ -408,33 +403,13 @@ async def _answer(
     return failure, done
 
 
-def _speaks_1_1(client: Downstream) -> bool:
-    """True for an HTTP/1.1 client (or 1.x above, served as 1.1)."""
-    return (client.h11.their_http_version or b"1.0") >= b"1.1"
-
-
 async def _pass_on(client: Downstream, head: ResponseHead) -> None:
     """Forward a 1xx response (RFC 9110 15.2: a proxy must), except to an HTTP/1.0
     client, which must get none."""
-    if _speaks_1_1(client):
-        await client.send(
-            h11.InformationalResponse(
-                status_code=head.status_code,
-                headers=response_headers(head.headers),
-                reason=head.reason,
-            )
-        )
-
-
-def _chunked_to_client(client: Downstream, headers: Headers, status: int) -> bool:
-    """True when h11 frames our response to the client in chunks (RFC 9112 6.1): an
-    HTTP/1.1 client (or 1.x above, served as 1.1), a body, and no Content-Length."""
-    return (
-        _speaks_1_1(client)
-        and client.h11.our_state is h11.SEND_BODY
-        and status not in (204, 304)
-        and get_header(headers, b"content-length") is None
-    )
+    if (client.conn.their_http_version or b"1.0") >= b"1.1":
+        conn = client.conn
+        headers = response_headers(head.headers)
+        await client.send_raw(conn.send_informational(head.status_code, headers, head.reason))
 
 
 async def _fail_before_head(

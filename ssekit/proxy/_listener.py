@@ -19,7 +19,6 @@ from typing import Final
 import anyio
 import anyio.abc
 import anyio.streams.stapled
-import h11
 
 from .._errors import ConfigError
 from .._http import (
@@ -27,6 +26,7 @@ from .._http import (
     ClientGone,
     Downstream,
     FastStream,
+    RequestHead,
     Stream,
     accept,
     close_now,
@@ -325,26 +325,23 @@ class Proxy:
                 self.metrics.active -= 1
                 if self._draining and not self._busy:
                     self._quiet.set()
-            if not keep or client.h11.our_state is not h11.DONE:
+            if not keep or not client.conn.reusable:
                 return
-            try:
-                client.h11.start_next_cycle()
-            except h11.LocalProtocolError:
-                return
+            client.conn.start_next_cycle()
 
-    async def _receive_head(self, client: Downstream, first: bool) -> h11.Request | None:
+    async def _receive_head(self, client: Downstream, first: bool) -> RequestHead | None:
         """The next request head, or None when the connection should just close."""
         cfg = self.config
-        conn = client.h11
+        conn = client.conn
         try:
-            if not conn.trailing_data[0]:
+            if not conn.buffered:
                 # Nothing of a next request yet: the connection may idle (keep-alive).
                 try:
                     idle = cfg.header_timeout if first else KEEPALIVE_IDLE
                     conn.receive_data(await client.receive(idle))
                 except TimeoutError:
                     return None  # idle too long, nothing started: close quietly
-                if not conn.trailing_data[0]:
+                if not conn.buffered:
                     return None  # closed, nothing started
             # A head has started: it must complete within header_timeout (slowloris).
             await self._turns.take()
@@ -355,17 +352,14 @@ class Proxy:
         except ClientGone:
             return None
         except BadRequest as exc:
-            cause = exc.__cause__
-            hint = getattr(cause, "error_status_hint", 400)
-            status = hint if hint in (400, 431) else 400
-            await self._refuse_raw(client, status, exc.message)
+            await self._refuse_raw(client, exc.status, exc.message)
             return None
-        return event if isinstance(event, h11.Request) else None
+        return event if isinstance(event, RequestHead) else None
 
     async def _refuse_raw(
         self, client: Downstream, status: int, message: str, why: Input = Input.BAD_REQUEST
     ) -> None:
-        """Answer outside h11's state machine (its state may be broken), then close."""
+        """Answer outside the connection's state (it may be broken), then close."""
         relay = Relay()
         relay.on(why)
         stats = StreamStats(status=status, error=message)

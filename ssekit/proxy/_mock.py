@@ -11,7 +11,7 @@
     anything else               an error in OpenAI's shape (404, 405, 400)
 
 Request JSON may set "max_tokens" to cap the answer's token count. Events are
-written through :class:`ssekit.EventWriter`, one h11 chunk each, at once.
+written through :class:`ssekit.EventWriter`, one HTTP chunk each, at once.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import anyio.abc
-import h11
 
 from .._event import Event
-from .._http import BadRequest, ClientGone, Downstream, close_now, error_body
+from .._http import BadRequest, ClientGone, Downstream, RequestHead, close_now, error_body
 from .._writer import EventWriter
 from ..openai import DONE
 
@@ -39,6 +38,10 @@ TOKENS: Final = (
     " Streaming", " works", " 很", "好", "。", " 😀",
 )  # fmt: skip
 MAX_BODY: Final = 1 << 20
+EVENT_STREAM_HEADERS: Final = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+]
 
 #: GET /demo: an EventSource on /v1/events and a fetch() reader of a streamed chat
 #: completion, both appending what arrives (and recording when, for tests).
@@ -105,16 +108,16 @@ class MockConfig:
 
 
 class _ChunkSink:
-    """Adapts an h11 response body to the EventWriter's byte sink: one chunk per send."""
+    """Adapts a response body to the EventWriter's byte sink: one chunk per send."""
 
     def __init__(self, client: Downstream) -> None:
         self._client = client
 
     async def send(self, item: bytes, /) -> None:
-        await self._client.send(h11.Data(data=item))
+        await self._client.send_data(item)
 
     async def aclose(self) -> None:
-        await self._client.send(h11.EndOfMessage())
+        await self._client.send_end()
 
 
 def _error(status: int, message: str) -> bytes:
@@ -141,7 +144,7 @@ async def _connection(stream: anyio.abc.SocketStream, config: MockConfig) -> Non
     try:
         while True:
             event = await client.next_event()
-            if not isinstance(event, h11.Request):
+            if not isinstance(event, RequestHead):
                 return
             body = b""
             async for part in client.body():
@@ -151,16 +154,16 @@ async def _connection(stream: anyio.abc.SocketStream, config: MockConfig) -> Non
                     return
             if not await _route(client, event, body, config):
                 return
-            if client.h11.our_state is not h11.DONE:
+            if not client.conn.reusable:
                 return
-            client.h11.start_next_cycle()
-    except (ClientGone, BadRequest, h11.ProtocolError):
+            client.conn.start_next_cycle()
+    except (ClientGone, BadRequest):
         pass
     finally:
         await close_now(stream)
 
 
-async def _route(client: Downstream, request: h11.Request, body: bytes, config: MockConfig) -> bool:
+async def _route(client: Downstream, request: RequestHead, body: bytes, config: MockConfig) -> bool:
     """Answer one request; False when the connection must close."""
     method = request.method.decode()
     url = urlsplit(request.target.decode("ascii", "replace"))
@@ -219,12 +222,7 @@ async def _route(client: Downstream, request: h11.Request, body: bytes, config: 
         }
         return Event(data=json.dumps(obj, ensure_ascii=False))
 
-    await client.send(
-        h11.Response(
-            status_code=200,
-            headers=[(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
-        )
-    )
+    await client.send_response(200, EVENT_STREAM_HEADERS)
     writer = EventWriter(_ChunkSink(client))
     await writer.send(chunk({"role": "assistant", "content": ""}))
     for i in range(tokens):
@@ -237,7 +235,7 @@ async def _route(client: Downstream, request: h11.Request, body: bytes, config: 
 
 
 async def _numbered_events(
-    client: Downstream, request: h11.Request, query: dict[str, list[str]], config: MockConfig
+    client: Downstream, request: RequestHead, query: dict[str, list[str]], config: MockConfig
 ) -> bool:
     last = dict(request.headers).get(b"last-event-id", b"0").decode("ascii", "replace")
     try:
@@ -250,12 +248,7 @@ async def _numbered_events(
             400, _error(400, "count, cut_after, retry and Last-Event-ID are integers")
         )
         return True
-    await client.send(
-        h11.Response(
-            status_code=200,
-            headers=[(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
-        )
-    )
+    await client.send_response(200, EVENT_STREAM_HEADERS)
     writer = EventWriter(_ChunkSink(client))
     await writer.send(Event(data="hello", event="open", retry=retry, id=str(start - 1)))
     for n, number in enumerate(range(start, count + 1)):

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
-import h11
 
 from .._decoder import Decoder
 from .._encoder import encode, encode_comment
@@ -93,7 +92,7 @@ async def pump(
     head: bytes,
     record: Recording | None = None,
 ) -> bool:
-    """Write the response ``head`` (framed by h11), forward the body and its end; True when
+    """Write the response ``head``, forward the body and its end; True when
     it ended cleanly (the upstream may be reused).
 
     The head goes out with the first body bytes when they are already here
@@ -102,8 +101,8 @@ async def pump(
     A read-to-close event stream that stops inside an event was cut, not
     finished: the client's response is cut too, never ended cleanly. A body
     with a Content-Length (``sized``) gets nothing inserted: it would not fit.
-    ``chunked``: the client's response is chunk-framed, so chunks are framed
-    here (h11 still writes the head and the last chunk). ``record``: the
+    ``chunked``: the client's response is chunk-framed, so a read's chunks are
+    framed here in one piece. ``record``: the
     events the tap decodes are also kept for resumption.
     """
     tap = Tap(stats, started, record) if sse else None
@@ -159,7 +158,7 @@ async def _forward(
                 if chunked:
                     framed = frame_chunks(batch)
                 else:
-                    framed = b"".join([client.h11.send(h11.Data(data=c)) or b"" for c in batch])
+                    framed = b"".join([client.conn.send_data(c) for c in batch])
                 await _write(client, lock, framed)
                 if not relay.open:
                     return False  # the client left while we wrote (the watcher saw it)
@@ -179,12 +178,12 @@ async def _forward(
             message = json.dumps({"error": {"message": str(exc), "type": "proxy_error"}})
             with contextlib.suppress(ClientGone):
                 error = encode(Event(event="error", data=message))
-                await _write(client, lock, client.h11.send(h11.Data(data=error)) or b"")
+                await _write(client, lock, client.conn.send_data(error))
         return False
     if not relay.open:
         return False
-    if client.h11.our_state is h11.SEND_BODY:  # else the splice wrote it with the last chunk
-        await client.send(h11.EndOfMessage())
+    if client.conn.sending_body:  # else the splice wrote it with the last chunk
+        await client.send_end()
     relay.on(Input.END)
     return True
 
@@ -218,7 +217,7 @@ class _ToClient:
         if self._head:
             data, self._head = self._head + data, b""
         if last:
-            data += self._client.h11.send(h11.EndOfMessage()) or b""
+            data += self._client.conn.send_end()
         room = self._client.write_now(data, self._drained)
         _forwarded(self._relay, self._stats, self._tap, batch)
         if not room:
@@ -260,7 +259,7 @@ def _forwarded(relay: Relay, stats: StreamStats, tap: Tap | None, batch: list[by
 
 
 async def _write(client: Downstream, lock: anyio.Lock | None, framed: bytes) -> None:
-    """Write bytes h11 already framed; one writer at a time when a heartbeat task exists."""
+    """Write bytes already framed; one writer at a time when a heartbeat task exists."""
     if lock is None:
         await client.send_raw(framed)
     else:
@@ -287,7 +286,7 @@ async def _heartbeats(
                     interval=interval,
                     at_boundary=tap.at_boundary,
                 ):
-                    await client.send(h11.Data(data=comment))
+                    await client.send_data(comment)
             if not tap.at_boundary:
                 # Mid-event: look again shortly rather than insert into the event.
                 await anyio.sleep(min(interval, 0.05))

@@ -168,7 +168,7 @@ def admit(
         )
     size = head_size(f"{method} {target} HTTP/1.1".encode(), headers)
     if size > config.max_header_size:
-        # h11 bounds a head still arriving; one that arrived whole is measured here.
+        # The connection bounds a head still arriving; one that arrived whole is measured here.
         return Refuse(
             431,
             f"request head of about {size} bytes is over the proxy's limit of "

@@ -12,11 +12,10 @@ import contextlib
 import json
 
 import anyio
-import h11
 
 from ..._encoder import encode
 from ..._event import Event
-from ..._http import ClientGone, Downstream, error_body, get_header
+from ..._http import ClientGone, Downstream, RequestHead, error_body, get_header
 from .._config import token_matches
 from .._relay import Input, Relay
 from .._stats import StreamStats
@@ -28,7 +27,7 @@ __all__ = ("serve_streams",)
 
 
 async def serve_streams(
-    resume: Resume, client: Downstream, request: h11.Request, relay: Relay, stats: StreamStats
+    resume: Resume, client: Downstream, request: RequestHead, relay: Relay, stats: StreamStats
 ) -> bool:
     """Answer one request to the streams endpoint; True when the connection may go on."""
     config = resume.config
@@ -59,8 +58,8 @@ async def serve_streams(
             if not await resume.store.cancel(key):
                 return await _refuse(client, relay, stats, Refusal(404, f"no stream {stream_id!r}"))
             stats.status = 204
-            await client.send(h11.Response(status_code=204, headers=[(b"via", b"1.1 ssekit")]))
-            await client.send(h11.EndOfMessage())
+            await client.send_response(204, [(b"via", b"1.1 ssekit")])
+            await client.send_end()
             relay.on(Input.LOCAL)
             return True
         info = await resume.store.lookup(key)
@@ -74,17 +73,15 @@ async def serve_streams(
     assert info is not None
     resume.metrics.resume_reads += 1
     stats.status = 200
-    await client.send(
-        h11.Response(
-            status_code=200,
-            headers=[
-                (b"content-type", b"text/event-stream; charset=utf-8"),
-                (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"),
-                (b"via", b"1.1 ssekit"),
-                (STREAM_ID_HEADER, stream_id.encode()),
-            ],
-        )
+    await client.send_response(
+        200,
+        [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            (b"via", b"1.1 ssekit"),
+            (STREAM_ID_HEADER, stream_id.encode()),
+        ],
     )
     relay.on(Input.HEAD)
     end = State.CUT
@@ -99,7 +96,7 @@ async def serve_streams(
                             end = batch
                             break
                         data = b"".join([frame(position, body) for position, body in batch])
-                        await client.send(h11.Data(data=data))
+                        await client.send_data(data)
                         stats.events += len(batch)
                         stats.body_bytes += len(data)
             except StoreUnavailable as exc:
@@ -111,7 +108,7 @@ async def serve_streams(
     if not relay.open:
         return False
     if end is State.DONE:
-        await client.send(h11.EndOfMessage())
+        await client.send_end()
         relay.on(Input.END)
         return True
     # Cut: the reader must be able to tell (no last chunk), as on the original response.
@@ -120,7 +117,7 @@ async def serve_streams(
     if config.error_event:
         message = json.dumps({"error": {"message": stats.error, "type": "proxy_error"}})
         with contextlib.suppress(ClientGone):
-            await client.send(h11.Data(data=encode(Event(event="error", data=message))))
+            await client.send_data(encode(Event(event="error", data=message)))
     return False
 
 

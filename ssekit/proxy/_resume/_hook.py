@@ -17,10 +17,9 @@ import secrets
 import time
 
 import anyio
-import h11
 
 from ..._event import Event
-from ..._http import BadRequest, ClientGone, Downstream, get_header, is_event_stream
+from ..._http import BadRequest, ClientGone, Downstream, RequestHead, get_header, is_event_stream
 from .._config import ProxyConfig
 from .._relay import bearer_token
 from .._stats import Metrics, StreamStats
@@ -51,7 +50,7 @@ class Resume:
 
     def begin(
         self,
-        request: h11.Request,
+        request: RequestHead,
         upstream_headers: list[tuple[bytes, bytes]],
         stats: StreamStats,
     ) -> Recording:
@@ -157,9 +156,9 @@ class Detachable(Downstream):
     __slots__ = ("armed", "gone", "recording")
 
     def __init__(self, client: Downstream, recording: Recording) -> None:
-        # Share the real connection's socket and h11 state; only the two methods differ.
+        # Share the real connection's socket and HTTP state; only the two methods differ.
         self.stream = client.stream
-        self.h11 = client.h11
+        self.conn = client.conn
         self.addr = client.addr
         self.last_write = client.last_write
         self.send_timeout = client.send_timeout

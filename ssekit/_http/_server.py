@@ -1,0 +1,337 @@
+"""The client side's HTTP/1.1, sans-IO: requests in, responses out, one connection at a time.
+
+The proxy serves its clients with this, and the mock upstream its callers. h11
+did it before and cost about 50 us per exchange (its state machine, and each
+response head validated three times over); the rules and the bytes on the wire
+are still h11's, which are RFC 9112's, and ``tests/test_server.py`` holds both
+to h11 on generated requests and responses:
+
+- a request head as :func:`~ssekit._http._wire.parse_request_head` reads it; a
+  head over ``max_head_size`` still incomplete is a 431;
+- its body framed by Transfer-Encoding: chunked, else Content-Length, else none;
+- a response to a request of unknown-length body goes chunked to an HTTP/1.1
+  client, and is ended by closing to an HTTP/1.0 one (RFC 9112 6.1, 6.3);
+  ``Connection: close`` is added whenever the connection will close after it;
+- a connection carries another request only when both messages ended and
+  neither side asked to close (HTTP/1.0 never keeps a connection alive).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import Final
+
+from ._chunked import LAST_CHUNK, ChunkedReader, ChunkError, frame_chunk
+from ._headers import Headers
+from ._wire import (
+    _NAME_RE,
+    _VALUE_RE,
+    RequestHead,
+    WireError,
+    framing_checked,
+    keep_alive,
+    parse_request_head,
+)
+
+__all__ = ("RequestError", "ServerConnection", "Signal")
+
+
+class Signal(enum.Enum):
+    """What :meth:`ServerConnection.next_event` returns besides a head or body bytes."""
+
+    NEED_DATA = "need data"  # feed more bytes (or the end: ``receive_data(b"")``)
+    PAUSED = "paused"  # the next request has begun; answer this one first
+    END = "end"  # the request body ended
+    CLOSED = "closed"  # the client closed the connection between requests
+
+
+class RequestError(WireError):
+    """The client's request breaks HTTP/1.1; ``status`` is the answer (400 or 431)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerConnection:
+    """One client connection's HTTP/1.1 state: feed bytes, take events, frame a response.
+
+    ``next_event()`` returns a :class:`RequestHead`, then the body's pieces as
+    ``bytes``, then :attr:`Signal.END`; or a :class:`Signal` saying why there is
+    nothing. Responses are written with :meth:`send_informational`,
+    :meth:`send_response`, :meth:`send_data` and :meth:`send_end`, each returning
+    the bytes to write. :meth:`start_next_cycle` readies the next request.
+    """
+
+    __slots__ = (
+        "_body",
+        "_buffer",
+        "_closed",
+        "_framing",
+        "_left",
+        "_pieces",
+        "keep_alive",
+        "max_head_size",
+        "request",
+        "request_done",
+        "response_done",
+        "their_http_version",
+        "waiting_for_100",
+    )
+
+    def __init__(self, max_head_size: int) -> None:
+        self.max_head_size = max_head_size
+        self._buffer = b""
+        self._closed = False
+        self._pieces: deque[bytes] = deque()
+        #: The request head being served (None between requests).
+        self.request: RequestHead | None = None
+        #: The last request's HTTP version (None before the first).
+        self.their_http_version: bytes | None = None
+        #: True while the connection may carry another request after this one.
+        self.keep_alive = True
+        #: True while the client waits for ``100 Continue`` before sending its body.
+        self.waiting_for_100 = False
+        self.request_done = False
+        self.response_done = False
+        self._reset_body()
+
+    def _reset_body(self) -> None:
+        self._body: ChunkedReader | int = 0  # a chunked body's reader, or the bytes still due
+        self._framing = ""  # our response body: "" (no head yet), "chunked", "length", "close"
+        self._left = 0  # bytes still due of a response framed by its length
+
+    # -- receiving ------------------------------------------------------------
+
+    @property
+    def buffered(self) -> bytes:
+        """Bytes received and not yet taken as events (a pipelined next request)."""
+        return self._buffer
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the client; ``b""`` when it closed its side."""
+        if data:
+            self._buffer = self._buffer + data if self._buffer else data
+        else:
+            self._closed = True
+
+    def next_event(self) -> RequestHead | bytes | Signal:
+        """The next thing the client sent; raises :class:`RequestError` when it breaks
+        HTTP/1.1 (and keeps raising: the connection cannot be read on)."""
+        if self.request is None:
+            return self._next_head()
+        if not self.request_done:
+            return self._next_body()
+        if self._buffer:
+            return Signal.PAUSED
+        return Signal.CLOSED if self._closed else Signal.NEED_DATA
+
+    def _next_head(self) -> RequestHead | Signal:
+        buffer = self._buffer
+        if not buffer:
+            return Signal.CLOSED if self._closed else Signal.NEED_DATA
+        try:
+            parsed = parse_request_head(buffer)
+        except WireError as exc:
+            raise RequestError(f"malformed request: {exc}") from None
+        if parsed is None:
+            if len(buffer) > self.max_head_size:
+                raise RequestError(
+                    f"request head over {self.max_head_size} bytes (--max-header-size)", 431
+                )
+            if self._closed:
+                raise RequestError("the client closed the connection in the middle of a head")
+            return Signal.NEED_DATA
+        head, size = parsed
+        self._buffer = buffer[size:]
+        self.request = head
+        self.their_http_version = head.http_version
+        self.keep_alive = keep_alive(head.http_version, head.headers)
+        expect = _comma_values(head.headers, b"expect")
+        self.waiting_for_100 = head.http_version >= b"1.1" and b"100-continue" in expect
+        length = None
+        for name, value in head.headers:
+            if name == b"transfer-encoding":
+                self._body = ChunkedReader()  # chunked wins over a length (RFC 9112 6.3)
+                break
+            if name == b"content-length" and length is None:
+                length = int(value)
+        else:
+            self._body = length or 0
+        return head
+
+    def _next_body(self) -> bytes | Signal:
+        body = self._body
+        if isinstance(body, int):
+            if body == 0:
+                return self._end_of_request()
+            buffer = self._buffer
+            if not buffer:
+                if self._closed:
+                    raise RequestError(
+                        f"the client closed the connection {body} bytes short of its Content-Length"
+                    )
+                return Signal.NEED_DATA
+            piece = buffer[:body]
+            self._buffer = buffer[len(piece) :]
+            self._body = body - len(piece)
+            self.waiting_for_100 = False
+            return piece
+        pieces = self._pieces
+        while not pieces:
+            if body.done:
+                self._buffer = body.leftover + self._buffer
+                return self._end_of_request()
+            if not self._buffer:
+                if self._closed:
+                    raise RequestError("the client closed the connection before its body ended")
+                return Signal.NEED_DATA
+            data, self._buffer = self._buffer, b""
+            try:
+                pieces.extend(body.feed(data))
+            except ChunkError as exc:
+                raise RequestError(f"malformed chunked request body: {exc}") from None
+        self.waiting_for_100 = False
+        return pieces.popleft()
+
+    def _end_of_request(self) -> Signal:
+        self.request_done = True
+        self.waiting_for_100 = False
+        return Signal.END
+
+    # -- sending --------------------------------------------------------------
+
+    @property
+    def sending_body(self) -> bool:
+        """True between the final response head and its end."""
+        return bool(self._framing) and not self.response_done
+
+    @property
+    def chunked(self) -> bool:
+        """True when the response body goes out in chunks (``send_data`` frames them)."""
+        return self._framing == "chunked"
+
+    def send_informational(self, status: int, headers: Headers, reason: bytes = b"") -> bytes:
+        """A 1xx response head (before the final one)."""
+        if self._framing or not 100 <= status < 200:
+            raise WireError(f"a {status} informational response cannot be sent now")
+        self.waiting_for_100 = False
+        return _head(status, reason, _checked(headers))
+
+    def send_response(self, status: int, headers: Headers, reason: bytes = b"") -> bytes:
+        """The final response head, with the framing fields RFC 9112 asks for this client.
+
+        A body of unknown length (no Content-Length) goes chunked to an HTTP/1.1
+        client and is ended by closing to an HTTP/1.0 one; ``Connection: close``
+        is added when the connection will close after this response.
+        """
+        if self._framing or self.response_done or status < 200:
+            raise WireError(f"a {status} response cannot be sent now")
+        fields = _checked(headers)
+        method = self.request.method if self.request is not None else b""
+        version = self.their_http_version
+        bodiless = status in (204, 304) or (method == b"CONNECT" and status < 300)
+        names = {name.lower() for name, _ in fields}
+        if not bodiless and (b"transfer-encoding" in names or b"content-length" not in names):
+            # A body of unknown length: chunked for HTTP/1.1; for HTTP/1.0 (never kept
+            # alive, so closing already) the close ends it.
+            fields = [f for f in fields if f[0].lower() not in _FRAMING_FIELDS]
+            if version is not None and version >= b"1.1":
+                fields.append((b"Transfer-Encoding", b"chunked"))
+        if not self.keep_alive:
+            tokens = set(_comma_values(fields, b"connection"))
+            tokens.discard(b"keep-alive")
+            tokens.add(b"close")
+            fields = [f for f in fields if f[0].lower() != b"connection"]
+            fields += [(b"Connection", token) for token in sorted(tokens)]
+        if b"close" in _comma_values(fields, b"connection"):
+            self.keep_alive = False
+        self.waiting_for_100 = False
+        # How this body ends, by the request's real method (a HEAD answer has none).
+        length = None
+        for name, value in fields:
+            low = name.lower()
+            if low == b"transfer-encoding":
+                self._framing = "chunked"
+                break
+            if low == b"content-length" and length is None:
+                length = int(value)
+        else:
+            self._framing = "length" if length is not None else "close"
+            self._left = length or 0
+        if method == b"HEAD" or bodiless:
+            self._framing, self._left = "length", 0
+        return _head(status, reason, fields)
+
+    def send_data(self, data: bytes) -> bytes:
+        """Body bytes, framed for the client (an empty piece writes nothing)."""
+        framing = self._framing
+        if framing == "chunked":
+            return frame_chunk(data) if data else b""
+        if framing == "length":
+            self._left -= len(data)
+            if self._left < 0:
+                raise WireError("response body longer than its Content-Length")
+            return data
+        if framing == "close" and not self.response_done:
+            return data
+        raise WireError("no response body is being sent")
+
+    def send_end(self) -> bytes:
+        """The end of the response body (the last chunk, when chunked)."""
+        if not self.sending_body:
+            raise WireError("no response body is being sent")
+        if self._framing == "length" and self._left:
+            raise WireError(f"response body {self._left} bytes short of its Content-Length")
+        self.response_done = True
+        if self._framing == "close":
+            self.keep_alive = False
+        return LAST_CHUNK if self._framing == "chunked" else b""
+
+    @property
+    def reusable(self) -> bool:
+        """True when both messages ended and the connection may carry another request."""
+        return self.request_done and self.response_done and self.keep_alive
+
+    def start_next_cycle(self) -> None:
+        """Ready the connection for the next request (bytes already buffered are kept)."""
+        if not self.reusable:
+            raise WireError("this connection cannot carry another request")
+        self.request = None
+        self.request_done = self.response_done = False
+        self.waiting_for_100 = False
+        self._reset_body()
+
+
+_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def _comma_values(headers: Headers, name: bytes) -> list[bytes]:
+    """Every lower-cased, comma-separated value of the field ``name``, as h11 reads them."""
+    out = []
+    for key, value in headers:
+        if key.lower() == name:
+            out += [part.strip() for part in value.lower().split(b",") if part.strip()]
+    return out
+
+
+def _checked(headers: Headers) -> Headers:
+    """``headers`` as a new list, after checking each field could be read back as sent
+    (a CR or LF in a value would start a field of its own), with h11's rules for the
+    framing fields (one Content-Length, no transfer coding but chunked)."""
+    for name, value in headers:
+        if not _NAME_RE.fullmatch(name):
+            raise WireError(f"illegal header name {name!r}")
+        if not _VALUE_RE.fullmatch(value):
+            raise WireError(f"illegal header value {value!r}")
+    return framing_checked(headers)
+
+
+def _head(status: int, reason: bytes, headers: Headers) -> bytes:
+    """A response head's bytes, Host first if there is one (as h11 writes them)."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    lines += [b"%s: %s\r\n" % field for field in headers if field[0].lower() == b"host"]
+    lines += [b"%s: %s\r\n" % field for field in headers if field[0].lower() != b"host"]
+    lines.append(b"\r\n")
+    return b"".join(lines)
