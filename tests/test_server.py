@@ -20,23 +20,26 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import example, given
 
+from ssekit._http import _server
 from ssekit._http._server import RequestError, ServerConnection, Signal
-from ssekit._http._wire import RequestHead, WireError
+from ssekit._http._wire import RequestHead, WireError, has_blank_line, parse_request_head
 
 LIMIT = 4096
 
 Trace = list[tuple[object, ...]]
 
 
-def h11_trace(data: bytes, cuts: list[int], close: bool) -> Trace:
-    """What h11, serving, makes of ``data`` fed at ``cuts`` (then EOF if ``close``):
+def h11_trace(data: bytes, cuts: list[int], close: bool, every: int = 1) -> Trace:
+    """What h11, serving, makes of ``data`` fed at ``cuts`` (then EOF if ``close``),
+    taking events after ``every`` pieces:
     each request, its body (joined), its end; every request answered with an empty
     404 before the next is read, as the proxy does (a 2xx would accept a CONNECT)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=LIMIT)
     trace: Trace = []
     try:
-        for piece in _pieces(data, cuts, close):
-            conn.receive_data(piece)
+        for pieces in _pieces(data, cuts, close, every):
+            for piece in pieces:
+                conn.receive_data(piece)
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
@@ -67,12 +70,13 @@ def h11_trace(data: bytes, cuts: list[int], close: bool) -> Trace:
     return trace
 
 
-def our_trace(data: bytes, cuts: list[int], close: bool) -> Trace:
+def our_trace(data: bytes, cuts: list[int], close: bool, every: int = 1) -> Trace:
     conn = ServerConnection(LIMIT)
     trace: Trace = []
     try:
-        for piece in _pieces(data, cuts, close):
-            conn.receive_data(piece)
+        for pieces in _pieces(data, cuts, close, every):
+            for piece in pieces:
+                conn.receive_data(piece)
             while True:
                 event = conn.next_event()
                 if event is Signal.NEED_DATA:
@@ -102,10 +106,12 @@ def our_trace(data: bytes, cuts: list[int], close: bool) -> Trace:
     return trace
 
 
-def _pieces(data: bytes, cuts: list[int], close: bool) -> list[bytes]:
+def _pieces(data: bytes, cuts: list[int], close: bool, every: int) -> list[list[bytes]]:
     bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
     pieces = [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
-    return [*pieces, b""] if close else pieces
+    if close:
+        pieces.append(b"")
+    return [pieces[i : i + every] for i in range(0, len(pieces), every)]
 
 
 def _add_body(trace: Trace, data: bytes) -> None:
@@ -151,30 +157,65 @@ def requests(draw: st.DrawFn) -> bytes:
     return end.join(lines) + end + end + draw(bodies)
 
 
-@given(st.lists(requests(), min_size=1, max_size=3), st.lists(st.integers(0, 400)), st.booleans())
-@example([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"], [], True)
-@example([b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"], [], False)  # a blank line first
-@example([b"\x16\x03\x01\x02\x00"], [], False)  # TLS to a plain port: refused at once
-@example([b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n"], [], False)
-@example([b"GET / HTTP/1.1\r\n\r\n"], [], False)  # no Host
-@example([b"GET / HTTP/1.0\r\n\r\n"], [], False)  # 1.0: no Host needed, never kept
-@example([b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"], [], False)
-@example([b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc"], [5, 30], False)
-@example([b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"], [], False)
-@example(
-    [b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"], [], False
+@given(
+    st.lists(requests(), min_size=1, max_size=3),
+    st.lists(st.integers(0, 400)),
+    st.booleans(),
+    st.integers(1, 3),
 )
-@example([b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"], [], False)
+@example([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"], [], True, 1)
+@example([b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"], [], False, 1)  # a blank line first
+@example([b"\x16\x03\x01\x02\x00"], [], False, 1)  # TLS to a plain port: refused at once
+@example([b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n"], [], False, 1)
+@example([b"GET / HTTP/1.1\r\n\r\n"], [], False, 1)  # no Host
+@example([b"GET / HTTP/1.0\r\n\r\n"], [], False, 1)  # 1.0: no Host needed, never kept
+@example([b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"], [], False, 1)
+@example([b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc"], [5, 30], False, 1)
+@example([b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"], [], False, 1)
+@example(
+    [b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"],
+    [],
+    False,
+    1,
+)
+@example([b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"], [], False, 1)
 @example(
     [b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
      b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"],
-    [10, 70], True,
+    [10, 70], True, 2,
 )  # fmt: skip
 def test_requests_are_read_exactly_as_h11_reads_them(
-    messages: list[bytes], cuts: list[int], close: bool
+    messages: list[bytes], cuts: list[int], close: bool, every: int
 ) -> None:
     data = b"".join(messages)
-    assert our_trace(data, cuts, close) == h11_trace(data, cuts, close)
+    assert our_trace(data, cuts, close, every) == h11_trace(data, cuts, close, every)
+
+
+def test_a_head_sent_a_byte_at_a_time_costs_its_size_not_its_square(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow client (slowloris) must not make each byte re-read all the others."""
+    looked_at: list[int] = []
+
+    def parse(data: bytes) -> object:
+        looked_at.append(len(data))
+        return parse_request_head(data)
+
+    def search(data: bytes | bytearray, start: int = 0) -> bool:
+        looked_at.append(len(data) - start)
+        return has_blank_line(data, start)
+
+    monkeypatch.setattr(_server, "parse_request_head", parse)
+    monkeypatch.setattr(_server, "has_blank_line", search, raising=False)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n"
+    conn = ServerConnection(1 << 16)
+    events = []
+    for i in range(len(head)):
+        conn.receive_data(head[i : i + 1])
+        events.append(conn.next_event())
+    assert events[:-1] == [Signal.NEED_DATA] * (len(head) - 1)
+    assert isinstance(events[-1], RequestHead)
+    assert sum(looked_at) <= 5 * len(head)
 
 
 @pytest.mark.parametrize("size", [LIMIT - 100, LIMIT + 100])

@@ -30,6 +30,7 @@ from ._wire import (
     RequestHead,
     WireError,
     framing_checked,
+    has_blank_line,
     keep_alive,
     parse_request_head,
 )
@@ -70,7 +71,9 @@ class ServerConnection:
         "_closed",
         "_framing",
         "_left",
+        "_more",
         "_pieces",
+        "_searched",
         "keep_alive",
         "max_head_size",
         "request",
@@ -82,7 +85,9 @@ class ServerConnection:
 
     def __init__(self, max_head_size: int) -> None:
         self.max_head_size = max_head_size
-        self._buffer = b""
+        self._buffer = b""  # what arrived in one piece, not yet taken
+        self._more: bytearray | None = None  # what arrived in several (then _buffer is empty)
+        self._searched = 0  # how much of _more holds no blank line (a head arriving slowly)
         self._closed = False
         self._pieces: deque[bytes] = deque()
         #: The request head being served (None between requests).
@@ -105,16 +110,33 @@ class ServerConnection:
     # -- receiving ------------------------------------------------------------
 
     @property
-    def buffered(self) -> bytes:
-        """Bytes received and not yet taken as events (a pipelined next request)."""
-        return self._buffer
+    def has_data(self) -> bool:
+        """True when bytes were received and not yet taken (a next request has begun)."""
+        return bool(self._buffer or self._more)
 
     def receive_data(self, data: bytes) -> None:
-        """Bytes from the client; ``b""`` when it closed its side."""
-        if data:
-            self._buffer = self._buffer + data if self._buffer else data
-        else:
+        """Bytes from the client; ``b""`` when it closed its side.
+
+        A piece that arrives while others wait is added to a growing buffer: a
+        head sent a byte at a time costs time in proportion to its size, never to
+        its square (nor does a pipelined request that waits meanwhile).
+        """
+        if not data:
             self._closed = True
+        elif self._more is not None:
+            self._more += data
+        elif self._buffer:
+            self._more = bytearray(self._buffer)
+            self._more += data
+            self._buffer = b""
+        else:
+            self._buffer = data
+
+    def _joined(self) -> bytes:
+        """Everything not yet taken, as one ``bytes``."""
+        if self._more is not None:
+            self._buffer, self._more, self._searched = bytes(self._more), None, 0
+        return self._buffer
 
     def next_event(self) -> RequestHead | bytes | Signal:
         """The next thing the client sent; raises :class:`RequestError` when it breaks
@@ -123,12 +145,19 @@ class ServerConnection:
             return self._next_head()
         if not self.request_done:
             return self._next_body()
-        if self._buffer:
+        if self.has_data:
             return Signal.PAUSED
         return Signal.CLOSED if self._closed else Signal.NEED_DATA
 
     def _next_head(self) -> RequestHead | Signal:
-        buffer = self._buffer
+        more = self._more
+        if more is not None and more[0] >= 0x21:  # else the parser says what is wrong
+            # A head arriving in pieces: look for its end only in what is new (and the
+            # two bytes before, as a blank line is up to three bytes long).
+            if not has_blank_line(more, max(0, self._searched - 2)):
+                self._searched = len(more)
+                return self._incomplete(len(more))
+        buffer = self._joined()
         if not buffer:
             return Signal.CLOSED if self._closed else Signal.NEED_DATA
         try:
@@ -136,13 +165,8 @@ class ServerConnection:
         except WireError as exc:
             raise RequestError(f"malformed request: {exc}") from None
         if parsed is None:
-            if len(buffer) > self.max_head_size:
-                raise RequestError(
-                    f"request head over {self.max_head_size} bytes (--max-header-size)", 431
-                )
-            if self._closed:
-                raise RequestError("the client closed the connection in the middle of a head")
-            return Signal.NEED_DATA
+            self._more, self._buffer, self._searched = bytearray(buffer), b"", len(buffer)
+            return self._incomplete(len(buffer))
         head, size = parsed
         self._buffer = buffer[size:]
         self.request = head
@@ -161,12 +185,21 @@ class ServerConnection:
             self._body = length or 0
         return head
 
+    def _incomplete(self, size: int) -> Signal:
+        if size > self.max_head_size:
+            raise RequestError(
+                f"request head over {self.max_head_size} bytes (--max-header-size)", 431
+            )
+        if self._closed:
+            raise RequestError("the client closed the connection in the middle of a head")
+        return Signal.NEED_DATA
+
     def _next_body(self) -> bytes | Signal:
         body = self._body
         if isinstance(body, int):
             if body == 0:
                 return self._end_of_request()
-            buffer = self._buffer
+            buffer = self._joined()
             if not buffer:
                 if self._closed:
                     raise RequestError(
@@ -181,9 +214,9 @@ class ServerConnection:
         pieces = self._pieces
         while not pieces:
             if body.done:
-                self._buffer = body.leftover + self._buffer
+                self._buffer = body.leftover + self._joined()
                 return self._end_of_request()
-            if not self._buffer:
+            if not self._joined():
                 if self._closed:
                     raise RequestError("the client closed the connection before its body ended")
                 return Signal.NEED_DATA

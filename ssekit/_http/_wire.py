@@ -27,6 +27,7 @@ __all__ = (
     "body_framing",
     "check_length",
     "framing_checked",
+    "has_blank_line",
     "keep_alive",
     "parse_request_head",
     "parse_response_head",
@@ -195,6 +196,11 @@ def parse_request_head(data: bytes) -> tuple[RequestHead, int] | None:
     if hosts == 0 and version == b"1.1":
         raise WireError("an HTTP/1.1 request needs a Host header field (RFC 9112 3.2)")
     return RequestHead(method, target, version, headers), size
+
+
+def has_blank_line(data: bytes | bytearray, start: int = 0) -> bool:
+    """True when ``data`` holds the blank line that ends a head, at or after ``start``."""
+    return _BLANK_LINE.search(data, start) is not None
 
 
 def _head_lines(data: bytes) -> tuple[list[bytes], int] | None:

@@ -334,14 +334,14 @@ class Proxy:
         cfg = self.config
         conn = client.conn
         try:
-            if not conn.buffered:
+            if not conn.has_data:
                 # Nothing of a next request yet: the connection may idle (keep-alive).
                 try:
                     idle = cfg.header_timeout if first else KEEPALIVE_IDLE
                     conn.receive_data(await client.receive(idle))
                 except TimeoutError:
                     return None  # idle too long, nothing started: close quietly
-                if not conn.buffered:
+                if not conn.has_data:
                     return None  # closed, nothing started
             # A head has started: it must complete within header_timeout (slowloris).
             await self._turns.take()
