@@ -16,7 +16,8 @@ import pytest
 from _servers import read_request, serve_closing
 
 from ssekit import UpstreamError
-from ssekit._http import Origin, OriginConnection, ResponseHead, open_connection
+from ssekit._http import Origin, OriginConnection, ResponseHead, _connection, open_connection
+from ssekit._http._wire import has_blank_line, parse_response_head
 
 pytestmark = pytest.mark.anyio
 
@@ -247,3 +248,48 @@ async def test_a_streamed_request_body_goes_chunked_or_exactly_as_long_as_declar
         await conn.aclose()
     assert seen[0].endswith(b"\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n")
     assert seen[1].endswith(b"\r\n\r\nhello")
+
+
+class _Trickle(anyio.abc.ByteStream):
+    """An origin that answers one byte per read, whatever was asked for."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+        self._at = 0
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._at == len(self._answer):
+            raise anyio.EndOfStream
+        self._at += 1
+        return self._answer[self._at - 1 : self._at]
+
+    async def send(self, item: bytes) -> None:
+        pass
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_response_head_a_byte_at_a_time_costs_its_size_not_its_square(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow (or hostile) origin must not make each byte re-read all the others."""
+    looked_at: list[int] = []
+
+    def parse(data: bytes) -> object:
+        looked_at.append(len(data))
+        return parse_response_head(data)
+
+    def search(data: bytes | bytearray, start: int = 0) -> bool:
+        looked_at.append(len(data) - start)
+        return has_blank_line(data, start)
+
+    monkeypatch.setattr(_connection, "parse_response_head", parse)
+    monkeypatch.setattr(_connection, "has_blank_line", search, raising=False)
+    head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 20_000 + b"\r\ncontent-length: 2\r\n\r\n"
+    conn = OriginConnection(_Trickle(head + b"ok"), Origin.from_url("http://origin"))
+    assert await exchange(conn) == (200, b"ok")
+    assert sum(looked_at) <= 5 * len(head)

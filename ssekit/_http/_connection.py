@@ -31,6 +31,7 @@ from ._wire import (
     WireError,
     body_framing,
     check_length,
+    has_blank_line,
     keep_alive,
     parse_response_head,
     request_framing,
@@ -279,24 +280,33 @@ class OriginConnection:
         return head
 
     async def _next_head(self, deadline: float) -> ResponseHead:
+        """The next response head. One arriving in many reads grows one bytearray and
+        is parsed once its blank line is in: its size in work, never its square."""
         authority = self._origin.authority
+        buffer: bytes | bytearray = self._buffer
+        searched = -1  # how much of buffer holds no blank line (-1: not looked yet)
         while True:
-            parsed = parse_response_head(self._buffer)
-            if parsed is not None:
-                break
-            if len(self._buffer) > self._max_head_size:
+            if searched < 0 or has_blank_line(buffer, max(0, searched - 2)):
+                data = bytes(buffer)
+                parsed = parse_response_head(data)
+                if parsed is not None:
+                    break
+                buffer = bytearray(data) if searched < 0 else buffer
+            searched = len(buffer)
+            if len(buffer) > self._max_head_size:
                 raise UpstreamError(
                     f"upstream {authority} sent a response head of over "
-                    f"{len(self._buffer)} bytes, over the limit of {self._max_head_size}",
+                    f"{len(buffer)} bytes, over the limit of {self._max_head_size}",
                     502,
                 )
             if self._eof:
-                what = "in the middle of the response head" if self._buffer else "before answering"
+                what = "in the middle of the response head" if buffer else "before answering"
                 raise UpstreamError(f"upstream {authority} closed the connection {what}", 502)
             limit = deadline - time.monotonic()
             if limit <= 0:
                 raise TimeoutError
-            self._buffer += await self._read(limit)
+            buffer += await self._read(limit)
+        self._buffer = data
         head, size = parsed
         if size > self._max_head_size:
             raise UpstreamError(
