@@ -2,8 +2,11 @@
 
 Each round opens 100 streams at once through each path (interleaved), the clients
 leaving at the response head, as the TTFB column of ``bench_proxy`` does; it
-reports the time to first byte (median of the rounds' medians) and the path's
-user and system CPU per request (median over the rounds).
+reports the time to first byte (median of the rounds' medians), the path's user
+and system CPU per request (median over the rounds), and how the time to first
+byte spreads across a burst (each position's median over every burst): a proxy
+that answers a burst in order shows a slope, one that answers it in one sweep
+a flat line.
 
     python -m benchmarks.bench_requests [--rounds 7]
 """
@@ -24,6 +27,8 @@ from .bench_proxy import NGINX_CONF, UPSTREAM, first_bytes, free_port, start_sse
 
 BURST = 100
 BURSTS_PER_ROUND = 10
+#: Positions across a burst reported in the spread table (fractions of the burst).
+SPREAD = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def cpu(pid: int) -> tuple[float, float]:
@@ -33,10 +38,10 @@ def cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-async def bursts(port: int) -> float:
-    """BURSTS_PER_ROUND bursts of BURST streams; the median time to first byte (ms)."""
-    medians = [statistics.median(await first_bytes(port, BURST)) for _ in range(BURSTS_PER_ROUND)]
-    return statistics.median(medians)
+async def bursts(port: int) -> list[list[float]]:
+    """BURSTS_PER_ROUND bursts of BURST streams; each burst's times to first byte (ms),
+    sorted."""
+    return [sorted(await first_bytes(port, BURST)) for _ in range(BURSTS_PER_ROUND)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,13 +91,16 @@ def main(argv: list[str] | None = None) -> None:
             for port, _ in paths.values():
                 asyncio.run(first_bytes(port, BURST))  # warm up
             ttfb: dict[str, list[float]] = {name: [] for name in paths}
+            spread: dict[str, list[list[float]]] = {name: [] for name in paths}
             user: dict[str, list[float]] = {name: [] for name in paths}
             system: dict[str, list[float]] = {name: [] for name in paths}
             for number in range(args.rounds):
                 print(f"round {number + 1} ...", file=sys.stderr, flush=True)
                 for name, (port, pid) in paths.items():
                     u0, s0 = cpu(pid)
-                    ttfb[name].append(asyncio.run(bursts(port)))
+                    times = asyncio.run(bursts(port))
+                    ttfb[name].append(statistics.median(statistics.median(t) for t in times))
+                    spread[name] += times
                     u1, s1 = cpu(pid)
                     requests = BURST * BURSTS_PER_ROUND
                     user[name].append((u1 - u0) / requests * 1e6)
@@ -114,6 +122,17 @@ def main(argv: list[str] | None = None) -> None:
             f"| {name} | {median:.1f} | {ratio} | {statistics.median(user[name]):.0f} | "
             f"{statistics.median(system[name]):.0f} |"
         )
+    print()
+    print("Time to first byte across a burst, ms (each position's median over every burst):")
+    print()
+    print("| path | " + " | ".join(f"p{round(q * 100)}" for q in SPREAD) + " |")
+    print("|---|" + "---:|" * len(SPREAD))
+    for name in paths:
+        cells = [
+            statistics.median(t[min(len(t) - 1, int(q * len(t)))] for t in spread[name])
+            for q in SPREAD
+        ]
+        print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":
