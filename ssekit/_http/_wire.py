@@ -150,16 +150,10 @@ def parse_response_head(data: bytes) -> tuple[ResponseHead, int] | None:
 
     The caller bounds how much it buffers while this returns None.
     """
-    if data[:1] == b"\n" or data[:2] == b"\r\n":
-        raise WireError("no status line: the response began with a blank line")
-    split = _head_lines(data)
-    if split is None:
+    parsed = _parse_head(data, _STATUS_RE, "status line")
+    if parsed is None:
         return None
-    lines, size = split
-    status = _STATUS_RE.fullmatch(lines[0])
-    if status is None:
-        raise WireError(f"illegal status line {lines[0]!r}")
-    headers = _fields(lines[1:])
+    status, headers, size = parsed
     version, code, reason = status.groups()
     if int(code) < 100:
         raise WireError(f"status {code.decode()} is not a status code (100-999)")
@@ -177,18 +171,12 @@ def parse_request_head(data: bytes) -> tuple[RequestHead, int] | None:
     field, any other at most one (RFC 9112 3, 3.2). The caller bounds how much it
     buffers while this returns None.
     """
-    if data[:1] == b"\n" or data[:2] == b"\r\n":
-        raise WireError("no request line: the request began with a blank line")
-    if data and data[0] < 0x21:
-        raise WireError(f"illegal request line {data[:40]!r}")
-    split = _head_lines(data)
-    if split is None:
+    if data and data[0] < 0x21:  # a blank line, a space, a control byte: not a method
+        raise WireError(f"illegal request line {data[:40]!r}: it must begin with a method")
+    parsed = _parse_head(data, _REQUEST_RE, "request line")
+    if parsed is None:
         return None
-    lines, size = split
-    request = _REQUEST_RE.fullmatch(lines[0])
-    if request is None:
-        raise WireError(f"illegal request line {lines[0][:200]!r}")
-    headers = _fields(lines[1:])
+    request, headers, size = parsed
     method, target, version = request.groups()
     hosts = sum(1 for name, _ in headers if name == b"host")
     if hosts > 1:
@@ -201,6 +189,23 @@ def parse_request_head(data: bytes) -> tuple[RequestHead, int] | None:
 def has_blank_line(data: bytes | bytearray, start: int = 0) -> bool:
     """True when ``data`` holds the blank line that ends a head, at or after ``start``."""
     return _BLANK_LINE.search(data, start) is not None
+
+
+def _parse_head(
+    data: bytes, start_line: re.Pattern[bytes], what: str
+) -> tuple[re.Match[bytes], Headers, int] | None:
+    """The head at the start of ``data``: its start line (as ``start_line`` matched it),
+    its fields and its size; None while its blank line has not arrived."""
+    if data[:1] == b"\n" or data[:2] == b"\r\n":
+        raise WireError(f"no {what}: the head began with a blank line")
+    split = _head_lines(data)
+    if split is None:
+        return None
+    lines, size = split
+    match = start_line.fullmatch(lines[0])
+    if match is None:
+        raise WireError(f"illegal {what} {lines[0][:200]!r}")
+    return match, _fields(lines[1:]), size
 
 
 def _head_lines(data: bytes) -> tuple[list[bytes], int] | None:
