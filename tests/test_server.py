@@ -298,6 +298,23 @@ def test_responses_are_written_exactly_as_h11_writes_them(
     assert ours.reusable == (theirs.our_state is h11.DONE and theirs.their_state is h11.DONE)
 
 
+@pytest.mark.parametrize(
+    "fields", [[(b"content-type", b"text/plain")], [(b"content-length", b"2")]]
+)
+def test_a_response_before_any_request_is_written_as_h11_writes_it(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    """An error answer before a request was read: the client's version is unknown, so
+    a body of unknown length is ended by closing, as h11 assumes."""
+    theirs = h11.Connection(h11.SERVER)
+    ours = ServerConnection(LIMIT)
+    expected = theirs.send(h11.Response(status_code=400, headers=fields))
+    assert ours.send_response(400, fields) == expected
+    assert ours.send_data(b"no") == theirs.send(h11.Data(data=b"no"))
+    assert ours.send_end() == (theirs.send(h11.EndOfMessage()) or b"")
+    assert ours.keep_alive == (theirs.our_state is h11.DONE)  # else MUST_CLOSE
+
+
 def test_an_informational_response_goes_before_the_final_one_as_h11_writes_it() -> None:
     request = b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
     ours = ServerConnection(LIMIT)

@@ -9,8 +9,8 @@ to h11 on generated requests and responses:
 - a request head as :func:`~ssekit._http._wire.parse_request_head` reads it; a
   head over ``max_head_size`` still incomplete is a 431;
 - its body framed by Transfer-Encoding: chunked, else Content-Length, else none;
-- a response to a request of unknown-length body goes chunked to an HTTP/1.1
-  client, and is ended by closing to an HTTP/1.0 one (RFC 9112 6.1, 6.3);
+- a response body of unknown length (no Content-Length) goes chunked to an
+  HTTP/1.1 client, and is ended by closing to an HTTP/1.0 one (RFC 9112 6.1, 6.3);
   ``Connection: close`` is added whenever the connection will close after it;
 - a connection carries another request only when both messages ended and
   neither side asked to close (HTTP/1.0 never keeps a connection alive).
@@ -25,11 +25,9 @@ from typing import Final
 from ._chunked import LAST_CHUNK, ChunkedReader, ChunkError, frame_chunk
 from ._headers import Headers
 from ._wire import (
-    _NAME_RE,
-    _VALUE_RE,
     RequestHead,
     WireError,
-    framing_checked,
+    checked_fields,
     has_blank_line,
     keep_alive,
     parse_request_head,
@@ -250,7 +248,7 @@ class ServerConnection:
         if self._framing or not 100 <= status < 200:
             raise WireError(f"a {status} informational response cannot be sent now")
         self.waiting_for_100 = False
-        return _head(status, reason, _checked(headers))
+        return _head(status, reason, checked_fields(headers))
 
     def send_response(self, status: int, headers: Headers, reason: bytes = b"") -> bytes:
         """The final response head, with the framing fields RFC 9112 asks for this client.
@@ -261,17 +259,19 @@ class ServerConnection:
         """
         if self._framing or self.response_done or status < 200:
             raise WireError(f"a {status} response cannot be sent now")
-        fields = _checked(headers)
+        fields = checked_fields(headers)
         method = self.request.method if self.request is not None else b""
         version = self.their_http_version
         bodiless = status in (204, 304) or (method == b"CONNECT" and status < 300)
         names = {name.lower() for name, _ in fields}
         if not bodiless and (b"transfer-encoding" in names or b"content-length" not in names):
-            # A body of unknown length: chunked for HTTP/1.1; for HTTP/1.0 (never kept
-            # alive, so closing already) the close ends it.
+            # A body of unknown length: chunked for HTTP/1.1; else the close ends it
+            # (HTTP/1.0, or no request read: assume the worst, as h11 does).
             fields = [f for f in fields if f[0].lower() not in _FRAMING_FIELDS]
             if version is not None and version >= b"1.1":
                 fields.append((b"Transfer-Encoding", b"chunked"))
+            elif method != b"HEAD":
+                self.keep_alive = False
         if not self.keep_alive:
             tokens = set(_comma_values(fields, b"connection"))
             tokens.discard(b"keep-alive")
@@ -347,18 +347,6 @@ def _comma_values(headers: Headers, name: bytes) -> list[bytes]:
         if key.lower() == name:
             out += [part.strip() for part in value.lower().split(b",") if part.strip()]
     return out
-
-
-def _checked(headers: Headers) -> Headers:
-    """``headers`` as a new list, after checking each field could be read back as sent
-    (a CR or LF in a value would start a field of its own), with h11's rules for the
-    framing fields (one Content-Length, no transfer coding but chunked)."""
-    for name, value in headers:
-        if not _NAME_RE.fullmatch(name):
-            raise WireError(f"illegal header name {name!r}")
-        if not _VALUE_RE.fullmatch(value):
-            raise WireError(f"illegal header value {value!r}")
-    return framing_checked(headers)
 
 
 def _head(status: int, reason: bytes, headers: Headers) -> bytes:

@@ -26,6 +26,7 @@ __all__ = (
     "WireError",
     "body_framing",
     "check_length",
+    "checked_fields",
     "framing_checked",
     "has_blank_line",
     "keep_alive",
@@ -97,10 +98,7 @@ def request_head(method: str, target: str, headers: Headers) -> bytes:
     host = b""
     lines = []
     for name, value in headers:
-        if not _NAME_RE.fullmatch(name):
-            raise WireError(f"illegal header name {name!r}")
-        if not _VALUE_RE.fullmatch(value):
-            raise WireError(f"illegal header value {value!r}")
+        _check_field(name, value)
         if name.lower() == b"host":
             if host:
                 raise WireError("a request needs exactly one Host header field, not several")
@@ -113,6 +111,22 @@ def request_head(method: str, target: str, headers: Headers) -> bytes:
     lines[:0] = [b"%s %s HTTP/1.1\r\n" % (method_bytes, target_bytes), host]
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def checked_fields(headers: Headers) -> Headers:
+    """``headers`` as a new list, after checking each field could be read back as sent
+    (a CR or LF in a value would start a field of its own), with h11's rules for the
+    framing fields (one Content-Length, no transfer coding but chunked)."""
+    for name, value in headers:
+        _check_field(name, value)
+    return framing_checked(headers)
+
+
+def _check_field(name: bytes, value: bytes) -> None:
+    if not _NAME_RE.fullmatch(name):
+        raise WireError(f"illegal header name {name!r}")
+    if not _VALUE_RE.fullmatch(value):
+        raise WireError(f"illegal header value {value!r}")
 
 
 def request_framing(headers: Headers) -> tuple[bool, int | None]:
