@@ -27,7 +27,7 @@ from ._headers import Headers, get_header, head_size, is_event_stream
 from ._origin import Origin
 from ._server import ServerConnection, Signal
 from ._stream import FastStream, Stream, accept, close_now, on_asyncio
-from ._wire import RequestHead, ResponseHead
+from ._wire import RequestHead, ResponseHead, WireError
 
 __all__ = (
     "DEFAULT_MAX_HEAD_SIZE",
@@ -47,6 +47,7 @@ __all__ = (
     "ServerConnection",
     "Signal",
     "Stream",
+    "WireError",
     "accept",
     "close_now",
     "error_body",

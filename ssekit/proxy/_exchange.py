@@ -406,8 +406,8 @@ async def _answer(
 async def _pass_on(client: Downstream, head: ResponseHead) -> None:
     """Forward a 1xx response (RFC 9110 15.2: a proxy must), except to an HTTP/1.0
     client, which must get none."""
-    if (client.conn.their_http_version or b"1.0") >= b"1.1":
-        conn = client.conn
+    conn = client.conn
+    if (conn.their_http_version or b"1.0") >= b"1.1":
         headers = response_headers(head.headers)
         await client.send_raw(conn.send_informational(head.status_code, headers, head.reason))
 

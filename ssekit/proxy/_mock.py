@@ -26,7 +26,15 @@ import anyio
 import anyio.abc
 
 from .._event import Event
-from .._http import BadRequest, ClientGone, Downstream, RequestHead, close_now, error_body
+from .._http import (
+    BadRequest,
+    ClientGone,
+    Downstream,
+    RequestHead,
+    WireError,
+    close_now,
+    error_body,
+)
 from .._writer import EventWriter
 from ..openai import DONE
 
@@ -157,8 +165,8 @@ async def _connection(stream: anyio.abc.SocketStream, config: MockConfig) -> Non
             if not client.conn.reusable:
                 return
             client.conn.start_next_cycle()
-    except (ClientGone, BadRequest):
-        pass
+    except (ClientGone, BadRequest, WireError):
+        pass  # gone, or a request (or our answer) HTTP/1.1 cannot carry: close
     finally:
         await close_now(stream)
 
