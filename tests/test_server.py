@@ -1,4 +1,4 @@
-"""The client side's own HTTP/1.1 (``ssekit._http._server``), held to h11 on the same bytes.
+"""The server side's own HTTP/1.1 (``ssekit._http._server``), held to h11 on the same bytes.
 
 The proxy and the mock served their clients through h11 before; these tests
 keep them to what h11 (RFC 9112) does. Generated requests mix valid and broken
@@ -31,9 +31,9 @@ Trace = list[tuple[object, ...]]
 
 def h11_trace(data: bytes, cuts: list[int], close: bool, every: int = 1) -> Trace:
     """What h11, serving, makes of ``data`` fed at ``cuts`` (then EOF if ``close``),
-    taking events after ``every`` pieces:
-    each request, its body (joined), its end; every request answered with an empty
-    404 before the next is read, as the proxy does (a 2xx would accept a CONNECT)."""
+    reading events after each ``every`` pieces: each request, its body (joined), its
+    end. Each request is answered with an empty 404 before the next is read (a 2xx
+    would accept a CONNECT, which the proxy refuses anyway)."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=LIMIT)
     trace: Trace = []
     try:

@@ -1,4 +1,4 @@
-"""The client side's HTTP/1.1, sans-IO: requests in, responses out, one connection at a time.
+"""The server side's HTTP/1.1, sans-IO: requests in from a client, responses out.
 
 The proxy serves its clients with this, and the mock upstream its callers. h11
 did it before and cost about 50 us per exchange (its state machine, and each

@@ -1,5 +1,5 @@
-"""HTTP/1.1 heads and framing, sans-IO: request heads out and response heads in for the
-origin side, request heads in for the client side (``_server``).
+"""HTTP/1.1 heads and framing, sans-IO: request heads out and response heads in towards
+the origin, request heads in from clients (for ``_server``).
 
 :class:`OriginConnection` speaks to its origin with these instead of h11,
 which cost about 45 us per exchange there (building, validating and parsing
