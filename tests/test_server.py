@@ -173,6 +173,12 @@ def requests(draw: st.DrawFn) -> bytes:
 @example([b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\nabc"], [5, 30], False, 1)
 @example([b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"], [], False, 1)
 @example(
+    [b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n"],
+    [],
+    False,
+    1,
+)  # a chunk longer than its size: refused
+@example(
     [b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"],
     [],
     False,
@@ -188,7 +194,17 @@ def test_requests_are_read_exactly_as_h11_reads_them(
     messages: list[bytes], cuts: list[int], close: bool, every: int
 ) -> None:
     data = b"".join(messages)
-    assert our_trace(data, cuts, close, every) == h11_trace(data, cuts, close, every)
+    ours, theirs = our_trace(data, cuts, close, every), h11_trace(data, cuts, close, every)
+    assert _settled(ours) == _settled(theirs)
+
+
+def _settled(trace: Trace) -> Trace:
+    """The trace without the body of a request whose body broke HTTP/1.1: h11 hands on
+    the valid bytes of the read that broke a chunked body before it fails; ssekit
+    refuses that read whole (nothing of it goes upstream). Both fail it."""
+    if len(trace) > 1 and trace[-1][0] == "error" and trace[-2][0] == "body":
+        return trace[:-2] + trace[-1:]
+    return trace
 
 
 def test_a_head_sent_a_byte_at_a_time_costs_its_size_not_its_square(
