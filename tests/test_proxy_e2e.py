@@ -145,6 +145,28 @@ async def test_keep_alive_reuses_one_upstream_connection() -> None:
         assert "ssekit_events_total 18\n" in metrics  # 3 x (role + 3 tokens + stop + DONE)
 
 
+async def test_pipelined_requests_are_answered_in_order_on_one_connection() -> None:
+    """RFC 9112 9.3.2: requests sent back to back before any answer get their answers
+    in the order sent; the last one's Connection: close ends the connection after it."""
+    body = json.dumps({**CHAT, "stream": False}).encode()
+    requests = (
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+        b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (len(body), body)
+    )
+    async with deadline(20) as tg:
+        mock = await start_mock(tg, tokens=3, delay=0)
+        base = await start_proxy(tg, mock)
+        answers = await raw_exchange(base, requests)  # read until the proxy closes
+    responses = answers.split(b"HTTP/1.1 ")[1:]
+    assert [response[:3] for response in responses] == [b"200", b"200", b"404"]
+    assert b'"object": "list"' in responses[0]
+    assert b'"chat.completion"' in responses[1]
+    assert b"unknown path /nowhere" in responses[2]
+    assert b"connection: close" in responses[2].lower()
+
+
 async def test_health_endpoint_and_configurable_admin_prefix() -> None:
     async with deadline(10) as tg:
         mock = await start_mock(tg)
