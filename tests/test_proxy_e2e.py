@@ -160,7 +160,12 @@ async def test_pipelined_requests_are_answered_in_order_on_one_connection() -> N
         base = await start_proxy(tg, mock)
         answers = await raw_exchange(base, requests)  # read until the proxy closes
     responses = answers.split(b"HTTP/1.1 ")[1:]
-    assert [response[:3] for response in responses] == [b"200", b"200", b"404"]
+    # The mock's reason phrases, forwarded as the upstream sent them.
+    assert [response.split(b"\r\n")[0] for response in responses] == [
+        b"200 OK",
+        b"200 OK",
+        b"404 Not Found",
+    ]
     assert b'"object": "list"' in responses[0]
     assert b'"chat.completion"' in responses[1]
     assert b"unknown path /nowhere" in responses[2]
@@ -172,7 +177,9 @@ async def test_health_endpoint_and_configurable_admin_prefix() -> None:
         mock = await start_mock(tg)
         base = await start_proxy(tg, mock, admin_prefix="/ops")
         async with httpx.AsyncClient() as client:
-            assert (await client.get(base + "/ops/health")).json() == {"status": "ok"}
+            health = await client.get(base + "/ops/health")
+            assert health.json() == {"status": "ok"}
+            assert health.reason_phrase == "OK"  # the proxy's own answers carry their phrase
             # The default prefix is now forwarded to the upstream (which has no such path).
             assert (await client.get(base + "/_ssekit/health")).status_code == 404
 

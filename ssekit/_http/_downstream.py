@@ -33,8 +33,11 @@ __all__ = (
 )
 
 JSON: Final = b"application/json"
+#: Reason phrases (RFC 9110 15) of the statuses the proxy and the mock answer themselves.
 REASONS: Final = {
     100: "Continue",
+    200: "OK",
+    204: "No Content",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
@@ -100,8 +103,13 @@ class Downstream:
         self.addr = str(addr[0]) if isinstance(addr, tuple) else str(addr)
         self.last_write = time.monotonic()
 
-    async def send_response(self, status: int, headers: Headers, reason: bytes = b"") -> None:
-        """Write the final response head; raises :class:`ClientGone` when the client went away."""
+    async def send_response(
+        self, status: int, headers: Headers, reason: bytes | None = None
+    ) -> None:
+        """Write the final response head (``reason`` None: the status's usual phrase);
+        raises :class:`ClientGone` when the client went away."""
+        if reason is None:
+            reason = REASONS.get(status, "").encode()
         await self.send_raw(self.conn.send_response(status, headers, reason))
 
     async def send_data(self, data: bytes) -> None:
@@ -232,6 +240,5 @@ class Downstream:
         if close:
             headers.append((b"connection", b"close"))
         conn = self.conn
-        await self.send_raw(
-            conn.send_response(status, headers) + conn.send_data(body) + conn.send_end()
-        )
+        head = conn.send_response(status, headers, REASONS.get(status, "").encode())
+        await self.send_raw(head + conn.send_data(body) + conn.send_end())
