@@ -131,8 +131,13 @@ async def start_mock(tg: anyio.abc.TaskGroup, **settings: Any) -> str:
     return f"http://{host}:{port}"
 
 
-async def start_connect_proxy(tg: anyio.abc.TaskGroup, targets: list[bytes]) -> str:
-    """A tiny HTTP CONNECT proxy that records each CONNECT target and pipes bytes."""
+async def start_connect_proxy(
+    tg: anyio.abc.TaskGroup,
+    targets: list[bytes],
+    opened: bytes = b"HTTP/1.1 200 Connection established\r\n\r\n",
+) -> str:
+    """A tiny HTTP CONNECT proxy that records each CONNECT target and pipes bytes,
+    answering ``opened`` when it opens a tunnel."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
 
@@ -156,7 +161,7 @@ async def start_connect_proxy(tg: anyio.abc.TaskGroup, targets: list[bytes]) -> 
                 return
             upstream = await anyio.connect_tcp("127.0.0.1", int(port_text))
             async with upstream:
-                await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await client.send(opened)
                 async with anyio.create_task_group() as pipes:
                     pipes.start_soon(pipe, client, upstream)
                     pipes.start_soon(pipe, upstream, client)

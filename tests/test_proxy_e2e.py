@@ -388,16 +388,41 @@ async def test_https_upstream_verified_with_a_private_ca(tmp_path: object) -> No
         assert "CERTIFICATE_VERIFY_FAILED" in refused.json()["error"]["message"]
 
 
-async def test_upstream_reached_through_an_http_connect_proxy() -> None:
+@pytest.mark.parametrize(
+    "opened",
+    [
+        b"HTTP/1.1 200 Connection established\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nProxy-Agent: x\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",  # RFC 9110 9.3.6: any 2xx opens the tunnel
+    ],
+)
+async def test_upstream_reached_through_an_http_connect_proxy(opened: bytes) -> None:
     targets: list[bytes] = []
     async with deadline(10) as tg:
         mock = await start_mock(tg, tokens=2, delay=0)
-        connect_proxy = await start_connect_proxy(tg, targets)
+        connect_proxy = await start_connect_proxy(tg, targets, opened)
         base = await start_proxy(tg, mock, upstream_proxy=connect_proxy)
         async with httpx.AsyncClient() as client:
             response = await client.post(base + "/v1/chat/completions", json=CHAT)
         assert response.text.endswith("data: [DONE]\n\n")
         assert targets == [mock.removeprefix("http://").encode()]
+
+
+async def test_a_connect_proxy_that_refuses_the_tunnel_is_a_bad_gateway() -> None:
+    targets: list[bytes] = []
+    async with deadline(10) as tg:
+        connect_proxy = await start_connect_proxy(tg, targets)  # 403 for any host not local
+        base = await start_proxy(
+            tg, "http://upstream.invalid:80", upstream_proxy=connect_proxy, retries=0
+        )
+        async with httpx.AsyncClient() as client:
+            response = await client.get(base + "/v1/models")
+        assert response.status_code == 502
+        assert (
+            "refused CONNECT upstream.invalid:80: HTTP/1.1 403"
+            in response.json()["error"]["message"]
+        )
+        assert targets == [b"upstream.invalid:80"]
 
 
 # -- keys and tokens -------------------------------------------------------

@@ -101,8 +101,9 @@ async def _tunnel(proxy: Origin, origin: Origin, connect_timeout: float) -> Stre
                 if len(head) > 65536:
                     raise UpstreamError(f"proxy {proxy.authority}: CONNECT reply too long", 502)
         status_line = head.split(b"\r\n", 1)[0]
-        parts = status_line.split()
-        if len(parts) < 2 or parts[1] != b"200":
+        code = (status_line.split()[1:2] or [b""])[0]
+        # RFC 9110 9.3.6: any 2xx means the tunnel is open.
+        if not (len(code) == 3 and code.isdigit() and code.startswith(b"2")):
             raise UpstreamError(
                 f"proxy {proxy.authority} refused CONNECT {target.decode()}: "
                 f"{status_line.decode(errors='replace')}",
