@@ -166,7 +166,7 @@ async def _connection(stream: anyio.abc.SocketStream, config: MockConfig) -> Non
                 return
             client.conn.start_next_cycle()
     except (ClientGone, BadRequest, WireError):
-        pass  # gone, or a request (or our answer) HTTP/1.1 cannot carry: close
+        return  # gone, or a request (or our answer) HTTP/1.1 cannot carry: closed below
     finally:
         await close_now(stream)
 
