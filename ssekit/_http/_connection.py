@@ -31,10 +31,10 @@ from ._wire import (
     WireError,
     body_framing,
     check_length,
+    declared_framing,
     has_blank_line,
     keep_alive,
     parse_response_head,
-    request_framing,
     request_head,
 )
 
@@ -211,7 +211,7 @@ class OriginConnection:
         self._sent_all = self._ended = self._leftover = False
         with _translated("sending the request", self._origin):
             head = request_head(method, target, headers)
-            chunked, length = request_framing(headers)
+            chunked, length = declared_framing(headers)
             self._keep = keep_alive(b"1.1", headers)
             if isinstance(body, bytes):
                 # Head and body in one write.
@@ -307,7 +307,6 @@ class OriginConnection:
             if limit <= 0:
                 raise TimeoutError
             buffer += await self._read(limit)
-        self._buffer = data
         head, size = parsed
         if size > self._max_head_size:
             raise UpstreamError(
@@ -315,7 +314,7 @@ class OriginConnection:
                 f"over the limit of {self._max_head_size}",
                 502,
             )
-        self._buffer = self._buffer[size:]
+        self._buffer = data[size:]
         if head.status_code == 101:
             raise WireError("101 Switching Protocols, which the request did not ask for")
         return head

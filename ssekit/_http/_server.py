@@ -28,6 +28,7 @@ from ._wire import (
     RequestHead,
     WireError,
     checked_fields,
+    declared_framing,
     has_blank_line,
     keep_alive,
     parse_request_head,
@@ -172,15 +173,8 @@ class ServerConnection:
         self.keep_alive = keep_alive(head.http_version, head.headers)
         expect = _comma_values(head.headers, b"expect")
         self.waiting_for_100 = head.http_version >= b"1.1" and b"100-continue" in expect
-        length = None
-        for name, value in head.headers:
-            if name == b"transfer-encoding":
-                self._body = ChunkedReader()  # chunked wins over a length (RFC 9112 6.3)
-                break
-            if name == b"content-length" and length is None:
-                length = int(value)
-        else:
-            self._body = length or 0
+        chunked, length = declared_framing(head.headers)  # chunked wins (RFC 9112 6.3)
+        self._body = ChunkedReader() if chunked else length or 0
         return head
 
     def _incomplete(self, size: int) -> Signal:
@@ -263,15 +257,19 @@ class ServerConnection:
         method = self.request.method if self.request is not None else b""
         version = self.their_http_version
         bodiless = status in (204, 304) or (method == b"CONNECT" and status < 300)
-        names = {name.lower() for name, _ in fields}
-        if not bodiless and (b"transfer-encoding" in names or b"content-length" not in names):
+        chunked, length = declared_framing(fields)
+        self._framing, self._left = "length", length or 0
+        if not bodiless and (chunked or length is None):
             # A body of unknown length: chunked for HTTP/1.1; else the close ends it
             # (HTTP/1.0, or no request read: assume the worst, as h11 does).
             fields = [f for f in fields if f[0].lower() not in _FRAMING_FIELDS]
             if version is not None and version >= b"1.1":
                 fields.append((b"Transfer-Encoding", b"chunked"))
-            elif method != b"HEAD":
-                self.keep_alive = False
+                self._framing = "chunked"
+            else:
+                self._framing = "close"
+                if method != b"HEAD":
+                    self.keep_alive = False
         if not self.keep_alive:
             tokens = set(_comma_values(fields, b"connection"))
             tokens.discard(b"keep-alive")
@@ -281,19 +279,7 @@ class ServerConnection:
         if b"close" in _comma_values(fields, b"connection"):
             self.keep_alive = False
         self.waiting_for_100 = False
-        # How this body ends, by the request's real method (a HEAD answer has none).
-        length = None
-        for name, value in fields:
-            low = name.lower()
-            if low == b"transfer-encoding":
-                self._framing = "chunked"
-                break
-            if low == b"content-length" and length is None:
-                length = int(value)
-        else:
-            self._framing = "length" if length is not None else "close"
-            self._left = length or 0
-        if method == b"HEAD" or bodiless:
+        if method == b"HEAD" or bodiless:  # by the request's real method: no body
             self._framing, self._left = "length", 0
         return _head(status, reason, fields)
 

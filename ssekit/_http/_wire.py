@@ -27,12 +27,12 @@ __all__ = (
     "body_framing",
     "check_length",
     "checked_fields",
+    "declared_framing",
     "framing_checked",
     "has_blank_line",
     "keep_alive",
     "parse_request_head",
     "parse_response_head",
-    "request_framing",
     "request_head",
 )
 
@@ -129,8 +129,8 @@ def _check_field(name: bytes, value: bytes) -> None:
         raise WireError(f"illegal header value {value!r}")
 
 
-def request_framing(headers: Headers) -> tuple[bool, int | None]:
-    """Whether a request body goes chunked, else its Content-Length (None: not given)."""
+def declared_framing(headers: Headers) -> tuple[bool, int | None]:
+    """Whether a message's body goes chunked, else its Content-Length (None: not given)."""
     chunked = False
     length = None
     for name, value in headers:
