@@ -78,11 +78,14 @@ def error_body(status: int, message: str) -> bytes:
 def raw_response(status: int, body: bytes, content_type: bytes = JSON) -> bytes:
     """A complete ``Connection: close`` response, for answers outside the connection's state
     (a request too broken to have one)."""
-    reason = REASONS.get(status, "Error").encode()
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n"
-        b"via: 1.1 ssekit\r\n\r\n" % (status, reason, content_type, len(body))
+        b"via: 1.1 ssekit\r\n\r\n" % (status, _reason(status), content_type, len(body))
     ) + body
+
+
+def _reason(status: int) -> bytes:
+    return REASONS.get(status, "").encode()
 
 
 class Downstream:
@@ -108,9 +111,8 @@ class Downstream:
     ) -> None:
         """Write the final response head (``reason`` None: the status's usual phrase);
         raises :class:`ClientGone` when the client went away."""
-        if reason is None:
-            reason = REASONS.get(status, "").encode()
-        await self.send_raw(self.conn.send_response(status, headers, reason))
+        phrase = _reason(status) if reason is None else reason
+        await self.send_raw(self.conn.send_response(status, headers, phrase))
 
     async def send_data(self, data: bytes) -> None:
         """Write body bytes, framed for the client (an empty piece writes nothing)."""
@@ -240,5 +242,5 @@ class Downstream:
         if close:
             headers.append((b"connection", b"close"))
         conn = self.conn
-        head = conn.send_response(status, headers, REASONS.get(status, "").encode())
+        head = conn.send_response(status, headers, _reason(status))
         await self.send_raw(head + conn.send_data(body) + conn.send_end())

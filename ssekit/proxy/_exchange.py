@@ -390,7 +390,6 @@ async def _answer(
                     sse=is_event_stream(content_type),
                     read_to_close=upstream.read_to_close,
                     sized=get_header(headers, b"content-length") is not None,
-                    chunked=client.conn.chunked,
                     head=head,
                     record=recording,
                 )

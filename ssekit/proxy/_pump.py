@@ -88,7 +88,6 @@ async def pump(
     sse: bool,
     read_to_close: bool,
     sized: bool,
-    chunked: bool,
     head: bytes,
     record: Recording | None = None,
 ) -> bool:
@@ -101,8 +100,8 @@ async def pump(
     A read-to-close event stream that stops inside an event was cut, not
     finished: the client's response is cut too, never ended cleanly. A body
     with a Content-Length (``sized``) gets nothing inserted: it would not fit.
-    ``chunked``: the client's response is chunk-framed, so a read's chunks are
-    framed here in one piece. ``record``: the
+    A response the client gets chunk-framed takes the callback path when it
+    can (each read's chunks framed in one piece, one write). ``record``: the
     events the tap decodes are also kept for resumption.
     """
     tap = Tap(stats, started, record) if sse else None
@@ -111,7 +110,7 @@ async def pump(
     if tap is None or heartbeat is None:
         return await _forward(
             client, upstream, relay, stats, config.idle_timeout, error_event, tap, None,
-            read_to_close, chunked, head,
+            read_to_close, head,
         )  # fmt: skip
     await client.send_raw(head)  # before any heartbeat
     lock = anyio.Lock()  # the heartbeat task writes too: one writer at a time
@@ -120,7 +119,7 @@ async def pump(
         tg.start_soon(_heartbeats, client, tap, lock, heartbeat, relay, tg.cancel_scope)
         done = await _forward(
             client, upstream, relay, stats, config.idle_timeout, error_event, tap, lock,
-            read_to_close, chunked, b"",
+            read_to_close, b"",
         )  # fmt: skip
         tg.cancel_scope.cancel()
     return done
@@ -136,12 +135,11 @@ async def _forward(
     tap: Tap | None,
     lock: anyio.Lock | None,
     read_to_close: bool,
-    chunked: bool,
     head: bytes,
 ) -> bool:
     try:
         fast = isinstance(client.stream, FastStream)
-        if chunked and fast and upstream.spliceable and type(client) is Downstream:
+        if client.conn.chunked and fast and upstream.spliceable and type(client) is Downstream:
             # The hot path: forwarded in the upstream's read callback, no task per read.
             splice = _ToClient(client, relay, stats, tap, head)
             try:
@@ -155,11 +153,7 @@ async def _forward(
                 await _write(client, lock, head)
             async for batch in upstream.receive_body_batches(idle_timeout=idle_timeout):
                 # One socket write per upstream read, each chunk still its own HTTP chunk.
-                if chunked:
-                    framed = frame_chunks(batch)
-                else:
-                    framed = b"".join([client.conn.send_data(c) for c in batch])
-                await _write(client, lock, framed)
+                await _write(client, lock, b"".join([client.conn.send_data(c) for c in batch]))
                 if not relay.open:
                     return False  # the client left while we wrote (the watcher saw it)
                 _forwarded(relay, stats, tap, batch)
