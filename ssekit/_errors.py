@@ -156,5 +156,12 @@ class ResponseError(ClientError):
 class RetriesExhausted(ClientError):
     """The client gave up reconnecting: ``max_retries`` or the ``deadline`` was reached.
 
-    Chained (``__cause__``) to the last connection's error, if there was one.
+    ``reconnections`` is how many reconnections in a row had failed (no event
+    dispatched since) when it gave up: ``max_retries`` when that cap was the
+    reason. Chained (``__cause__``) to the last connection's error, if there
+    was one.
     """
+
+    def __init__(self, message: str, reconnections: int = 0) -> None:
+        self.reconnections = reconnections
+        super().__init__(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import json
 import pickle
 import subprocess
 import sys
@@ -64,7 +65,7 @@ EXCEPTIONS = [
     ssekit.ConfigError("--port"),
     ssekit.ClientError("x"),
     ssekit.ResponseError("503", 503, "busy"),
-    ssekit.RetriesExhausted("gave up"),
+    ssekit.RetriesExhausted("gave up", 3),
 ]
 
 
@@ -101,27 +102,19 @@ def _overflow() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"data": 1}, "data must be a str, got int"),
-        ({"data": b"x"}, "decode bytes first"),
-        ({"event": None}, "event must be a str"),
-        ({"id": 7}, "id must be a str"),
-        ({"retry": "5000"}, "retry must be an int"),
-    ],
+    "kwargs", [{"data": 1}, {"data": b"x"}, {"event": None}, {"id": 7}, {"retry": "5000"}]
 )
-def test_events_with_wrong_types_are_refused_at_construction(
-    kwargs: dict[str, object], message: str
-) -> None:
-    with pytest.raises(TypeError, match=message):
+def test_events_with_wrong_types_are_refused_at_construction(kwargs: dict[str, object]) -> None:
+    with pytest.raises(TypeError):
         ssekit.Event(**kwargs)  # type: ignore[arg-type]
 
 
 def test_event_json_parses_the_data() -> None:
     assert ssekit.Event(data='{"n": 1, "text": "你好"}').json() == {"n": 1, "text": "你好"}
     assert ssekit.Event(data="[1, 2]").json() == [1, 2]
-    with pytest.raises(ValueError, match="Expecting value"):
+    with pytest.raises(json.JSONDecodeError) as info:
         ssekit.Event(data="[DONE]").json()
+    assert info.value.doc == "[DONE]"
 
 
 def test_openai_helpers_are_a_public_module_and_top_level_names() -> None:

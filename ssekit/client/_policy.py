@@ -136,21 +136,23 @@ class Reconnector:
                 return Decision(Verdict.STOP)
             return Decision(
                 Verdict.FAIL,
-                error=_give_up(
-                    f"{self.method} stream was cut and is not replayed", error, ClientError
-                ),
+                error=_give_up(f"{self.method} stream was cut and is not replayed", error, None),
             )
         if policy.max_retries is not None and self.failures >= policy.max_retries:
             return Decision(
                 Verdict.FAIL,
-                error=_give_up(f"gave up after {self.failures} reconnections", error),
+                error=_give_up(
+                    f"gave up after {self.failures} reconnections", error, self.failures
+                ),
             )
         delay_ms = min(self.retry_ms * policy.backoff**self.failures, policy.max_delay)
         delay = delay_ms * (1 + policy.jitter * (2 * random - 1)) / 1000
         if policy.deadline is not None and now + delay - self._started > policy.deadline:
             return Decision(
                 Verdict.FAIL,
-                error=_give_up(f"deadline of {policy.deadline:g}s would pass", error),
+                error=_give_up(
+                    f"deadline of {policy.deadline:g}s would pass", error, self.failures
+                ),
             )
         self.failures += 1
         return Decision(Verdict.RECONNECT, delay=delay)
@@ -176,10 +178,14 @@ def judge_response(status: int, content_type: str, body: str = "") -> Decision:
     return Decision(Verdict.FAIL, error=ResponseError(message, status, body, content_type))
 
 
-def _give_up(
-    message: str, error: Exception | None, kind: type[ClientError] = RetriesExhausted
-) -> ClientError:
+def _give_up(message: str, error: Exception | None, reconnections: int | None) -> ClientError:
+    """The error to fail with, chained to the last connection's ``error``: a
+    :class:`RetriesExhausted` after ``reconnections``, or (None) a plain :class:`ClientError`."""
     detail = f" (last error: {error})" if error is not None else ""
-    failure = kind(message + detail)
+    failure = (
+        ClientError(message + detail)
+        if reconnections is None
+        else RetriesExhausted(message + detail, reconnections)
+    )
     failure.__cause__ = error
     return failure
