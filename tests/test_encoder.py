@@ -47,21 +47,27 @@ def test_explicit_empty_id_resets_the_last_event_id() -> None:
 
 
 @pytest.mark.parametrize(
-    ("event", "message"),
+    ("event", "cause"),
     [
-        (Event(data="x", event="a\nb"), "event type"),
-        (Event(data="x", event="a\rb"), "event type"),
-        (Event(data="x", id="1\n2"), "line break"),
-        (Event(data="x", id="1\x002"), "NUL"),
-        (Event(data="x", retry=-1), "non-negative"),
-        (Event(data="x", retry=True), "non-negative"),
-        (Event(data="\ud800"), "surrogate"),
+        (Event(data="x", event="a\nb"), None),
+        (Event(data="x", event="a\rb"), None),
+        (Event(data="x", id="1\n2"), None),
+        (Event(data="x", id="1\x002"), None),
+        (Event(data="x", retry=-1), None),
+        (Event(data="x", retry=True), None),
+        (Event(data="\ud800"), UnicodeEncodeError),  # a lone surrogate: UTF-8 refuses it
     ],
 )
-def test_what_cannot_be_carried_raises_encode_error(event: Event, message: str) -> None:
-    with pytest.raises(ssekit.EncodeError, match=message) as info:
+def test_what_cannot_be_carried_raises_encode_error(
+    event: Event, cause: type[Exception] | None
+) -> None:
+    with pytest.raises(ssekit.EncodeError) as info:
         encode(event)
     assert isinstance(info.value, ValueError)
+    if cause is None:
+        assert info.value.__cause__ is None
+    else:
+        assert isinstance(info.value.__cause__, cause)
 
 
 def test_comments_split_per_line_and_never_complete_an_event() -> None:
@@ -136,20 +142,20 @@ def test_id_alone_sets_the_last_event_id_without_an_event() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error", "message"),
+    ("kwargs", "error"),
     [
-        ({}, ssekit.EncodeError, "nothing to send"),
-        ({"id": "a\nb"}, ssekit.EncodeError, "line break"),
-        ({"id": "a\x00b"}, ssekit.EncodeError, "NUL"),
-        ({"retry": -1}, ssekit.EncodeError, "non-negative"),
-        ({"retry": 1.5}, ssekit.EncodeError, "non-negative"),
-        ({"id": 5}, TypeError, "must be a str"),
+        ({}, ssekit.EncodeError),  # nothing to send
+        ({"id": "a\nb"}, ssekit.EncodeError),
+        ({"id": "a\x00b"}, ssekit.EncodeError),
+        ({"retry": -1}, ssekit.EncodeError),
+        ({"retry": 1.5}, ssekit.EncodeError),
+        ({"id": 5}, TypeError),
     ],
 )
 def test_encode_fields_refuses_what_would_not_arrive(
-    kwargs: dict[str, object], error: type[Exception], message: str
+    kwargs: dict[str, object], error: type[Exception]
 ) -> None:
-    with pytest.raises(error, match=message):
+    with pytest.raises(error):
         ssekit.encode_fields(**kwargs)  # type: ignore[arg-type]
 
 

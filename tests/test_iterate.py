@@ -102,5 +102,5 @@ async def test_iterators_take_a_decoder_whose_state_stays_readable() -> None:
         Event(data="c", id="1"),
     ]
     assert adecoder.last_event_id == "1"
-    with pytest.raises(TypeError, match="not both"):
+    with pytest.raises(TypeError):
         list(ssekit.iter_events(WIRE, decoder=ssekit.Decoder(), comments=True))  # type: ignore[call-overload]

@@ -34,7 +34,7 @@ def test_join_deltas_picks_one_choice() -> None:
 
 
 def test_missing_done_means_the_stream_was_cut() -> None:
-    with pytest.raises(ssekit.StreamIncomplete, match="DONE"):
+    with pytest.raises(ssekit.StreamIncomplete):
         list(ssekit.iter_chunks([chunk("partial")]))
 
 
