@@ -175,8 +175,9 @@ def test_every_phase_and_input_lands_in_a_phase_or_raises_state_error() -> None:
         relay = Relay()
         relay.phase = phase
         if phase in terminal or (phase, event) in impossible:
-            with pytest.raises(ssekit.StateError, match=phase.value):
+            with pytest.raises(ssekit.StateError):
                 relay.on(event)
+            assert relay.phase is phase  # refused: the relay did not move
         else:
             assert relay.on(event) in Phase
 
@@ -263,7 +264,7 @@ def test_metrics_need_a_token_when_tokens_are_on_health_never_does() -> None:
 
 @pytest.mark.parametrize("tokens", [("",), (" t",), ("a,b",), ("t\n",)])
 def test_tokens_that_would_silently_turn_checks_off_are_refused(tokens: tuple[str, ...]) -> None:
-    with pytest.raises(ssekit.ConfigError, match="client_tokens"):
+    with pytest.raises(ssekit.ConfigError):
         ProxyConfig(upstream="http://h", client_tokens=tokens)
 
 

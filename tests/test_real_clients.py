@@ -74,8 +74,10 @@ async def test_openai_sdk_sees_upstream_errors_in_openai_shape() -> None:
         base = await start_proxy(tg, mock)
         client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="sk-test", max_retries=0)
         async with client:
-            with pytest.raises(openai.BadRequestError, match="messages"):
+            with pytest.raises(openai.BadRequestError) as info:
                 await client.chat.completions.create(model="m", messages="nope")  # type: ignore[arg-type]
+    assert info.value.status_code == 400
+    assert info.value.type == "invalid_request_error"  # read from OpenAI's error shape
 
 
 async def test_httpx_events_arrive_incrementally() -> None:
