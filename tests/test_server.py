@@ -14,6 +14,7 @@ byte as h11 writes them, with the same verdict on keeping the connection.
 from __future__ import annotations
 
 import itertools
+import re
 
 import h11
 import hypothesis.strategies as st
@@ -195,7 +196,35 @@ def test_requests_are_read_exactly_as_h11_reads_them(
 ) -> None:
     data = b"".join(messages)
     ours, theirs = our_trace(data, cuts, close, every), h11_trace(data, cuts, close, every)
-    assert _settled(ours) == _settled(theirs)
+    ours, theirs = _settled(ours), _settled(theirs)
+    if ours != theirs and deliberately_stricter(data):
+        # ssekit refuses (400) a request h11 reads: everything before it read alike.
+        assert ours[-1] == ("error", 400)
+        assert theirs[: len(ours) - 1] == ours[:-1]
+        return
+    assert ours == theirs
+
+
+_HOST = re.compile(rb"(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*(?::[0-9]*)?")
+
+
+def deliberately_stricter(data: bytes) -> bool:
+    """True when ``data`` holds what ssekit refuses on purpose where h11 reads on (the
+    table in the README): an obsolete line fold in a head, a Host that is not
+    ``host[:port]``, both Content-Length and Transfer-Encoding in one request, a
+    framing field in a trailer section."""
+    lines = [line.rstrip(b"\r") for line in data.split(b"\n")]
+    if any(line[:1] in (b" ", b"\t") for line in lines):
+        return True
+    fields = [line.partition(b":") for line in lines]
+    names = [name.strip().lower() for name, colon, _ in fields if colon]
+    if any(
+        name.strip().lower() == b"host" and not _HOST.fullmatch(value.strip(b" \t"))
+        for name, colon, value in fields
+        if colon
+    ):
+        return True
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 def _settled(trace: Trace) -> Trace:
@@ -213,9 +242,9 @@ def test_a_head_sent_a_byte_at_a_time_costs_its_size_not_its_square(
     """A slow client (slowloris) must not make each byte re-read all the others."""
     looked_at: list[int] = []
 
-    def parse(data: bytes) -> object:
+    def parse(data: bytes, max_fields: int | None = None) -> object:
         looked_at.append(len(data))
-        return parse_request_head(data)
+        return parse_request_head(data, max_fields)
 
     def search(data: bytes | bytearray, start: int = 0) -> bool:
         looked_at.append(len(data) - start)

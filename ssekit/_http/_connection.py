@@ -374,7 +374,7 @@ class OriginConnection:
                 data = await self._read(idle_timeout)
 
     async def _receive_chunked(self, idle_timeout: float) -> AsyncIterator[list[bytes]]:
-        reader = ChunkedReader()
+        reader = ChunkedReader(self._max_head_size)
         data, self._buffer = self._buffer, b""  # body bytes read with the head
         while True:
             try:
@@ -505,7 +505,7 @@ class _Splice:
         self._deliver = deliver
         self._idle = idle
         self._loop = self._stream.loop
-        self.reader = ChunkedReader()
+        self.reader = ChunkedReader(conn._max_head_size)
         self.done: asyncio.Future[None] = self._loop.create_future()
         self._paused = False  # reading paused for the reader: that silence is not the origin's
         self._last_read = self._loop.time()

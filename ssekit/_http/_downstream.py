@@ -20,7 +20,7 @@ from . import _stream
 from ._headers import Headers
 from ._server import RequestError, ServerConnection, Signal
 from ._stream import FastStream, Stream
-from ._wire import RequestHead
+from ._wire import RequestHead, declared_framing
 
 __all__ = (
     "JSON",
@@ -91,17 +91,35 @@ def _reason(status: int) -> bytes:
 class Downstream:
     """One client connection: the socket, its HTTP state, and the address it came from."""
 
-    __slots__ = ("addr", "conn", "last_write", "send_timeout", "stalled", "stream")
+    __slots__ = (
+        "_body_size",
+        "addr",
+        "conn",
+        "last_write",
+        "max_body_size",
+        "send_timeout",
+        "stalled",
+        "stream",
+    )
 
     def __init__(
-        self, stream: Stream, max_header_size: int, send_timeout: float | None = None
+        self,
+        stream: Stream,
+        max_header_size: int,
+        send_timeout: float | None = None,
+        *,
+        max_header_count: int | None = None,
+        max_body_size: int = 0,
     ) -> None:
         self.stream = stream
+        #: The largest request body accepted, declared or sent (then 413); 0: no limit.
+        self.max_body_size = max_body_size
+        self._body_size = 0  # body bytes of the current request so far
         #: A write the client takes none of for this long cuts it (None: no limit).
         self.send_timeout = send_timeout
         #: True once the client was cut for taking nothing (see :meth:`cut_stalled`).
         self.stalled = False
-        self.conn = ServerConnection(max_header_size)
+        self.conn = ServerConnection(max_header_size, max_header_count)
         addr = stream.extra(anyio.abc.SocketAttribute.remote_address, ("?", 0))
         self.addr = str(addr[0]) if isinstance(addr, tuple) else str(addr)
         self.last_write = time.monotonic()
@@ -184,6 +202,8 @@ class Downstream:
             except RequestError as exc:
                 raise BadRequest(exc.status, str(exc)) from exc
             if event is not Signal.NEED_DATA:
+                if self.max_body_size:
+                    self._check_body_size(event)
                 return event
             if deadline is not None:
                 data = await self.receive(max(0.0, deadline - time.monotonic()))
@@ -195,6 +215,25 @@ class Downstream:
                         408, f"no byte of the request for {read_timeout:g}s (--body-timeout)"
                     ) from None
             self.conn.receive_data(data)
+
+    def _check_body_size(self, event: RequestHead | bytes | Signal) -> None:
+        """413 for a request whose declared length, or whose body so far, passes
+        ``max_body_size``: at the head when it is declared, nothing forwarded."""
+        if isinstance(event, RequestHead):
+            self._body_size = 0
+            chunked, length = declared_framing(event.headers)
+            size = 0 if chunked or length is None else length
+        elif isinstance(event, bytes):
+            self._body_size += len(event)
+            size = self._body_size
+        else:
+            return
+        if size > self.max_body_size:
+            raise BadRequest(
+                413,
+                f"request body of {size} bytes or more, over the limit of "
+                f"{self.max_body_size} (--max-body-size)",
+            )
 
     async def body(self, read_timeout: float | None = None) -> AsyncIterator[bytes]:
         """The request body's pieces as they arrive, after a ``100 Continue`` if the client

@@ -49,10 +49,6 @@ class Signal(enum.Enum):
 class RequestError(WireError):
     """The client's request breaks HTTP/1.1; ``status`` is the answer (400 or 431)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
 
 class ServerConnection:
     """One client connection's HTTP/1.1 state: feed bytes, take events, frame a response.
@@ -74,6 +70,7 @@ class ServerConnection:
         "_pieces",
         "_searched",
         "keep_alive",
+        "max_fields",
         "max_head_size",
         "request",
         "request_done",
@@ -82,8 +79,10 @@ class ServerConnection:
         "waiting_for_100",
     )
 
-    def __init__(self, max_head_size: int) -> None:
+    def __init__(self, max_head_size: int, max_fields: int | None = None) -> None:
         self.max_head_size = max_head_size
+        #: The most header lines a request head (or trailer section) may have (then 431).
+        self.max_fields = max_fields
         self._buffer = b""  # what arrived in one piece, not yet taken
         self._more: bytearray | None = None  # what arrived in several (then _buffer is empty)
         self._searched = 0  # how much of _more holds no blank line (a head arriving slowly)
@@ -160,9 +159,9 @@ class ServerConnection:
         if not buffer:
             return Signal.CLOSED if self._closed else Signal.NEED_DATA
         try:
-            parsed = parse_request_head(buffer)
+            parsed = parse_request_head(buffer, self.max_fields)
         except WireError as exc:
-            raise RequestError(f"malformed request: {exc}") from None
+            raise RequestError(f"malformed request: {exc}", exc.status) from None
         if parsed is None:
             self._more, self._buffer, self._searched = bytearray(buffer), b"", len(buffer)
             return self._incomplete(len(buffer))
@@ -174,7 +173,7 @@ class ServerConnection:
         expect = _comma_values(head.headers, b"expect")
         self.waiting_for_100 = head.http_version >= b"1.1" and b"100-continue" in expect
         chunked, length = declared_framing(head.headers)  # chunked wins (RFC 9112 6.3)
-        self._body = ChunkedReader() if chunked else length or 0
+        self._body = ChunkedReader(self.max_head_size, self.max_fields) if chunked else length or 0
         return head
 
     def _incomplete(self, size: int) -> Signal:
@@ -216,7 +215,7 @@ class ServerConnection:
             try:
                 pieces.extend(body.feed(data))
             except ChunkError as exc:
-                raise RequestError(f"malformed chunked request body: {exc}") from None
+                raise RequestError(f"malformed chunked request body: {exc}", exc.status) from None
         self.waiting_for_100 = False
         return pieces.popleft()
 

@@ -26,6 +26,9 @@ __all__ = (
     "WireError",
     "body_framing",
     "check_length",
+    "check_request",
+    "check_request_lines",
+    "check_trailer_line",
     "checked_fields",
     "declared_framing",
     "framing_checked",
@@ -34,6 +37,7 @@ __all__ = (
     "parse_request_head",
     "parse_response_head",
     "request_head",
+    "screen_request_head",
 )
 
 # RFC 9110 5.1, 5.5 and RFC 9112 3, 4, 5 (as h11's _abnf spells them).
@@ -50,12 +54,28 @@ _STATUS_RE: Final = re.compile(
 _REQUEST_RE: Final = re.compile(rb"(%s) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])" % _TOKEN)
 _BLANK_LINE: Final = re.compile(rb"\n\r?\n")
 _LENGTH_RE: Final = re.compile(rb"[0-9]+")
+# uri-host [":" port] (RFC 3986 3.2.2, 3.2.3): an IP literal in brackets, or a reg-name
+# or IPv4 address of unreserved characters, sub-delims and %XX escapes; an empty host
+# is allowed (a target without authority).
+_HOST_RE: Final = re.compile(
+    rb"(?:\[[0-9A-Za-z._~!$&'()*+,;=:-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)"
+    rb"(?::[0-9]*)?"
+)
+_FRAMING_NAMES: Final = frozenset({b"content-length", b"transfer-encoding"})
 #: Content-Length digits accepted (h11's bound: about 10**20 bytes).
 MAX_LENGTH_DIGITS: Final = 20
 
 
 class WireError(Exception):
-    """A head that breaks HTTP/1.1's rules: malformed, or framed in a way not supported."""
+    """A head that breaks HTTP/1.1's rules: malformed, or framed in a way not supported.
+
+    ``status`` is the answer a server gives a client that sent it: 400, or 431 for a
+    head (or trailer section) past a configured bound.
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,30 +194,98 @@ def parse_response_head(data: bytes) -> tuple[ResponseHead, int] | None:
     return ResponseHead(int(code), reason or b"", version, headers), size
 
 
-def parse_request_head(data: bytes) -> tuple[RequestHead, int] | None:
+def parse_request_head(
+    data: bytes, max_fields: int | None = None
+) -> tuple[RequestHead, int] | None:
     """The request head at the start of ``data`` and its length on the wire; None
     while its blank line has not arrived. Raises :class:`WireError` when malformed,
     as soon as the first byte shows it cannot be a request line (a TLS handshake
     sent to a plain port is refused before it completes a "head").
 
     A request line is ``method SP target SP HTTP/x.y`` with a token for the method
-    and visible ASCII for the target; an HTTP/1.1 request has exactly one Host
-    field, any other at most one (RFC 9112 3, 3.2). The caller bounds how much it
-    buffers while this returns None.
+    and visible ASCII for the target; then :func:`check_request_lines` (at most
+    ``max_fields`` field lines, else 431; no obsolete folding) and
+    :func:`check_request` (Host, framing). The caller bounds how much it buffers
+    while this returns None.
     """
     if data and data[0] < 0x21:  # a blank line, a space, a control byte: not a method
         raise WireError(f"illegal request line {data[:40]!r}: it must begin with a method")
-    parsed = _parse_head(data, _REQUEST_RE, "request line")
+    parsed = _parse_head(data, _REQUEST_RE, "request line", max_fields)
     if parsed is None:
         return None
     request, headers, size = parsed
     method, target, version = request.groups()
-    hosts = sum(1 for name, _ in headers if name == b"host")
-    if hosts > 1:
+    head = RequestHead(method, target, version, headers)
+    check_request(head)
+    return head, size
+
+
+def screen_request_head(data: bytes, max_fields: int | None) -> None:
+    """Apply :func:`check_request_lines` to the raw head at the start of ``data`` (its
+    blank line arrived), for an engine that parses the head itself (h11 unfolds
+    obsolete folds silently, and counts no fields)."""
+    split = _head_lines(data)
+    if split is not None:
+        check_request_lines(split[0][1:], max_fields)
+
+
+def check_request_lines(lines: list[bytes], max_fields: int | None) -> None:
+    """A request head's field lines, stricter than h11: at most ``max_fields`` of them
+    (else 431: each costs parsing and forwarding, and nginx refuses such heads too), and
+    no obsolete line folding. RFC 9112 5.2 lets a server either unfold or refuse a fold;
+    a hop in front that does not unfold reads ``Transfer-Encoding:`` + `` chunked`` as
+    two things, so refusing is the reading no other hop can contradict."""
+    if max_fields is not None and len(lines) > max_fields:
+        raise WireError(
+            f"request head has {len(lines)} header lines, over the limit of {max_fields} "
+            "(--max-header-count)",
+            431,
+        )
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            raise WireError(
+                f"obsolete line folding in the request head at {line[:40]!r}: "
+                "send each header field on one line (RFC 9112 5.2)"
+            )
+
+
+def check_request(head: RequestHead) -> None:
+    """The rules a request head must meet beyond its grammar (RFC 9112 3.2, 6.1):
+
+    - exactly one Host field in HTTP/1.1 (at most one before), holding
+      ``uri-host [":" port]`` (RFC 3986 3.2.2): no userinfo, no spaces. A proxy
+      that forwarded ``Host: user@evil.example`` would hand a spoofed authority to
+      whatever reads X-Forwarded-Host;
+    - not both Content-Length and Transfer-Encoding: RFC 9112 6.1 lets a server
+      refuse such a request (nginx does). Stricter than h11, which reads the coding:
+      a hop that trusts the length instead reads another body, and the rest of the
+      bytes as a second request.
+    """
+    hosts = [value for name, value in head.headers if name.lower() == b"host"]
+    if len(hosts) > 1:
         raise WireError("more than one Host header field; send exactly one")
-    if hosts == 0 and version == b"1.1":
+    if not hosts and head.http_version == b"1.1":
         raise WireError("an HTTP/1.1 request needs a Host header field (RFC 9112 3.2)")
-    return RequestHead(method, target, version, headers), size
+    if hosts and not _HOST_RE.fullmatch(hosts[0]):
+        raise WireError(
+            f"Host {hosts[0][:100]!r} is not host[:port] (RFC 9112 3.2, RFC 3986 3.2.2)"
+        )
+    framing = {name.lower() for name, _ in head.headers} & _FRAMING_NAMES
+    if len(framing) == 2:
+        raise WireError(
+            "a request with both Content-Length and Transfer-Encoding; send one (RFC 9112 6.1)"
+        )
+
+
+def check_trailer_line(line: bytes) -> None:
+    """One field line of a chunked body's trailer section (its ending stripped): a
+    valid field as in a head, not folded, and no framing field (RFC 9110 6.5.1:
+    a trailer must not say how the message is framed). Raises :class:`WireError`."""
+    if line[:1] in (b" ", b"\t"):
+        raise WireError(f"obsolete line folding in a trailer section at {line[:40]!r}")
+    name, _ = _field(line)
+    if name in _FRAMING_NAMES:
+        raise WireError(f"a {name.decode()} field in a trailer section")
 
 
 def has_blank_line(data: bytes | bytearray, start: int = 0) -> bool:
@@ -206,10 +294,12 @@ def has_blank_line(data: bytes | bytearray, start: int = 0) -> bool:
 
 
 def _parse_head(
-    data: bytes, start_line: re.Pattern[bytes], what: str
+    data: bytes, start_line: re.Pattern[bytes], what: str, max_fields: int | None = None
 ) -> tuple[re.Match[bytes], Headers, int] | None:
     """The head at the start of ``data``: its start line (as ``start_line`` matched it),
-    its fields and its size; None while its blank line has not arrived."""
+    its fields and its size; None while its blank line has not arrived. ``max_fields``
+    given: a request head, checked by :func:`check_request_lines` (None: a response,
+    whose folds are unfolded)."""
     if data[:1] == b"\n" or data[:2] == b"\r\n":
         raise WireError(f"no {what}: the head began with a blank line")
     split = _head_lines(data)
@@ -219,6 +309,8 @@ def _parse_head(
     match = start_line.fullmatch(lines[0])
     if match is None:
         raise WireError(f"illegal {what} {lines[0][:200]!r}")
+    if start_line is _REQUEST_RE:
+        check_request_lines(lines[1:], max_fields)
     return match, _fields(lines[1:]), size
 
 
@@ -306,12 +398,19 @@ def body_framing(method: str, head: ResponseHead) -> tuple[str, int]:
 
 
 def keep_alive(http_version: bytes, headers: Headers) -> bool:
-    """True unless the message is HTTP/1.0 or says ``Connection: close`` (RFC 9112 9.3)."""
+    """True unless the message is HTTP/1.0, says ``Connection: close`` (RFC 9112 9.3),
+    or carries both Content-Length and Transfer-Encoding: such a message was read by
+    its coding, but RFC 9112 6.3 calls it an error to be closed after, as the peer may
+    have meant the length (h11 keeps such a connection; a pooled upstream must not)."""
     if http_version < b"1.1":
         return False
+    framing = 0
     for name, value in headers:
-        if name.lower() == b"connection" and any(
+        low = name.lower()
+        if low == b"connection" and any(
             token.strip().lower() == b"close" for token in value.split(b",")
         ):
             return False
-    return True
+        if low in _FRAMING_NAMES:
+            framing |= 1 if low == b"content-length" else 2
+    return framing != 3

@@ -91,6 +91,23 @@ class ProxyConfig:
         "largest request head accepted (then 431) and upstream response head (then 502)",
         "BYTES",
     )
+    max_header_count: int = _option(
+        100,
+        "most header lines a request head (or a chunked body's trailer section) may have "
+        "(then 431)",
+        "N",
+    )
+    max_body_size: int = _option(
+        64 * 1024 * 1024,
+        "largest request body: a longer declared Content-Length is 413 at once, nothing "
+        "forwarded; a chunked body passing it is 413 (or cut) and its upstream closed; 0: none",
+        "BYTES",
+    )
+    underscores_in_headers: bool = _option(
+        False,
+        "forward request header names containing '_' (default: dropped and counted, as "
+        "nginx does: CGI-style origins read X_Forwarded_For as X-Forwarded-For)",
+    )
     pool_size: int = _option(32, "idle keep-alive upstream connections kept for reuse", "N")
     max_connections: int = _option(
         1024,
@@ -159,6 +176,8 @@ class ProxyConfig:
             raise ConfigError(f"listen port {self.listen_port} is not in 0-65535")
         if self.max_header_size < 1024 or self.pool_size < 0 or self.max_connections < 1:
             raise ConfigError("max_header_size >= 1024, pool_size >= 0, max_connections >= 1")
+        if self.max_header_count < 1 or self.max_body_size < 0:
+            raise ConfigError("max_header_count must be >= 1 and max_body_size >= 0 (0: none)")
         if not self.admin_prefix.startswith("/") or self.admin_prefix.endswith("/"):
             raise ConfigError(
                 f"admin prefix {self.admin_prefix!r} must start with / and not end with /"

@@ -38,7 +38,7 @@ from .._http import (
     make_ssl_context,
 )
 from ._config import ProxyConfig
-from ._headers import request_headers, response_headers
+from ._headers import request_headers, response_headers, underscored
 from ._pump import pump
 from ._relay import (
     Admin,
@@ -275,7 +275,10 @@ async def _forward(
         client_addr=client.addr,
         api_key=shared.next_api_key(),
         strip_authorization=bool(cfg.client_tokens),
+        underscores=cfg.underscores_in_headers,
     )
+    if not cfg.underscores_in_headers:
+        stats.dropped_headers = underscored(request.headers)
     # Resume hook: the stream id (a bad ssekit-resume-key is a 400 here, nothing sent).
     recording = None if shared.resume is None else shared.resume.begin(request, headers, stats)
     method = request.method.decode("ascii")
@@ -375,7 +378,7 @@ async def _answer(
                 stats.upstream_first_byte = time.monotonic() - started
                 stats.status = response.status_code
                 content_type = get_header(response.headers, b"content-type") or b""
-                headers = response_headers(response.headers)
+                headers = response_headers(response.headers, response.status_code)
                 if recording is not None:  # resume hook: keep a 200 event stream
                     recording.arm(response.status_code, content_type, headers)
                 head = client.conn.send_response(response.status_code, headers, response.reason)
@@ -407,7 +410,7 @@ async def _pass_on(client: Downstream, head: ResponseHead) -> None:
     client, which must get none."""
     conn = client.conn
     if (conn.their_http_version or b"1.0") >= b"1.1":
-        headers = response_headers(head.headers)
+        headers = response_headers(head.headers, head.status_code)
         await client.send_raw(conn.send_informational(head.status_code, headers, head.reason))
 
 

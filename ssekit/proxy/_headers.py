@@ -7,7 +7,7 @@ from typing import Final
 
 from .._http import Headers, Origin, get_header, is_event_stream
 
-__all__ = ("HOP_BY_HOP", "request_headers", "response_headers")
+__all__ = ("HOP_BY_HOP", "request_headers", "response_headers", "underscored")
 
 # RFC 9110 7.6.1 (Connection and the fields it names), plus the classic
 # hop-by-hop set of RFC 2616 13.5.1 that intermediaries still must drop.
@@ -25,6 +25,18 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 VIA: Final = b"1.1 ssekit"
+
+
+def _own_length(headers: Headers) -> Headers:
+    """``headers`` with each Content-Length written as the proxy's own decimal: the proxy
+    writes the lengths it sends, never copies them (``0010`` read in C with base 0 is 8).
+    The value was checked as digits when the message was read."""
+    return [(k, b"%d" % int(v)) if k.lower() == b"content-length" else (k, v) for k, v in headers]
+
+
+def underscored(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """How many header fields have a ``_`` in their name (dropped unless allowed)."""
+    return sum(1 for name, _ in headers if b"_" in name)
 
 
 def _strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -46,6 +58,7 @@ def request_headers(
     scheme: str = "http",
     api_key: str | None = None,
     strip_authorization: bool = False,
+    underscores: bool = False,
 ) -> Headers:
     """Headers to send upstream for a client's request.
 
@@ -53,8 +66,14 @@ def request_headers(
     -Proto, -Host and Via are added (appending to what a client sent).
     ``api_key`` replaces the client's Authorization with ``Bearer <key>``;
     ``strip_authorization`` drops the client's (its token was the proxy's own).
+    Names with ``_`` go unless ``underscores``: a CGI or WSGI origin reads
+    ``X_Forwarded_For`` and ``X-Forwarded-For`` as one ``HTTP_X_FORWARDED_FOR``,
+    so a client could forge what the proxy adds (nginx drops them by default).
+    Content-Length is written anew (see :func:`_own_length`).
     """
-    headers = _strip_hop_by_hop(headers)
+    headers = _own_length(_strip_hop_by_hop(headers))
+    if not underscores:
+        headers = [(k, v) for k, v in headers if b"_" not in k]
     host = get_header(headers, b"host") or b""
     forwarded_for = get_header(headers, b"x-forwarded-for")
     via = get_header(headers, b"via")
@@ -80,18 +99,22 @@ def request_headers(
     return out
 
 
-def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """Headers to send the client for an upstream response: hop-by-hop gone, Via added.
+def response_headers(headers: Iterable[tuple[bytes, bytes]], status: int = 200) -> Headers:
+    """Headers to send the client for an upstream response of ``status``: hop-by-hop
+    gone, Via added.
 
     Content-Type, Content-Length, Content-Encoding, Cache-Control and the rest
     pass unchanged: the proxy neither adds nor removes compression. When the
     upstream sent Transfer-Encoding too, its Content-Length is dropped: the body
-    was framed by the transfer coding (RFC 9112 6.3), and so is ours.
+    was framed by the transfer coding (RFC 9112 6.3), and so is ours. A 1xx or
+    204 response carries no Content-Length at all (RFC 9110 8.6: a server must
+    not send one there; a client could take it for a body). A length that goes
+    out is written anew (see :func:`_own_length`).
     """
     headers = list(headers)
-    if get_header(headers, b"transfer-encoding") is not None:
+    if get_header(headers, b"transfer-encoding") is not None or status < 200 or status == 204:
         headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-    headers = _strip_hop_by_hop(headers)
+    headers = _own_length(_strip_hop_by_hop(headers))
     via = get_header(headers, b"via")
     out = [(k, v) for k, v in headers if k.lower() != b"via"]
     out.append((b"via", via + b", " + VIA if via else VIA))

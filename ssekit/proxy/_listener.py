@@ -279,10 +279,15 @@ class Proxy:
                 with contextlib.suppress(OSError, AttributeError):
                     sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            cfg = self.config
             client = Downstream(
-                stream, self.config.max_header_size, send_timeout=self.config.send_timeout
+                stream,
+                cfg.max_header_size,
+                send_timeout=cfg.send_timeout,
+                max_header_count=cfg.max_header_count,
+                max_body_size=cfg.max_body_size,
             )
-            if self._connections > self.config.max_connections:
+            if self._connections > cfg.max_connections:
                 await self._refuse_raw(client, 503, "too many connections", Input.OVERLOADED)
                 return
             with anyio.CancelScope() as scope:

@@ -44,6 +44,7 @@ class StreamStats:
     error: str = ""
     stream_id: str = ""  # kept for resumption (--resume-store) under this id
     detached: bool = False  # its client left while the stream was kept for resumption
+    dropped_headers: int = 0  # request fields with "_" in their name, not forwarded
 
     def as_log(self) -> dict[str, object]:
         return {
@@ -61,6 +62,7 @@ class StreamStats:
             **({"error": self.error} if self.error else {}),
             **({"stream_id": self.stream_id} if self.stream_id else {}),
             **({"detached": True} if self.detached else {}),
+            **({"dropped_headers": self.dropped_headers} if self.dropped_headers else {}),
         }
 
 
@@ -77,6 +79,7 @@ _SUMMED = (
     "resume_given_up",
     "resume_reads",
     "resume_store_errors",
+    "dropped_headers",
 )
 
 
@@ -98,6 +101,7 @@ class Metrics:
     accept_errors: int = 0
     first_event_seconds_sum: float = 0.0
     first_event_count: int = 0
+    dropped_headers: int = 0
     # Resumable streams (rendered only when a resume store is on).
     resume_on: bool = False
     resume_recorded: int = 0
@@ -136,6 +140,7 @@ class Metrics:
         self.outcomes[stats.outcome] = self.outcomes.get(stats.outcome, 0) + 1
         self.events += stats.events
         self.body_bytes += stats.body_bytes
+        self.dropped_headers += stats.dropped_headers
         if stats.first_event is not None:
             self.first_event_seconds_sum += stats.first_event
             self.first_event_count += 1
@@ -176,6 +181,10 @@ class Metrics:
             "# TYPE ssekit_first_event_seconds summary",
             f"ssekit_first_event_seconds_sum {self.first_event_seconds_sum:.6f}",
             f"ssekit_first_event_seconds_count {self.first_event_count}",
+            "# HELP ssekit_dropped_headers_total Request header fields not forwarded for a "
+            "'_' in their name (--underscores-in-headers keeps them).",
+            "# TYPE ssekit_dropped_headers_total counter",
+            f"ssekit_dropped_headers_total {self.dropped_headers}",
         ]
         if self.resume_on:
             lines += [
