@@ -50,27 +50,25 @@ def test_top_level_help_lists_the_commands() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    "args",
     [
-        (["proxy", "--upstream", "ftp://x"], "is not http(s)://host"),
-        (["proxy", "--listen", "nope"], "is not HOST:PORT"),
-        (["proxy", "--idle-timeout", "-1"], "positive number of seconds"),
-        (["proxy", "--api-key-env", "SSEKIT_TEST_UNSET_VAR"], "SSEKIT_TEST_UNSET_VAR"),
-        (["proxy", "--upstream-proxy", "https://p:1"], "CONNECT proxy"),
-        (["proxy", "--admin-prefix", "metrics/"], "admin prefix"),
-        (["proxy", "--resume-store", "disk"], "is not 'memory' or redis://HOST:PORT/DB"),
-        (["proxy", "--resume-ttl", "0"], "positive number of seconds"),
-        (["proxy", "--resume-store", "memory", "--workers", "2"], "use --resume-store redis"),
-        (
-            ["proxy", "--resume-max-bytes", "100", "--resume-memory-limit", "10"],
-            "resume_memory_limit >= resume_max_bytes",
-        ),
+        ["proxy", "--upstream", "ftp://x"],
+        ["proxy", "--listen", "nope"],
+        ["proxy", "--idle-timeout", "-1"],
+        ["proxy", "--api-key-env", "SSEKIT_TEST_UNSET_VAR"],
+        ["proxy", "--upstream-proxy", "https://p:1"],
+        ["proxy", "--admin-prefix", "metrics/"],
+        ["proxy", "--resume-store", "disk"],
+        ["proxy", "--resume-ttl", "0"],
+        ["proxy", "--resume-store", "memory", "--workers", "2"],
+        ["proxy", "--resume-max-bytes", "100", "--resume-memory-limit", "10"],
     ],
 )
-def test_bad_options_exit_2_with_a_clear_message(args: list[str], message: str) -> None:
+def test_bad_options_exit_2_with_a_message(args: list[str]) -> None:
     result = ssekit(*args)
-    assert result.returncode == 2
-    assert message in result.stderr
+    assert result.returncode == 2  # a configuration error, before listening
+    assert result.stdout == ""  # no listening line
+    assert result.stderr.strip()  # the message (free text, for a person)
 
 
 def start(*args: str) -> tuple[subprocess.Popen[str], str, list[str]]:
@@ -128,7 +126,9 @@ def test_proxy_without_upstream_serves_the_mock_prints_a_curl_line_and_drains() 
 
 def test_sigterm_lets_a_stream_in_flight_finish() -> None:
     mock, mock_base, _ = start("mock-upstream", "--listen", "127.0.0.1:0", "--delay", "0.05")
-    proxy, base, _ = start("proxy", "--upstream", mock_base, "--listen", "127.0.0.1:0")
+    proxy, base, _ = start(
+        "proxy", "--upstream", mock_base, "--listen", "127.0.0.1:0", "--log-format", "json"
+    )
     try:
         with (
             httpx.Client(timeout=20) as client,
@@ -142,7 +142,10 @@ def test_sigterm_lets_a_stream_in_flight_finish() -> None:
         assert body.endswith(b"data: [DONE]\n\n")
         _, err = proxy.communicate(timeout=20)  # exits by itself once drained
         assert proxy.returncode == 0
-        assert "draining" in err
+        log = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        assert [(x["path"], x["outcome"], x["done"]) for x in log] == [
+            ("/v1/chat/completions", "complete", True)
+        ]
     finally:
         proxy.kill()
         stop(mock)
