@@ -115,3 +115,52 @@ def test_frame_chunk_is_what_h11_writes() -> None:
     conn.next_event()
     conn.send(h11.Response(status_code=200, headers=[]))
     assert conn.send(h11.Data(data=b"hello\n")) == frame_chunk(b"hello\n")
+
+
+def verdict(body: bytes, cuts: list[int]) -> tuple[object, ...]:
+    """What the reader makes of ``body`` fed at ``cuts``: its payload, then the end
+    (with the bytes after it), the refusal (with its status), or "incomplete"."""
+    reader = ChunkedReader(max_trailer_size=200, max_fields=3)
+    out = b""
+    try:
+        for piece in split(body, cuts):
+            out += b"".join(reader.feed(piece))
+    except ChunkError as exc:
+        return ("refused", exc.status)
+    return (out, "end", reader.leftover) if reader.done else (out, "incomplete")
+
+
+# Pieces of the "funky chunks" family: line endings of every kind, sizes with leading
+# zeros or a 0x, extensions with bare CR or LF, trailers valid, folded, framing or long.
+size_lines = st.sampled_from(
+    [b"3\r\n", b"003\r\n", b"0x3\r\n", b"3\n", b"3\r", b"3;a=b\r\n", b"3;a\rb\r\n",
+     b"3;a\nb\r\n", b"3 \r\n", b"3;" + b"e" * 5000 + b"\r\n"]
+)  # fmt: skip
+trailer_lines = st.sampled_from(
+    [b"x: y\r\n", b"x: y\n", b"Transfer-Encoding: x\r\n", b"content-length: 3\r\n",
+     b"junk\x00\r\n", b" folded\r\n", b"x:" + b"v" * 300 + b"\r\n", b"\r", b"y:\r\n"]
+)  # fmt: skip
+last_lines = st.sampled_from([b"0\r\n", b"0\n", b"00\r\n", b"0;x\r\n"])
+ends = st.sampled_from([b"\r\n", b"\n", b"\r\r\n", b""])
+
+
+@given(
+    size_lines,
+    st.sampled_from([b"abc\r\n", b"abc\n", b"abcd\r\n", b"ab\r\n"]),
+    last_lines,
+    st.lists(trailer_lines, max_size=5),
+    ends,
+    st.lists(st.integers(0, 6000), max_size=6),
+)
+@example(b"3;" + b"e" * 5000 + b"\r\n", b"abc\r\n", b"0\r\n", [], b"\r\n", [20])  # row l
+@example(b"3\r\n", b"abc\r\n", b"0\r\n", [b"x: y\n"], b"\n", [])  # row a: bare-LF trailer
+@example(b"3\r\n", b"abc\r\n", b"0\r\n", [], b"\n", [9])  # row j: the end split off
+def test_the_verdict_on_a_chunked_body_never_depends_on_how_reads_split_it(
+    size: bytes, data: bytes, last: bytes, trailer: list[bytes], end: bytes, cuts: list[int]
+) -> None:
+    body = size + data + last + b"".join(trailer) + end + b"NEXT"
+    whole = verdict(body, [])
+    assert verdict(body, cuts) == whole
+    assert verdict(body, list(range(len(body)))) == whole  # byte by byte
+    if whole[-1] == b"NEXT":  # accepted: h11 reads the same payload to the same end
+        assert h11_chunks(body[:-4], []) == (whole[0], True)
