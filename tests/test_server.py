@@ -211,20 +211,16 @@ _HOST = re.compile(rb"(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*(?::[0-9]*)
 def deliberately_stricter(data: bytes) -> bool:
     """True when ``data`` holds what ssekit refuses on purpose where h11 reads on (the
     table in the README): an obsolete line fold in a head, a Host that is not
-    ``host[:port]``, both Content-Length and Transfer-Encoding in one request, a
-    framing field in a trailer section."""
+    ``host[:port]``."""
     lines = [line.rstrip(b"\r") for line in data.split(b"\n")]
     if any(line[:1] in (b" ", b"\t") for line in lines):
         return True
     fields = [line.partition(b":") for line in lines]
-    names = [name.strip().lower() for name, colon, _ in fields if colon]
-    if any(
+    return any(
         name.strip().lower() == b"host" and not _HOST.fullmatch(value.strip(b" \t"))
         for name, colon, value in fields
         if colon
-    ):
-        return True
-    return b"content-length" in names and b"transfer-encoding" in names
+    )
 
 
 def _settled(trace: Trace) -> Trace:

@@ -250,17 +250,12 @@ def check_request_lines(lines: list[bytes], max_fields: int | None) -> None:
 
 
 def check_request(head: RequestHead) -> None:
-    """The rules a request head must meet beyond its grammar (RFC 9112 3.2, 6.1):
-
-    - exactly one Host field in HTTP/1.1 (at most one before), holding
-      ``uri-host [":" port]`` (RFC 3986 3.2.2): no userinfo, no spaces. A proxy
-      that forwarded ``Host: user@evil.example`` would hand a spoofed authority to
-      whatever reads X-Forwarded-Host;
-    - not both Content-Length and Transfer-Encoding: RFC 9112 6.1 lets a server
-      refuse such a request (nginx does). Stricter than h11, which reads the coding:
-      a hop that trusts the length instead reads another body, and the rest of the
-      bytes as a second request.
-    """
+    """The rule a request head must meet beyond its grammar (RFC 9112 3.2): exactly
+    one Host field in HTTP/1.1 (at most one before), holding ``uri-host [":" port]``
+    (RFC 3986 3.2.2): no userinfo, no spaces. A proxy that forwarded ``Host:
+    user@evil.example`` would hand a spoofed authority to whatever reads
+    X-Forwarded-Host. (Content-Length beside Transfer-Encoding is the proxy's to
+    refuse, in ``proxy._relay.admit``, whichever engine read the head.)"""
     hosts = [value for name, value in head.headers if name.lower() == b"host"]
     if len(hosts) > 1:
         raise WireError("more than one Host header field; send exactly one")
@@ -269,11 +264,6 @@ def check_request(head: RequestHead) -> None:
     if hosts and not _HOST_RE.fullmatch(hosts[0]):
         raise WireError(
             f"Host {hosts[0][:100]!r} is not host[:port] (RFC 9112 3.2, RFC 3986 3.2.2)"
-        )
-    framing = {name.lower() for name, _ in head.headers} & _FRAMING_NAMES
-    if len(framing) == 2:
-        raise WireError(
-            "a request with both Content-Length and Transfer-Encoding; send one (RFC 9112 6.1)"
         )
 
 
