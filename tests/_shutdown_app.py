@@ -6,11 +6,16 @@ Producers write ``start <name>`` and ``finally <name>`` lines to the file named 
 - ``/ticks?name=a``: an endless ssekit stream, an event every 10 ms.
 - ``/late?name=c``: waits 0.5 s before answering with an endless ssekit stream.
 - ``/plain``: a plain ASGI streaming response (no ssekit) that never ends by itself.
+
+uvicorn logs through :class:`JsonLines` (``--log-config``), so the tests read its records.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -60,3 +65,50 @@ class Plain:
 
 routes = [Route("/ticks", ticks), Route("/late", late), Route("/plain", Plain())]
 app = Starlette(routes=routes)
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object a line per record: its logger, level and message and, with an
+    exception, its type and the file of every frame in its traceback (``exc_files``,
+    causes, contexts and group members included)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        exc = record.exc_info[1] if record.exc_info else None
+        line = {
+            "logger": record.name,
+            "level": record.levelno,
+            "message": record.getMessage(),
+            "exc_type": None if exc is None else type(exc).__name__,
+            "exc_files": _files(exc),
+        }
+        return json.dumps(line)
+
+
+def _files(exc: BaseException | None) -> list[str]:
+    files: list[str] = []
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        files += [frame.filename for frame in traceback.extract_tb(error.__traceback__)]
+        pending += [error.__cause__, error.__context__, *getattr(error, "exceptions", ())]
+    return files
+
+
+#: uvicorn's ``--log-config`` (as JSON): every record, uvicorn's included, as a JSON line.
+LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "_shutdown_app.JsonLines"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "root": {"handlers": ["stderr"], "level": "INFO"},
+}
