@@ -88,7 +88,8 @@ class ProxyConfig:
     )
     max_header_size: int = _option(
         64 * 1024,
-        "largest request head accepted (then 431) and upstream response head (then 502)",
+        "largest request head or chunked-body trailer section accepted (then 431), and "
+        "upstream response head (then 502)",
         "BYTES",
     )
     max_header_count: int = _option(
