@@ -111,7 +111,8 @@ async def test_request_headers_are_rewritten_and_body_forwarded() -> None:
         assert seen.header(b"via") == b"1.1 ssekit"
 
 
-async def test_chunked_request_body_is_streamed_upstream() -> None:
+@pytest.mark.parametrize("request_buffer", [1 << 20, 0], ids=["buffered", "streamed"])
+async def test_chunked_request_body_is_streamed_upstream(request_buffer: int) -> None:
     async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
         await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
@@ -122,13 +123,18 @@ async def test_chunked_request_body_is_streamed_upstream() -> None:
 
     async with deadline(10) as tg:
         upstream, seen = await start_upstream(tg, script)
-        base = await start_proxy(tg, upstream)
+        base = await start_proxy(tg, upstream, request_buffer=request_buffer)
         async with httpx.AsyncClient() as client:
             response = await client.post(base + "/v1/x", content=body())
         assert response.text == "ok"
         request = seen.requests[0]
-        assert seen.header(b"transfer-encoding") == b"chunked"
-        assert request.endswith(b'\r\n\r\n5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n')
+        if request_buffer:  # read whole within --request-buffer: sent with its length
+            assert seen.header(b"transfer-encoding") is None
+            assert seen.header(b"content-length") == b"8"
+            assert request.endswith(b'\r\n\r\n{"a": 1}')
+        else:  # streamed as it came, each piece its own chunk
+            assert seen.header(b"transfer-encoding") == b"chunked"
+            assert request.endswith(b'\r\n\r\n5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n')
 
 
 async def test_keep_alive_reuses_one_upstream_connection() -> None:

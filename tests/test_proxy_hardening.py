@@ -306,12 +306,13 @@ async def trickle(stream: anyio.abc.SocketStream, every: float) -> None:
         ),
     ],
 )
+@pytest.mark.parametrize("request_buffer", [1 << 20, 0], ids=["buffered", "streamed"])
 async def test_a_stalled_request_body_gets_408_and_frees_the_upstream_connection(
-    request_bytes: bytes, trickle_every: float | None
+    request_bytes: bytes, trickle_every: float | None, request_buffer: int
 ) -> None:
     async with deadline(10) as tg:
         upstream, seen = await start_raw_upstream(tg, silent_upstream)
-        base = await start_proxy(tg, upstream, body_timeout=0.5)
+        base = await start_proxy(tg, upstream, body_timeout=0.5, request_buffer=request_buffer)
         client = await anyio.connect_tcp("127.0.0.1", port_of(base))
         async with client:
             await client.send(request_bytes)
@@ -321,13 +322,16 @@ async def test_a_stalled_request_body_gets_408_and_frees_the_upstream_connection
             response = await read_all(client, within=3.0)
             took = time.monotonic() - started
         with anyio.move_on_after(2):
-            while not seen.closed_at:
+            while not seen.closed_at and not request_buffer:
                 await anyio.sleep(0.01)
     # Nothing of the response went to the client yet: the answer is a 408 (JSON).
     assert status_of(response) == 408, response[:300]
     assert b"application/json" in response.lower()
     assert 0.4 <= took < 3.0
-    assert seen.closed_at, "the upstream connection was never closed"
+    if request_buffer:  # the body is read before connecting: no connection was opened
+        assert seen.connections == 0
+    else:
+        assert seen.closed_at, "the upstream connection was never closed"
 
 
 async def never_reading_upstream(peer: Peer, seen: Seen) -> None:

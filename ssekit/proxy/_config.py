@@ -104,6 +104,13 @@ class ProxyConfig:
         "forwarded; a chunked body passing it is 413 (or cut) and its upstream closed; 0: none",
         "BYTES",
     )
+    request_buffer: int = _option(
+        1024 * 1024,
+        "read request bodies up to this before connecting upstream (a slow client then "
+        "holds no upstream connection; a body read whole goes with its Content-Length); "
+        "larger bodies stream on from there; 0: stream every body at once",
+        "BYTES",
+    )
     underscores_in_headers: bool = _option(
         False,
         "forward request header names containing '_' (default: dropped and counted, as "
@@ -177,8 +184,10 @@ class ProxyConfig:
             raise ConfigError(f"listen port {self.listen_port} is not in 0-65535")
         if self.max_header_size < 1024 or self.pool_size < 0 or self.max_connections < 1:
             raise ConfigError("max_header_size >= 1024, pool_size >= 0, max_connections >= 1")
-        if self.max_header_count < 1 or self.max_body_size < 0:
-            raise ConfigError("max_header_count must be >= 1 and max_body_size >= 0 (0: none)")
+        if self.max_header_count < 1 or self.max_body_size < 0 or self.request_buffer < 0:
+            raise ConfigError(
+                "max_header_count must be >= 1, max_body_size and request_buffer >= 0 (0: none)"
+            )
         if not self.admin_prefix.startswith("/") or self.admin_prefix.endswith("/"):
             raise ConfigError(
                 f"admin prefix {self.admin_prefix!r} must start with / and not end with /"
