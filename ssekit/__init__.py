@@ -9,9 +9,13 @@ The names below live in private modules (``ssekit._decoder`` and so on) and
 are re-exported here, as h11 does; their ``__module__`` is left alone so that
 ``inspect.getsource`` and debuggers find them. ``ssekit.openai`` is public: the
 OpenAI-style helpers, also re-exported here.
+
+``Decoder`` is compiled (ssekit/_cdecoder.c) when the extension was built at
+install time, else the pure-Python one; ``decoder_implementation`` says which,
+and ``SSEKIT_PURE=1`` forces the pure one. Both give the same results.
 """
 
-from ._decoder import DEFAULT_MAX_EVENT_SIZE, MAX_RETRY, Decoder
+from ._decoder import DEFAULT_MAX_EVENT_SIZE, MAX_RETRY, Decoder, decoder_implementation
 from ._encoder import encode, encode_comment, encode_fields
 from ._errors import (
     APIErrorEvent,
@@ -61,6 +65,7 @@ __all__ = (
     "UpstreamError",
     "aiter_chunks",
     "aiter_events",
+    "decoder_implementation",
     "encode",
     "encode_comment",
     "encode_fields",

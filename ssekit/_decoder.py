@@ -9,16 +9,23 @@ time. That is exactly the spec's streaming UTF-8 decode: CR and LF are ASCII and
 can never continue a multi-byte sequence, so a sequence cut by a line break is
 replaced by U+FFFD the same way either way, and a character split across two
 ``feed()`` calls sits whole in the buffered partial line before it is decoded.
+
+This module is the reference implementation and the fallback. ssekit/_cdecoder.c
+is the same algorithm compiled; at the end of this module ``Decoder`` becomes
+that class when it was built, unless ``SSEKIT_PURE`` is set (see
+``decoder_implementation``).
 """
 
 from __future__ import annotations
 
-from typing import Final, Generic, Literal, NoReturn, TypeVar, overload
+import os
+import warnings
+from typing import TYPE_CHECKING, Final, Generic, Literal, NoReturn, TypeVar, overload
 
 from ._errors import LimitExceeded, StateError
 from ._event import Comment, Event
 
-__all__ = ("DEFAULT_MAX_EVENT_SIZE", "MAX_RETRY", "Decoder")
+__all__ = ("DEFAULT_MAX_EVENT_SIZE", "MAX_RETRY", "Decoder", "decoder_implementation")
 
 #: Default bound, in bytes, on one line and on one event's data buffer.
 DEFAULT_MAX_EVENT_SIZE: Final = 16 * 1024 * 1024
@@ -219,7 +226,7 @@ class Decoder(Generic[T]):
         return (
             f"<ssekit.Decoder {state} last_event_id={self._last_event_id!r} "
             f"retry={self._retry!r} at_boundary={self.at_boundary} "
-            f"comments={self._comments} max_event_size={self._max}>"
+            f"comments={self._comments} max_event_size={self._max} implementation=pure>"
         )
 
     @property
@@ -227,10 +234,16 @@ class Decoder(Generic[T]):
         """True between blocks: no partial line and no fields since the last blank line.
 
         A relay may insert its own event or comment here without changing the
-        meaning of what it forwards.
+        meaning of what it forwards. False once the decoder failed: it stopped
+        inside a line and no longer knows where events end.
         """
         return not (
-            self._line or self._data or self._pending or self._bom_pending or self._skipping
+            self._line
+            or self._data
+            or self._pending
+            or self._bom_pending
+            or self._skipping
+            or self._error is not None
         )
 
     @property
@@ -247,8 +260,10 @@ class Decoder(Generic[T]):
         """
         if self._slow:
             # Rare states first: failed or closed, a BOM still undecided, an LF
-            # owed to a CR that ended the previous chunk, a dropped line.
-            maybe_chunk = self._maybe_prelude(data if type(data) is bytes else bytes(data))
+            # owed to a CR that ended the previous chunk, a dropped line. Only a
+            # buffer converts (bytes(5) would be five NULs): else TypeError.
+            chunk = data if type(data) is bytes else bytes(memoryview(data))
+            maybe_chunk = self._maybe_prelude(chunk)
             if maybe_chunk is None:
                 return []
             data = maybe_chunk
@@ -530,3 +545,45 @@ class Decoder(Generic[T]):
         if self._data_size > self._max:
             self._fail(LimitExceeded("event data", self._data_size, self._max, "max_event_size"))
         self._data.append(value)
+
+
+# -- The implementation in use -------------------------------------------------
+
+#: The pure-Python Decoder above: the reference, and the fallback.
+PureDecoder: Final = Decoder
+
+
+def _maybe_compiled() -> type | None:
+    """The compiled Decoder, when it was built and ``SSEKIT_PURE`` is not set; else None."""
+    if os.environ.get("SSEKIT_PURE", "") not in ("", "0"):
+        return None
+    try:
+        from ._compiled import Decoder as compiled
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}._cdecoder":
+            raise
+        return None  # not built: no C compiler when ssekit was installed
+    except ImportError as exc:
+        # Built, but it refused to load (see PyInit__cdecoder): say so, stay correct.
+        warnings.warn(
+            f"ssekit's compiled decoder did not load ({exc}); using the pure one",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    compiled.__doc__ = Decoder.__doc__
+    return compiled
+
+
+#: The compiled Decoder (ssekit/_cdecoder.c) when it is the one in use, else None.
+CompiledDecoder: Final = _maybe_compiled()
+
+#: Which Decoder ``ssekit.Decoder`` is: "compiled" when the C extension was built
+#: (and ``SSEKIT_PURE`` is not set), else "pure". Both give the same results.
+decoder_implementation: Final[Literal["compiled", "pure"]] = (
+    "pure" if CompiledDecoder is None else "compiled"
+)
+
+if not TYPE_CHECKING and CompiledDecoder is not None:
+    # Type checkers keep seeing the pure class above: its overloads are the API.
+    Decoder = CompiledDecoder

@@ -1,4 +1,4 @@
-"""Shared test set-up: hypothesis profiles and the anyio backend.
+"""Shared test set-up: hypothesis profiles, the anyio backend, each Decoder implementation.
 
 Profiles: ``ci`` (bounded, derandomised, no deadline or database; hypothesis
 loads a profile named ``ci`` by itself when ``CI`` is set, so we own it),
@@ -8,9 +8,13 @@ loads a profile named ``ci`` by itself when ``CI`` is set, so we own it),
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+from implementations import IMPLEMENTATIONS
+
+import ssekit
 
 settings.register_profile(
     "ci",
@@ -33,3 +37,16 @@ settings.load_profile(
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="module", params=IMPLEMENTATIONS)
+def each_decoder(request: pytest.FixtureRequest) -> Iterator[type]:
+    """Run a whole module once per Decoder implementation (``pytestmark`` uses it).
+
+    Meanwhile ``ssekit.Decoder`` is that implementation, so the tests and
+    tests/splits.py build it as users do. Module-scoped: hypothesis tests take
+    no function-scoped fixture.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ssekit, "Decoder", request.param)
+        yield request.param

@@ -13,6 +13,9 @@ from splits import feed_at, feed_bytewise, feed_whole
 import ssekit
 from ssekit import Event
 
+# Every test here runs on each implementation, pure and compiled (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_decoder")
+
 NAMES = st.sampled_from(["data", "event", "id", "retry", "foo", "Data", "", "da ta"])
 SHORT_VALUES = st.text(alphabet=st.sampled_from(list("ab 1+٥\x00你好😀\ufeff\u2028:é")), max_size=8)
 # Long values too: digit runs around the 20-digit bound of a retry and past

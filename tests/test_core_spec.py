@@ -17,6 +17,9 @@ from splits import feed_at, feed_bytewise, feed_whole
 import ssekit
 from ssekit import Comment, Event
 
+# Every test here runs on each implementation, pure and compiled (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("each_decoder")
+
 # The examples of the spec's "Interpreting an event stream" section, verbatim.
 SPEC_EXAMPLES = {
     "stock": b"data: YHOO\ndata: +2\ndata: 10\n\n",

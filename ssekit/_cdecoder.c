@@ -1,0 +1,1091 @@
+/* The compiled Decoder: ssekit/_decoder.py's algorithm in C, for the same results.
+ *
+ * WHATWG HTML, "Server-sent events", 9.2.5 (Parsing an event stream) and 9.2.6
+ * (Interpreting an event stream):
+ * https://html.spec.whatwg.org/multipage/server-sent-events.html#parsing-an-event-stream
+ *
+ * ssekit/_decoder.py is the reference: its docstrings state the rules (line
+ * endings, the BOM, UTF-8 with replacement, the max_event_size rule, the state
+ * kept between feeds, failing for good), and tests/test_core_implementations.py
+ * feeds both the same bytes under random splits and compares everything they
+ * give, state and errors included. Only the parsing is here; ssekit/_compiled.py
+ * gives it the pure class's name and documentation.
+ *
+ * Memory: every buffer is bounded by max_event_size (call it N). The partial
+ * line and the data buffer are checked before they grow, so neither ever holds
+ * more than N bytes; the event type is part of one line, so at most N too.
+ * A chunk is parsed where it lies (bytes, bytearray, any contiguous buffer):
+ * lines inside one chunk are never copied, only a line cut by a read is.
+ *
+ * Time: each chunk is searched once for LF and once for CR (the next of each is
+ * remembered until passed), and every byte is copied at most twice (into the
+ * partial line, then into the data buffer), so feeding is linear in the input
+ * whatever the split: a 16 MiB line fed a byte at a time grows one buffer.
+ *
+ * Python code may run while a chunk is parsed (LimitExceeded's __init__, and a
+ * garbage collection may run finalizers), so the decoder refuses to be fed,
+ * closed or re-initialised meanwhile (StateError) rather than see its buffers
+ * move under it.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if PY_VERSION_HEX < 0x030C0000
+#include "structmember.h"
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#define Py_READONLY READONLY
+#endif
+
+/* ssekit._decoder.DEFAULT_MAX_EVENT_SIZE and MAX_RETRY (2**64 - 1); a test
+ * checks they agree. */
+#define DEFAULT_MAX_EVENT_SIZE (16 * 1024 * 1024)
+
+/* A buffer that grew past this is let go when emptied, so one large event
+ * does not pin its size for the rest of the stream. */
+#define KEEP_CAPACITY (64 * 1024)
+
+/* Event types up to this size keep their decoded str for the next event. */
+#define TYPE_CACHE_SIZE 64
+
+static const unsigned char BOM[3] = {0xEF, 0xBB, 0xBF};
+
+/* Set once at import: the classes built and raised, and Event's slot layout. */
+static PyTypeObject *Event_type;
+static PyTypeObject *Comment_type;
+static PyObject *LimitExceeded;
+static PyObject *StateError;
+static Py_ssize_t off_data, off_event, off_id, off_retry, off_text;
+static PyObject *str_message;          /* "message" */
+static PyObject *str_empty;            /* "" */
+static PyObject *str_events;           /* "events" */
+static PyObject *str_line;             /* "line" */
+static PyObject *str_event_data;       /* "event data" */
+static PyObject *str_max_event_size;   /* "max_event_size" */
+
+typedef struct {
+    char *bytes;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+} Buffer;
+
+/* Room for `need` bytes in all (need <= limit). Capacity doubles, capped at
+ * limit, so a buffer never holds more than its bound. */
+static int
+buffer_reserve(Buffer *b, Py_ssize_t need, Py_ssize_t limit)
+{
+    if (need <= b->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = b->cap < 64 ? 64 : b->cap;
+    while (cap < need) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            cap = need;
+            break;
+        }
+        cap *= 2;
+    }
+    if (cap > limit) {
+        cap = limit;
+    }
+    if (cap < need) {
+        cap = need;
+    }
+    char *bytes = PyMem_Realloc(b->bytes, (size_t)cap);
+    if (bytes == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->bytes = bytes;
+    b->cap = cap;
+    return 0;
+}
+
+static int
+buffer_append(Buffer *b, const char *s, Py_ssize_t n, Py_ssize_t limit)
+{
+    if (n == 0) {
+        return 0;
+    }
+    if (buffer_reserve(b, b->len + n, limit) < 0) {
+        return -1;
+    }
+    memcpy(b->bytes + b->len, s, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+static void
+buffer_free(Buffer *b)
+{
+    PyMem_Free(b->bytes);
+    b->bytes = NULL;
+    b->len = b->cap = 0;
+}
+
+static void
+buffer_clear(Buffer *b)
+{
+    b->len = 0;
+    if (b->cap > KEEP_CAPACITY) {
+        buffer_free(b);
+    }
+}
+
+typedef struct {
+    PyObject_HEAD
+    /* Settings. */
+    int comments;
+    Py_ssize_t max;       /* max_event_size, at most PY_SSIZE_T_MAX */
+    PyObject *max_obj;    /* max_event_size as given: repr, LimitExceeded.maximum */
+    /* What the spec keeps on the EventSource. */
+    PyObject *last_event_id; /* str */
+    PyObject *retry;         /* int, or NULL for None */
+    /* The stream. */
+    int closed;
+    int busy;                /* inside feed(): see the top of this file */
+    PyObject *error;         /* the LimitExceeded raised, or NULL */
+    int bom_decided;         /* the first bytes were a BOM or were not */
+    int bom_len;             /* bytes held while they may still be a split BOM */
+    unsigned char bom_held[2];
+    int skip_lf;             /* the last chunk ended in CR: drop an LF opening this one */
+    int skipping;            /* inside a dropped line over the bound: discard to its end */
+    Buffer line;             /* the unterminated line, at most max bytes */
+    /* The spec's buffers. */
+    Buffer data;             /* each data value followed by LF; len is the counted size */
+    Buffer type;             /* the event type, as bytes, until dispatch */
+    PyObject *id_buffer;     /* the last event ID buffer (str) */
+    PyObject *block_retry;   /* a valid retry in this block (int), or NULL */
+    int pending;             /* a field other than data was seen since the blank line */
+    /* The previous event type, decoded: field-heavy streams repeat theirs. */
+    char type_raw[TYPE_CACHE_SIZE];
+    Py_ssize_t type_raw_len;
+    PyObject *type_str;      /* NULL when nothing is cached */
+} DecoderObject;
+
+/* -- errors ------------------------------------------------------------------ */
+
+static void
+raise_instance(PyObject *exc)
+{
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+}
+
+static int
+check_usable(DecoderObject *self)
+{
+    if (self->busy) {
+        PyErr_SetString(StateError,
+                        "this Decoder is in the middle of a feed() (a re-entrant "
+                        "or concurrent call); feed one decoder from one place");
+        return -1;
+    }
+    if (self->error != NULL) {
+        PyObject *message = PyUnicode_FromFormat(
+            "this Decoder failed earlier (%S); make a new Decoder", self->error);
+        if (message == NULL) {
+            return -1;
+        }
+        PyObject *exc = PyObject_CallOneArg(StateError, message);
+        Py_DECREF(message);
+        if (exc == NULL) {
+            return -1;
+        }
+        /* raise StateError(...) from the LimitExceeded */
+        PyException_SetCause(exc, Py_NewRef(self->error));
+        raise_instance(exc);
+        Py_DECREF(exc);
+        return -1;
+    }
+    if (self->closed) {
+        PyErr_SetString(StateError,
+                        "this Decoder is closed; make a new Decoder for a new stream");
+        return -1;
+    }
+    return 0;
+}
+
+/* Raise LimitExceeded carrying `out`, the items this feed() completed before
+ * the offending line, and stay failed. Returns -1. */
+static int
+fail_limit(DecoderObject *self, PyObject *limit, Py_ssize_t size, PyObject *out)
+{
+    PyObject *exc = PyObject_CallFunction(LimitExceeded, "OnOO", limit, size,
+                                          self->max_obj, str_max_event_size);
+    if (exc == NULL) {
+        return -1;
+    }
+    if (PyObject_SetAttr(exc, str_events, out) < 0) {
+        Py_DECREF(exc);
+        return -1;
+    }
+    Py_XSETREF(self->error, Py_NewRef(exc));
+    raise_instance(exc);
+    Py_DECREF(exc);
+    return -1;
+}
+
+/* -- building events --------------------------------------------------------- */
+
+#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+
+/* An Event straight into its slots, as the pure decoder's _Building does:
+ * the fields are known to be str (and int or None), so Event.__init__'s checks
+ * would only cost time. */
+static PyObject *
+make_event(PyObject *data, PyObject *type, PyObject *id, PyObject *retry)
+{
+    PyObject *event = Event_type->tp_alloc(Event_type, 0);
+    if (event == NULL) {
+        return NULL;
+    }
+    SLOT(event, off_data) = Py_NewRef(data);
+    SLOT(event, off_event) = Py_NewRef(type);
+    SLOT(event, off_id) = Py_NewRef(id);
+    SLOT(event, off_retry) = Py_NewRef(retry);
+    return event;
+}
+
+static PyObject *
+make_comment(PyObject *text)
+{
+    PyObject *comment = Comment_type->tp_alloc(Comment_type, 0);
+    if (comment == NULL) {
+        return NULL;
+    }
+    SLOT(comment, off_text) = Py_NewRef(text);
+    return comment;
+}
+
+/* UTF-8 with U+FFFD replacement: the pure decoder's _decode, and what the
+ * spec's streaming decode gives (CR and LF never continue a sequence). */
+static PyObject *
+decode(const char *s, Py_ssize_t n)
+{
+    if (n == 0) {
+        return Py_NewRef(str_empty);
+    }
+    return PyUnicode_DecodeUTF8(s, n, "replace");
+}
+
+/* The block's event type, decoded; the previous one's str when it repeats. */
+static PyObject *
+event_type(DecoderObject *self)
+{
+    Py_ssize_t n = self->type.len;
+    if (self->type_str != NULL && n == self->type_raw_len
+        && memcmp(self->type.bytes, self->type_raw, (size_t)n) == 0) {
+        return Py_NewRef(self->type_str);
+    }
+    PyObject *text = decode(self->type.bytes, n);
+    if (text != NULL && n <= TYPE_CACHE_SIZE) {
+        memcpy(self->type_raw, self->type.bytes, (size_t)n);
+        self->type_raw_len = n;
+        Py_XSETREF(self->type_str, Py_NewRef(text));
+    }
+    return text;
+}
+
+/* -- interpreting lines (9.2.6) ---------------------------------------------- */
+
+/* A blank line: dispatch the event. The last event ID is set even for a block
+ * without data, which dispatches nothing. */
+static int
+dispatch(DecoderObject *self, PyObject *out)
+{
+    Py_SETREF(self->last_event_id, Py_NewRef(self->id_buffer));
+    if (self->data.len > 0) {
+        /* The data buffer without its final LF. */
+        PyObject *text = decode(self->data.bytes, self->data.len - 1);
+        if (text == NULL) {
+            return -1;
+        }
+        PyObject *type;
+        if (self->pending && self->type.len > 0) {
+            type = event_type(self);
+            if (type == NULL) {
+                Py_DECREF(text);
+                return -1;
+            }
+        }
+        else {
+            type = Py_NewRef(str_message);
+        }
+        PyObject *retry = self->block_retry != NULL ? self->block_retry : Py_None;
+        PyObject *event = make_event(text, type, self->last_event_id, retry);
+        Py_DECREF(text);
+        Py_DECREF(type);
+        if (event == NULL) {
+            return -1;
+        }
+        int status = PyList_Append(out, event);
+        Py_DECREF(event);
+        if (status < 0) {
+            return -1;
+        }
+        buffer_clear(&self->data);
+    }
+    if (self->pending) {
+        buffer_clear(&self->type);
+        Py_CLEAR(self->block_retry);
+        self->pending = 0;
+    }
+    return 0;
+}
+
+static int
+append_data(DecoderObject *self, const char *value, Py_ssize_t n, PyObject *out)
+{
+    /* The data buffer counts each value plus the LF that follows it. */
+    Py_ssize_t need = n + 1;
+    if (need > self->max - self->data.len) {
+        return fail_limit(self, str_event_data, self->data.len + need, out);
+    }
+    if (buffer_reserve(&self->data, self->data.len + need, self->max) < 0) {
+        return -1;
+    }
+    if (n > 0) {
+        memcpy(self->data.bytes + self->data.len, value, (size_t)n);
+    }
+    self->data.bytes[self->data.len + n] = '\n';
+    self->data.len += need;
+    return 0;
+}
+
+/* retry: only ASCII digits count; a value over 2**64 - 1 is ignored, as
+ * Chromium ignores it (leading zeros are free). */
+static int
+set_retry(DecoderObject *self, const char *value, Py_ssize_t n)
+{
+    if (n == 0) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (value[i] < '0' || value[i] > '9') {
+            return 0;
+        }
+    }
+    Py_ssize_t i = 0;
+    while (i < n && value[i] == '0') {
+        i++;
+    }
+    if (n - i > 20) {
+        return 0;
+    }
+    uint64_t total = 0;
+    for (; i < n; i++) {
+        uint64_t digit = (uint64_t)(value[i] - '0');
+        if (total > (UINT64_MAX - digit) / 10) {
+            return 0;
+        }
+        total = total * 10 + digit;
+    }
+    PyObject *retry = PyLong_FromUnsignedLongLong((unsigned long long)total);
+    if (retry == NULL) {
+        return -1;
+    }
+    Py_XSETREF(self->retry, Py_NewRef(retry));
+    Py_XSETREF(self->block_retry, retry);
+    return 0;
+}
+
+/* One complete line (its line break excluded), within the bound. */
+static int
+process_line(DecoderObject *self, const char *s, Py_ssize_t n, PyObject *out)
+{
+    if (n == 0) {
+        return dispatch(self, out);
+    }
+    if (s[0] == ':') {
+        /* A comment: ignored unless asked for. */
+        if (!self->comments) {
+            return 0;
+        }
+        const char *value = s + 1;
+        Py_ssize_t size = n - 1;
+        if (size > 0 && value[0] == ' ') {
+            value++;
+            size--;
+        }
+        PyObject *text = decode(value, size);
+        if (text == NULL) {
+            return -1;
+        }
+        PyObject *comment = make_comment(text);
+        Py_DECREF(text);
+        if (comment == NULL) {
+            return -1;
+        }
+        int status = PyList_Append(out, comment);
+        Py_DECREF(comment);
+        return status;
+    }
+    /* A field: the name up to the first colon, the value after it with one
+     * leading space dropped; no colon, the whole line names a field whose
+     * value is empty. Names compare as bytes (a U+FFFD never equals one). */
+    const char *colon = memchr(s, ':', (size_t)n);
+    Py_ssize_t name = colon != NULL ? colon - s : n;
+    const char *value = s + n;
+    Py_ssize_t size = 0;
+    if (colon != NULL) {
+        value = colon + 1;
+        size = n - name - 1;
+        if (size > 0 && value[0] == ' ') {
+            value++;
+            size--;
+        }
+    }
+    if (name == 4 && memcmp(s, "data", 4) == 0) {
+        return append_data(self, value, size, out);
+    }
+    /* Any other field, even an unknown one, is part of the block. */
+    self->pending = 1;
+    if (name == 5 && memcmp(s, "event", 5) == 0) {
+        self->type.len = 0;
+        return buffer_append(&self->type, value, size, self->max);
+    }
+    if (name == 2 && s[0] == 'i' && s[1] == 'd') {
+        /* An id containing NUL is ignored entirely. */
+        if (size > 0 && memchr(value, 0, (size_t)size) != NULL) {
+            return 0;
+        }
+        PyObject *id = decode(value, size);
+        if (id == NULL) {
+            return -1;
+        }
+        Py_SETREF(self->id_buffer, id);
+        return 0;
+    }
+    if (name == 5 && memcmp(s, "retry", 5) == 0) {
+        return set_retry(self, value, size);
+    }
+    return 0;
+}
+
+/* -- the bound on lines ------------------------------------------------------- */
+
+/* Must a line over the bound whose first min(N, 6) bytes are `head` be held
+ * (so it raises), or is it one the decoder drops? See the pure decoder's
+ * _maybe_stand_in: a kept field name is at most five bytes, so six bytes
+ * without a colon already name another field. */
+static int
+is_kept(DecoderObject *self, const char *head, Py_ssize_t n)
+{
+    static const char *const kept[4] = {"data", "event", "id", "retry"};
+    static const Py_ssize_t sizes[4] = {4, 5, 2, 5};
+    if (head[0] == ':') {
+        return self->comments;
+    }
+    const char *colon = memchr(head, ':', (size_t)n);
+    for (int i = 0; i < 4; i++) {
+        if (colon != NULL) {
+            if (colon - head == sizes[i] && memcmp(head, kept[i], (size_t)sizes[i]) == 0) {
+                return 1;
+            }
+        }
+        else if (n <= sizes[i] && memcmp(head, kept[i], (size_t)n) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A line (held part `self->line` plus `s`) of `size` bytes passed the bound:
+ * raise, or interpret it as the ignored line it is and let go of it. */
+static int
+long_line(DecoderObject *self, const char *s, Py_ssize_t size, PyObject *out)
+{
+    char head[6];
+    Py_ssize_t n = self->max < 6 ? self->max : 6;
+    Py_ssize_t held = self->line.len < n ? self->line.len : n;
+    if (held > 0) {
+        memcpy(head, self->line.bytes, (size_t)held);
+    }
+    /* size > max >= n, so the line has n bytes */
+    memcpy(head + held, s, (size_t)(n - held));
+    if (is_kept(self, head, n)) {
+        return fail_limit(self, str_line, size, out);
+    }
+    /* Dropped: a comment nobody asked for is nothing; an unknown field still
+     * makes the block non-empty. */
+    if (head[0] != ':') {
+        self->pending = 1;
+    }
+    buffer_clear(&self->line);
+    return 0;
+}
+
+/* A line ends at s + n: join it to what is held, check the bound, interpret. */
+static int
+end_line(DecoderObject *self, const char *s, Py_ssize_t n, PyObject *out)
+{
+    if (self->line.len == 0) {
+        if (n > self->max) {
+            return long_line(self, s, n, out);
+        }
+        return process_line(self, s, n, out);
+    }
+    if (n > self->max - self->line.len) {
+        return long_line(self, s, self->line.len + n, out);
+    }
+    if (buffer_append(&self->line, s, n, self->max) < 0) {
+        return -1;
+    }
+    int status = process_line(self, self->line.bytes, self->line.len, out);
+    buffer_clear(&self->line);
+    return status;
+}
+
+/* The chunk ends inside a line: hold it, or past the bound raise or skip it. */
+static int
+extend_line(DecoderObject *self, const char *s, Py_ssize_t n, PyObject *out)
+{
+    if (n > self->max - self->line.len) {
+        if (long_line(self, s, self->line.len + n, out) < 0) {
+            return -1;
+        }
+        self->skipping = 1;
+        return 0;
+    }
+    return buffer_append(&self->line, s, n, self->max);
+}
+
+/* -- parsing a chunk (9.2.5) -------------------------------------------------- */
+
+static int
+parse(DecoderObject *self, const char *chunk, Py_ssize_t n, PyObject *out)
+{
+    char *joined = NULL;
+    if (!self->bom_decided) {
+        /* The UTF-8 decode strips one leading BOM, even when it arrives a byte
+         * at a time; hold bytes until that is decided. */
+        Py_ssize_t held = self->bom_len;
+        Py_ssize_t more = 0;
+        while (held + more < 3 && more < n && (unsigned char)chunk[more] == BOM[held + more]) {
+            more++;
+        }
+        if (held + more < 3 && more == n) {
+            memcpy(self->bom_held + held, chunk, (size_t)n);
+            self->bom_len += (int)n;
+            return 0;
+        }
+        self->bom_decided = 1;
+        self->bom_len = 0;
+        if (held + more == 3) {
+            chunk += more;
+            n -= more;
+        }
+        else if (held > 0) {
+            /* Not a BOM: the held bytes open the first line. */
+            joined = PyMem_Malloc((size_t)(held + n));
+            if (joined == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            memcpy(joined, self->bom_held, (size_t)held);
+            memcpy(joined + held, chunk, (size_t)n);
+            chunk = joined;
+            n += held;
+        }
+    }
+    if (self->skip_lf && n > 0) {
+        /* CRLF split across chunks: the line already ended at the CR. */
+        self->skip_lf = 0;
+        if (chunk[0] == '\n') {
+            chunk++;
+            n--;
+        }
+    }
+    int status = 0;
+    Py_ssize_t pos = 0;
+    Py_ssize_t lf = -1; /* the next LF at or after pos (n: none), once searched */
+    Py_ssize_t cr = -1; /* the same for CR */
+    while (pos < n) {
+        if (lf < pos) {
+            const char *found = memchr(chunk + pos, '\n', (size_t)(n - pos));
+            lf = found != NULL ? found - chunk : n;
+        }
+        if (cr < pos) {
+            const char *found = memchr(chunk + pos, '\r', (size_t)(n - pos));
+            cr = found != NULL ? found - chunk : n;
+        }
+        Py_ssize_t end = lf < cr ? lf : cr;
+        if (self->skipping) {
+            /* The rest of a dropped line, up to and including its end. */
+            if (end == n) {
+                break;
+            }
+            self->skipping = 0;
+        }
+        else if (end == n) {
+            status = extend_line(self, chunk + pos, n - pos, out);
+            break;
+        }
+        else if ((status = end_line(self, chunk + pos, end - pos, out)) < 0) {
+            break;
+        }
+        /* CRLF, CR and LF all end lines. A CR ending the chunk ends its line
+         * now (latency); the LF that may open the next chunk is dropped. */
+        if (chunk[end] == '\r') {
+            if (end + 1 == n) {
+                self->skip_lf = 1;
+                pos = n;
+            }
+            else {
+                pos = end + (chunk[end + 1] == '\n' ? 2 : 1);
+            }
+        }
+        else {
+            pos = end + 1;
+        }
+    }
+    PyMem_Free(joined);
+    return status;
+}
+
+/* -- the Python type ------------------------------------------------------------ */
+
+static PyObject *
+Decoder_feed(DecoderObject *self, PyObject *arg)
+{
+    if (check_usable(self) < 0) {
+        return NULL;
+    }
+    Py_buffer view;
+    PyObject *copy = NULL;
+    const char *chunk;
+    Py_ssize_t n;
+    int viewed = 0;
+    if (PyBytes_CheckExact(arg)) {
+        chunk = PyBytes_AS_STRING(arg);
+        n = PyBytes_GET_SIZE(arg);
+    }
+    else {
+        if (!PyObject_CheckBuffer(arg)) {
+            PyErr_Format(PyExc_TypeError,
+                         "Decoder.feed() takes bytes, bytearray or memoryview, not %.100s",
+                         Py_TYPE(arg)->tp_name);
+            return NULL;
+        }
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) == 0) {
+            viewed = 1;
+            chunk = view.buf;
+            n = view.len;
+        }
+        else {
+            /* A non-contiguous buffer (a strided memoryview): its bytes, copied. */
+            if (!PyErr_ExceptionMatches(PyExc_BufferError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+            copy = PyBytes_FromObject(arg);
+            if (copy == NULL) {
+                return NULL;
+            }
+            chunk = PyBytes_AS_STRING(copy);
+            n = PyBytes_GET_SIZE(copy);
+        }
+    }
+    PyObject *out = PyList_New(0);
+    if (out != NULL && n > 0) {
+        self->busy = 1;
+        int status = parse(self, chunk, n, out);
+        self->busy = 0;
+        if (status < 0) {
+            Py_CLEAR(out);
+        }
+    }
+    if (viewed) {
+        PyBuffer_Release(&view);
+    }
+    Py_XDECREF(copy);
+    return out;
+}
+
+static PyObject *
+Decoder_close(DecoderObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_usable(self) < 0) {
+        return NULL;
+    }
+    self->closed = 1;
+    return PyList_New(0);
+}
+
+static void
+reset(DecoderObject *self)
+{
+    self->comments = 0;
+    self->max = DEFAULT_MAX_EVENT_SIZE;
+    self->closed = 0;
+    self->busy = 0;
+    self->bom_decided = 0;
+    self->bom_len = 0;
+    self->skip_lf = 0;
+    self->skipping = 0;
+    self->pending = 0;
+    self->type_raw_len = 0;
+    buffer_free(&self->line);
+    buffer_free(&self->data);
+    buffer_free(&self->type);
+    Py_CLEAR(self->retry);
+    Py_CLEAR(self->error);
+    Py_CLEAR(self->block_retry);
+    Py_CLEAR(self->type_str);
+    Py_XSETREF(self->last_event_id, Py_NewRef(str_empty));
+    Py_XSETREF(self->id_buffer, Py_NewRef(str_empty));
+}
+
+static PyObject *
+Decoder_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+{
+    DecoderObject *self = (DecoderObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    /* Usable even if __init__ is never called: the defaults. */
+    self->max_obj = PyLong_FromLong(DEFAULT_MAX_EVENT_SIZE);
+    if (self->max_obj == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    reset(self);
+    return (PyObject *)self;
+}
+
+static int
+Decoder_init(DecoderObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"comments", "max_event_size", "last_event_id", NULL};
+    int comments = 0;
+    PyObject *max_arg = NULL;
+    PyObject *last_event_id = str_empty;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pOO:Decoder", keywords, &comments,
+                                     &max_arg, &last_event_id)) {
+        return -1;
+    }
+    if (self->busy) {
+        return check_usable(self);
+    }
+    PyObject *max_obj = max_arg != NULL ? PyNumber_Index(max_arg)
+                                        : PyLong_FromLong(DEFAULT_MAX_EVENT_SIZE);
+    if (max_obj == NULL) {
+        return -1;
+    }
+    int overflow = 0;
+    long long max = PyLong_AsLongLongAndOverflow(max_obj, &overflow);
+    if (max == -1 && PyErr_Occurred()) {
+        Py_DECREF(max_obj);
+        return -1;
+    }
+    if (overflow < 0 || (overflow == 0 && max < 1)) {
+        PyErr_Format(PyExc_ValueError, "max_event_size must be at least 1, got %S", max_obj);
+        Py_DECREF(max_obj);
+        return -1;
+    }
+    if (!PyUnicode_Check(last_event_id)) {
+        PyErr_Format(PyExc_TypeError, "last_event_id must be a str, got %.100s",
+                     Py_TYPE(last_event_id)->tp_name);
+        Py_DECREF(max_obj);
+        return -1;
+    }
+    reset(self);
+    self->comments = comments;
+    /* A bound past what memory can hold is no bound: the largest size. */
+    self->max = (overflow > 0 || max > (long long)PY_SSIZE_T_MAX) ? PY_SSIZE_T_MAX
+                                                                 : (Py_ssize_t)max;
+    Py_XSETREF(self->max_obj, max_obj);
+    Py_SETREF(self->last_event_id, Py_NewRef(last_event_id));
+    Py_SETREF(self->id_buffer, Py_NewRef(last_event_id));
+    return 0;
+}
+
+static int
+Decoder_traverse(DecoderObject *self, visitproc visit, void *arg)
+{
+    /* A static type: its instances do not visit it (a heap subclass's do). */
+    Py_VISIT(self->max_obj);
+    Py_VISIT(self->last_event_id);
+    Py_VISIT(self->retry);
+    Py_VISIT(self->error);
+    Py_VISIT(self->id_buffer);
+    Py_VISIT(self->block_retry);
+    Py_VISIT(self->type_str);
+    return 0;
+}
+
+static int
+Decoder_clear(DecoderObject *self)
+{
+    /* Only the error can lead back here (its traceback's frames). */
+    Py_CLEAR(self->error);
+    return 0;
+}
+
+static void
+Decoder_dealloc(DecoderObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->max_obj);
+    Py_CLEAR(self->last_event_id);
+    Py_CLEAR(self->retry);
+    Py_CLEAR(self->error);
+    Py_CLEAR(self->id_buffer);
+    Py_CLEAR(self->block_retry);
+    Py_CLEAR(self->type_str);
+    buffer_free(&self->line);
+    buffer_free(&self->data);
+    buffer_free(&self->type);
+    type->tp_free((PyObject *)self);
+}
+
+static int
+at_boundary(DecoderObject *self)
+{
+    return !(self->error != NULL || self->line.len > 0 || self->data.len > 0 || self->pending
+             || self->bom_len > 0 || self->skipping);
+}
+
+static PyObject *
+Decoder_repr(DecoderObject *self)
+{
+    /* State only: buffered content may be large or sensitive. */
+    const char *state = self->error != NULL ? "failed" : self->closed ? "closed" : "open";
+    PyObject *retry = self->retry != NULL ? self->retry : Py_None;
+    return PyUnicode_FromFormat(
+        "<ssekit.Decoder %s last_event_id=%R retry=%R at_boundary=%s comments=%s "
+        "max_event_size=%S implementation=compiled>",
+        state, self->last_event_id, retry, at_boundary(self) ? "True" : "False",
+        self->comments ? "True" : "False", self->max_obj);
+}
+
+static PyObject *
+Decoder_get_last_event_id(DecoderObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->last_event_id);
+}
+
+static PyObject *
+Decoder_get_retry(DecoderObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->retry != NULL ? self->retry : Py_None);
+}
+
+static PyObject *
+Decoder_get_closed(DecoderObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->closed);
+}
+
+static PyObject *
+Decoder_get_at_boundary(DecoderObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(at_boundary(self));
+}
+
+static PyObject *
+Decoder_get_ended_mid_event(DecoderObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(!at_boundary(self));
+}
+
+/* White-box, for tests and the fuzz harness (as the pure decoder's fields). */
+static PyObject *
+Decoder_get_line(DecoderObject *self, void *Py_UNUSED(closure))
+{
+    return PyBytes_FromStringAndSize(self->line.bytes, self->line.len);
+}
+
+static PyObject *
+Decoder_get_data_size(DecoderObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->data.len);
+}
+
+static PyGetSetDef Decoder_getset[] = {
+    {"last_event_id", (getter)Decoder_get_last_event_id, NULL,
+     "The EventSource's last event ID: \"\" until a block with an id is dispatched.", NULL},
+    {"retry", (getter)Decoder_get_retry, NULL,
+     "The reconnection time in ms from the latest valid retry field, else None.", NULL},
+    {"closed", (getter)Decoder_get_closed, NULL, "True once close() was called.", NULL},
+    {"at_boundary", (getter)Decoder_get_at_boundary, NULL,
+     "True between blocks: no partial line and no fields since the last blank line.", NULL},
+    {"ended_mid_event", (getter)Decoder_get_ended_mid_event, NULL,
+     "True when the stream so far stops inside a line or an undispatched block.", NULL},
+    {"_line", (getter)Decoder_get_line, NULL, "The unterminated line held (a copy).", NULL},
+    {"_data_size", (getter)Decoder_get_data_size, NULL, "The data buffer's counted size.",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Decoder_methods[] = {
+    {"feed", (PyCFunction)Decoder_feed, METH_O,
+     "feed($self, data, /)\n--\n\n"
+     "Consume one chunk; return the events (and comments) it completed.\n\n"
+     "Raises LimitExceeded when a line or an event's data passes max_event_size,\n"
+     "and StateError after close() or after an earlier error."},
+    {"close", (PyCFunction)Decoder_close, METH_NOARGS,
+     "close($self, /)\n--\n\n"
+     "End the stream. Returns []: the spec drops an unterminated event."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "Decoder[Event] and Decoder[Event | Comment], as for the pure class."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject DecoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ssekit._cdecoder.Decoder",
+    .tp_basicsize = sizeof(DecoderObject),
+    .tp_dealloc = (destructor)Decoder_dealloc,
+    .tp_repr = (reprfunc)Decoder_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Decoder(*, comments=False, max_event_size=16777216, last_event_id='')\n--\n\n"
+              "The compiled core of ssekit.Decoder (see ssekit/_decoder.py).",
+    .tp_traverse = (traverseproc)Decoder_traverse,
+    .tp_clear = (inquiry)Decoder_clear,
+    .tp_methods = Decoder_methods,
+    .tp_getset = Decoder_getset,
+    .tp_init = (initproc)Decoder_init,
+    .tp_new = Decoder_new,
+};
+
+/* -- the module ------------------------------------------------------------------ */
+
+/* The offset of a writable object slot `name` of `type`, or -1 with ImportError:
+ * events are built straight into their slots, so the layout is checked here,
+ * once, and the pure decoder is used (with a warning) if it ever changes. */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, const char *name)
+{
+    PyObject *descr = PyDict_GetItemString(type->tp_dict, name);
+    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyErr_Format(PyExc_ImportError, "ssekit._cdecoder: %s.%s is not a slot",
+                     type->tp_name, name);
+        return -1;
+    }
+    PyMemberDescrObject *member = (PyMemberDescrObject *)descr;
+    if (member->d_common.d_type != type || member->d_member->type != Py_T_OBJECT_EX
+        || (member->d_member->flags & Py_READONLY) || member->d_member->offset <= 0) {
+        PyErr_Format(PyExc_ImportError, "ssekit._cdecoder: %s.%s is not a plain object slot",
+                     type->tp_name, name);
+        return -1;
+    }
+    return member->d_member->offset;
+}
+
+/* The type's __slots__ are exactly `names` (so no other field is left unset). */
+static int
+check_slots(PyTypeObject *type, const char *names)
+{
+    PyObject *slots = PyObject_GetAttrString((PyObject *)type, "__slots__");
+    if (slots == NULL) {
+        return -1;
+    }
+    PyObject *expected = PyUnicode_FromString(names);
+    PyObject *joined = NULL;
+    int same = -1;
+    if (expected != NULL) {
+        PyObject *space = PyUnicode_FromString(" ");
+        if (space != NULL) {
+            joined = PyUnicode_Join(space, slots);
+            Py_DECREF(space);
+        }
+        if (joined != NULL) {
+            same = PyUnicode_Compare(joined, expected) == 0;
+            if (PyErr_Occurred()) {
+                same = -1;
+            }
+        }
+    }
+    Py_XDECREF(joined);
+    Py_XDECREF(expected);
+    Py_DECREF(slots);
+    if (same == 0) {
+        PyErr_Format(PyExc_ImportError, "ssekit._cdecoder: %s's slots are not (%s)",
+                     type->tp_name, names);
+        return -1;
+    }
+    return same < 0 ? -1 : 0;
+}
+
+static PyObject *
+import_attr(const char *module, const char *name)
+{
+    PyObject *mod = PyImport_ImportModule(module);
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *attr = PyObject_GetAttrString(mod, name);
+    Py_DECREF(mod);
+    return attr;
+}
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "ssekit._cdecoder",
+    .m_doc = "The compiled core of ssekit.Decoder; ssekit/_compiled.py wraps it.",
+    .m_size = -1,
+};
+
+static PyObject *
+intern(const char *text)
+{
+    return PyUnicode_InternFromString(text);
+}
+
+PyMODINIT_FUNC
+PyInit__cdecoder(void)
+{
+    Event_type = (PyTypeObject *)import_attr("ssekit._event", "Event");
+    Comment_type = (PyTypeObject *)import_attr("ssekit._event", "Comment");
+    LimitExceeded = import_attr("ssekit._errors", "LimitExceeded");
+    StateError = import_attr("ssekit._errors", "StateError");
+    if (Event_type == NULL || Comment_type == NULL || LimitExceeded == NULL
+        || StateError == NULL) {
+        return NULL;
+    }
+    if (!PyType_Check(Event_type) || !PyType_Check(Comment_type)) {
+        PyErr_SetString(PyExc_ImportError, "ssekit._cdecoder: Event and Comment must be classes");
+        return NULL;
+    }
+    if (check_slots(Event_type, "data event id retry") < 0
+        || check_slots(Comment_type, "text") < 0
+        || (off_data = slot_offset(Event_type, "data")) < 0
+        || (off_event = slot_offset(Event_type, "event")) < 0
+        || (off_id = slot_offset(Event_type, "id")) < 0
+        || (off_retry = slot_offset(Event_type, "retry")) < 0
+        || (off_text = slot_offset(Comment_type, "text")) < 0) {
+        return NULL;
+    }
+    str_message = intern("message");
+    str_empty = intern("");
+    str_events = intern("events");
+    str_line = intern("line");
+    str_event_data = intern("event data");
+    str_max_event_size = intern("max_event_size");
+    if (str_message == NULL || str_empty == NULL || str_events == NULL || str_line == NULL
+        || str_event_data == NULL || str_max_event_size == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&DecoderType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    PyObject *max_retry = PyLong_FromUnsignedLongLong(UINT64_MAX);
+    if (max_retry == NULL
+        || PyModule_AddObjectRef(m, "Decoder", (PyObject *)&DecoderType) < 0
+        || PyModule_AddIntConstant(m, "DEFAULT_MAX_EVENT_SIZE", DEFAULT_MAX_EVENT_SIZE) < 0
+        || PyModule_AddObjectRef(m, "MAX_RETRY", max_retry) < 0) {
+        Py_XDECREF(max_retry);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_DECREF(max_retry);
+    return m;
+}
