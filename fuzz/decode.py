@@ -4,6 +4,10 @@
     python fuzz/decode.py --replay --seconds 5     # replay, then a seeded mutation loop (CI)
     python fuzz/decode.py --seconds 3600           # an hour of mutation
     python fuzz/decode.py --atheris                # coverage-guided, when atheris is installed
+    python fuzz/decode.py --impl pure|compiled|both   # which Decoder (default: both if built)
+
+With both, each is held to the oracle and to the other: the same pieces fed to each must
+give the same items, state and errors call by call.
 
 Exits non-zero on the first failure and saves the input to fuzz/corpus/crash-<sha>.
 """
@@ -16,7 +20,9 @@ import itertools
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests"))
@@ -25,6 +31,12 @@ from oracle import parse  # noqa: E402
 
 import ssekit  # noqa: E402
 from ssekit import DEFAULT_MAX_EVENT_SIZE  # noqa: E402
+from ssekit._decoder import PureDecoder  # noqa: E402
+
+try:
+    from ssekit._compiled import Decoder as CompiledDecoder
+except ImportError:  # not built
+    CompiledDecoder = None  # type: ignore[assignment,misc]
 
 CORPUS = ROOT / "corpus"
 LIMIT = 64  # a small bound, so the limit paths are exercised too
@@ -65,7 +77,10 @@ def cuts_from(data: bytes) -> list[int]:
 
 
 def run(
-    data: bytes, max_event_size: int | None = None, comments: bool = True
+    data: bytes,
+    max_event_size: int | None = None,
+    comments: bool = True,
+    decoder_class: type = PureDecoder,
 ) -> tuple[object, ...]:
     """What the decoder gives whole, byte by byte and at input-derived cuts.
 
@@ -76,7 +91,7 @@ def run(
     bound = DEFAULT_MAX_EVENT_SIZE if max_event_size is None else max_event_size
     results: list[object] = []
     for cuts in ([], list(range(1, len(data))), cuts_from(data)):
-        decoder = ssekit.Decoder(comments=comments, **kwargs)
+        decoder = decoder_class(comments=comments, **kwargs)
         items: list[object] = []
         bounds = [0, *cuts, len(data)]
         try:
@@ -99,15 +114,51 @@ def expected(data: bytes, max_event_size: int | None = None, comments: bool = Tr
     return (outcome.items, outcome.last_event_id, outcome.reconnection_time)
 
 
-def check(data: bytes) -> None:
-    """Raise AssertionError when any invariant fails for ``data``."""
-    whole, bytewise, cut = run(data)
-    assert whole == bytewise == cut, "split invariance"
-    assert whole == expected(data), "oracle"
-    for comments in (True, False):
-        whole, bytewise, cut = run(data, LIMIT, comments)
-        assert whole == bytewise == cut, f"split invariance with a limit, comments={comments}"
-        assert whole == expected(data, LIMIT, comments), f"oracle with a limit, {comments=}"
+def outcome(decoder: Any, call: Callable[[], list[Any]]) -> tuple[object, ...]:
+    """One call's items, or its error's type and attributes, and the state after it."""
+    try:
+        result: tuple[object, ...] = ("items", [(type(i), i) for i in call()])
+    except ssekit.LimitExceeded as exc:
+        events = [(type(i), i) for i in exc.events]
+        result = ("LimitExceeded", exc.limit, exc.size, exc.maximum, exc.setting, events)
+    except ssekit.StateError as exc:
+        result = ("StateError", type(exc.__cause__))
+    held = (bytes(decoder._line), decoder._data_size) if result[0] == "items" else ()
+    state = (decoder.last_event_id, decoder.retry, decoder.closed, decoder.at_boundary)
+    return result, state, held
+
+
+def differential(data: bytes, max_event_size: int | None = None, comments: bool = True) -> None:
+    """The pure and the compiled decoder fed the same pieces agree call by call."""
+    kwargs = {} if max_event_size is None else {"max_event_size": max_event_size}
+    for cuts in (list(range(1, len(data))), cuts_from(data)):
+        pair = [
+            PureDecoder(comments=comments, **kwargs),
+            CompiledDecoder(comments=comments, **kwargs),
+        ]
+        bounds = [0, *cuts, len(data)]
+        for start, end in itertools.pairwise(bounds):
+            piece = data[start:end]
+            pure, compiled = (outcome(d, lambda d=d, p=piece: d.feed(p)) for d in pair)
+            assert pure == compiled, f"the two decoders differ at byte {start}"
+        pure, compiled = (outcome(d, d.close) for d in pair)
+        assert pure == compiled, "the two decoders differ at close()"
+
+
+def check(data: bytes, impls: tuple[type, ...] = (PureDecoder,)) -> None:
+    """Raise AssertionError when any invariant fails for ``data``, for each implementation."""
+    for impl in impls:
+        whole, bytewise, cut = run(data, decoder_class=impl)
+        assert whole == bytewise == cut, f"split invariance ({impl.__module__})"
+        assert whole == expected(data), f"oracle ({impl.__module__})"
+        for comments in (True, False):
+            whole, bytewise, cut = run(data, LIMIT, comments, impl)
+            assert whole == bytewise == cut, f"split invariance with a limit, {comments=}"
+            assert whole == expected(data, LIMIT, comments), f"oracle with a limit, {comments=}"
+    if len(impls) == 2:
+        differential(data)
+        for comments in (True, False):
+            differential(data, LIMIT, comments)
 
 
 def mutate(rnd: random.Random, data: bytes) -> bytes:
@@ -140,13 +191,27 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0, help="mutation loop time box")
     parser.add_argument("--seed", type=int, default=20261122, help="mutation loop seed")
     parser.add_argument("--atheris", action="store_true", help="run atheris (coverage-guided)")
+    parser.add_argument(
+        "--impl",
+        choices=("pure", "compiled", "both"),
+        default="both" if CompiledDecoder is not None else "pure",
+        help="the Decoder(s) to fuzz (default: both when the compiled one is built)",
+    )
     args = parser.parse_args()
+    if args.impl != "pure" and CompiledDecoder is None:
+        parser.error("the compiled decoder is not built (no C compiler when ssekit was installed)")
+    impls: tuple[type, ...] = {
+        "pure": (PureDecoder,),
+        "compiled": (CompiledDecoder,),
+        "both": (PureDecoder, CompiledDecoder),
+    }[args.impl]
+    print(f"decoders: {args.impl}")
 
     seeds = sorted(CORPUS.iterdir())
     if args.replay:
         for path in seeds:
             try:
-                check(path.read_bytes())
+                check(path.read_bytes(), impls)
             except Exception as exc:  # an assertion, or anything the decoder raised
                 print(f"FAIL replaying {path.name}: {exc}", file=sys.stderr)
                 return 1
@@ -155,7 +220,7 @@ def main() -> int:
     if args.atheris:
         import atheris  # type: ignore[import-not-found]
 
-        atheris.Setup([sys.argv[0], str(CORPUS)], check)
+        atheris.Setup([sys.argv[0], str(CORPUS)], lambda data: check(data, impls))
         atheris.Fuzz()
         return 0
 
@@ -166,7 +231,7 @@ def main() -> int:
     while time.monotonic() < deadline:
         data = mutate(rnd, rnd.choice(pool))
         try:
-            check(data)
+            check(data, impls)
         except Exception as exc:  # an assertion, or anything the decoder raised
             print(f"FAIL ({exc!r}); saved {save_crash(data)}", file=sys.stderr)
             return 1
@@ -174,7 +239,10 @@ def main() -> int:
         if runs % 50 == 0:
             pool.append(data)
     if args.seconds:
-        print(f"mutation loop: {runs} inputs in {args.seconds:g}s, seed {args.seed}: ok")
+        print(
+            f"mutation loop: {runs} inputs in {args.seconds:g}s, seed {args.seed}, "
+            f"decoders {args.impl}: ok"
+        )
     return 0
 
 
