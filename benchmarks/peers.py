@@ -9,13 +9,19 @@ import datetime
 from collections.abc import Callable, Iterator
 
 import ssekit
+from ssekit._decoder import PureDecoder
+
+try:
+    from ssekit._compiled import Decoder as CompiledDecoder
+except ImportError:  # not built: the pure decoder only
+    CompiledDecoder = None  # type: ignore[assignment,misc]
 
 Decoded = list[tuple[str, str, str | None]]
 Peer = Callable[[list[bytes]], Decoded]
 
 
-def ssekit_decoder(chunks: list[bytes]) -> Decoded:
-    decoder = ssekit.Decoder()
+def ssekit_decoder(chunks: list[bytes], decoder_class: type = PureDecoder) -> Decoded:
+    decoder = decoder_class()
     out: Decoded = []
     feed = decoder.feed
     append = out.append
@@ -105,8 +111,19 @@ def requests_sse(chunks: list[bytes], expected_count: int | None = None) -> Deco
     return out
 
 
+def ssekit_compiled(chunks: list[bytes]) -> Decoded:
+    return ssekit_decoder(chunks, CompiledDecoder)
+
+
+#: ssekit's implementations: both when the compiled one is built (whatever
+#: SSEKIT_PURE says), the first being the one speed-ups are given against.
+SSEKIT: tuple[str, ...] = (
+    ("ssekit (compiled)", "ssekit (pure)") if CompiledDecoder is not None else ("ssekit (pure)",)
+)
+
 PEERS: dict[str, Peer] = {
-    "ssekit": ssekit_decoder,
+    **({"ssekit (compiled)": ssekit_compiled} if CompiledDecoder is not None else {}),
+    "ssekit (pure)": ssekit_decoder,
     "httpx-sse": httpx_sse,
     "sseclient-py": sseclient_py,
     "launchdarkly-eventsource": launchdarkly,

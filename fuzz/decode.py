@@ -227,8 +227,12 @@ def main() -> int:
     rnd = random.Random(args.seed)
     pool = [p.read_bytes() for p in seeds] or [b"data: x\n\n"]
     deadline = time.monotonic() + args.seconds
+    report = time.monotonic() + 300  # a long run says how far it got, every five minutes
     runs = 0
     while time.monotonic() < deadline:
+        if time.monotonic() >= report:
+            print(f"  {runs} inputs so far", flush=True)
+            report += 300
         data = mutate(rnd, rnd.choice(pool))
         try:
             check(data, impls)

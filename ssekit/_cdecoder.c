@@ -259,15 +259,157 @@ make_comment(PyObject *text)
     return comment;
 }
 
+/* The code point of the well-formed UTF-8 sequence at p (of `size` bytes,
+ * 2 to 4, already checked). */
+static inline Py_UCS4
+code_point(const unsigned char *p, int size)
+{
+    if (size == 2) {
+        return ((Py_UCS4)(p[0] & 0x1F) << 6) | (p[1] & 0x3F);
+    }
+    if (size == 3) {
+        return ((Py_UCS4)(p[0] & 0x0F) << 12) | ((Py_UCS4)(p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+    }
+    return ((Py_UCS4)(p[0] & 0x07) << 18) | ((Py_UCS4)(p[1] & 0x3F) << 12)
+           | ((Py_UCS4)(p[2] & 0x3F) << 6) | (p[3] & 0x3F);
+}
+
+/* The length of the well-formed UTF-8 sequence starting at p (Unicode's table
+ * 3-7: no overlong form, no surrogate, nothing past U+10FFFF), or 0. */
+static inline int
+sequence_size(const unsigned char *p, const unsigned char *end)
+{
+    unsigned char lead = p[0];
+    Py_ssize_t left = end - p;
+    if (lead < 0x80) {
+        return 1;
+    }
+    if (lead < 0xC2) {
+        return 0;
+    }
+    if (lead < 0xE0) {
+        return left >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
+    }
+    if (lead < 0xF0) {
+        unsigned char low = lead == 0xE0 ? 0xA0 : 0x80;
+        unsigned char high = lead == 0xED ? 0x9F : 0xBF;
+        return left >= 3 && p[1] >= low && p[1] <= high && (p[2] & 0xC0) == 0x80 ? 3 : 0;
+    }
+    if (lead < 0xF5) {
+        unsigned char low = lead == 0xF0 ? 0x90 : 0x80;
+        unsigned char high = lead == 0xF4 ? 0x8F : 0xBF;
+        return left >= 4 && p[1] >= low && p[1] <= high && (p[2] & 0xC0) == 0x80
+                       && (p[3] & 0xC0) == 0x80
+                   ? 4
+                   : 0;
+    }
+    return 0;
+}
+
+/* The first byte at or after p that is not ASCII, or end (eight at a time). */
+static inline const unsigned char *
+skip_ascii(const unsigned char *p, const unsigned char *end)
+{
+    while (end - p >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        if (word & UINT64_C(0x8080808080808080)) {
+            break;
+        }
+        p += 8;
+    }
+    while (p < end && *p < 0x80) {
+        p++;
+    }
+    return p;
+}
+
+/* Write the (checked) text from start to end into `text`, of TYPE's width. */
+#define FILL(TYPE)                                                                        \
+    do {                                                                                  \
+        TYPE *to = (TYPE *)PyUnicode_DATA(text);                                          \
+        for (const unsigned char *p = start; p < end;) {                                  \
+            const unsigned char *ascii_end = skip_ascii(p, end);                          \
+            while (p < ascii_end) {                                                       \
+                *to++ = *p++;                                                             \
+            }                                                                             \
+            if (p < end) {                                                                \
+                int size = sequence_size(p, end);                                         \
+                *to++ = (TYPE)code_point(p, size);                                        \
+                p += size;                                                                \
+            }                                                                             \
+        }                                                                                 \
+    } while (0)
+
 /* UTF-8 with U+FFFD replacement: the pure decoder's _decode, and what the
- * spec's streaming decode gives (CR and LF never continue a sequence). */
+ * spec's streaming decode gives (CR and LF never continue a sequence).
+ *
+ * Well-formed text (nearly all of it) is decoded here in two passes, counting
+ * the characters and the widest, then writing them straight into a str of
+ * that width: CPython's decoder widens its buffer as it meets wider characters
+ * (a fifth of a Chinese event's time). Short values, and any ill-formed
+ * sequence, go to CPython's own decoder, so the replacement is exactly Python's. */
 static PyObject *
 decode(const char *s, Py_ssize_t n)
 {
-    if (n == 0) {
-        return Py_NewRef(str_empty);
+    if (n < 16) {
+        /* Short (an id, an event type): CPython's decoder, with its cached
+         * one-character strings; widening costs nothing here. */
+        return n == 0 ? Py_NewRef(str_empty) : PyUnicode_DecodeUTF8(s, n, "replace");
     }
-    return PyUnicode_DecodeUTF8(s, n, "replace");
+    const unsigned char *start = (const unsigned char *)s;
+    const unsigned char *end = start + n;
+    Py_ssize_t count = 0;
+    Py_UCS4 widest = 0;
+    for (const unsigned char *p = start; p < end;) {
+        const unsigned char *ascii_end = skip_ascii(p, end);
+        count += ascii_end - p;
+        p = ascii_end;
+        if (p == end) {
+            break;
+        }
+        int size = sequence_size(p, end);
+        if (size == 0) {
+            return PyUnicode_DecodeUTF8(s, n, "replace");
+        }
+        Py_UCS4 c = code_point(p, size);
+        if (c > widest) {
+            widest = c;
+        }
+        p += size;
+        count++;
+    }
+    PyObject *text = PyUnicode_New(count, widest < 0x80 ? 0x7F : widest);
+    if (text == NULL) {
+        return NULL;
+    }
+    if (count == n) {
+        memcpy(PyUnicode_DATA(text), s, (size_t)n); /* ASCII */
+        return text;
+    }
+    switch (PyUnicode_KIND(text)) {
+    case PyUnicode_1BYTE_KIND:
+        FILL(Py_UCS1);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        FILL(Py_UCS2);
+        break;
+    default:
+        FILL(Py_UCS4);
+        break;
+    }
+    return text;
+}
+
+/* For tests: decode() on any bytes. */
+static PyObject *
+module_decode(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "_decode() takes bytes");
+        return NULL;
+    }
+    return decode(PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg));
 }
 
 /* The block's event type, decoded; the previous one's str when it repeats. */
@@ -1023,11 +1165,18 @@ import_attr(const char *module, const char *name)
     return attr;
 }
 
+static PyMethodDef module_methods[] = {
+    {"_decode", module_decode, METH_O,
+     "_decode($module, data, /)\n--\n\nUTF-8 with replacement, as the decoder does (tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "ssekit._cdecoder",
     .m_doc = "The compiled core of ssekit.Decoder; ssekit/_compiled.py wraps it.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 static PyObject *

@@ -228,6 +228,36 @@ def test_invalid_utf8_is_replaced_alike_under_every_cut(bad: bytes) -> None:
         assert items == expected.items, cut
 
 
+# The compiled decoder decodes well-formed UTF-8 itself (see decode() in _cdecoder.c) and
+# leaves the rest to Python: it must give Python's text for any bytes, at any length.
+UTF8_PIECES = [*(t for t in TOKENS if t[:1] >= b"\x80"), *BAD_UTF8, "é".encode(), "\uffff".encode()]
+PAD = b"0123456789abcdef"  # values under 16 bytes go straight to Python's decoder
+
+
+@needs_compiled
+@given(st.lists(st.sampled_from(UTF8_PIECES) | st.binary(max_size=3), max_size=30).map(b"".join))
+@example(PAD + "\U0010ffff".encode() + b"\xf4\x90\x80\x80")
+@example(PAD + b"\xed\x9f\xbf\xed\xa0\x80\xee\x80\x80")
+@example(PAD + b"\xe0\x9f\xbf\xe0\xa0\x80\xf0\x8f\xbf\xbf\xf0\x90\x80\x80")
+def test_the_compiled_utf8_decoding_is_pythons(data: bytes) -> None:
+    from ssekit._cdecoder import _decode
+
+    for value in (data, PAD + data, data + PAD, PAD + data + PAD):
+        assert _decode(value) == value.decode("utf-8", "replace")
+
+
+@needs_compiled
+def test_the_compiled_utf8_decoding_is_pythons_for_every_lead_and_second_byte() -> None:
+    # Each value holds one sequence at most, so none falls back to Python's decoder
+    # before the compiled one has judged it: every bound of the well-formed ranges.
+    from ssekit._cdecoder import _decode
+
+    for lead, second in itertools.product(range(256), repeat=2):
+        for tail in (b"", b"\x80", b"\xbf\xbf", b"\x80\x80z"):
+            value = PAD + bytes([lead, second]) + tail
+            assert _decode(value) == value.decode("utf-8", "replace"), value
+
+
 @needs_compiled
 @given(st.binary(max_size=60), st.lists(st.integers(0, 60), max_size=6), options)
 def test_both_decoders_agree_on_random_bytes(
