@@ -15,12 +15,14 @@
  * line and the data buffer are checked before they grow, so neither ever holds
  * more than N bytes; the event type is part of one line, so at most N too.
  * A chunk is parsed where it lies (bytes, bytearray, any contiguous buffer):
- * lines inside one chunk are never copied, only a line cut by a read is.
+ * a line inside one chunk is read in place, only a line cut by a read is
+ * gathered first.
  *
  * Time: each chunk is searched once for LF and once for CR (the next of each is
  * remembered until passed), and every byte is copied at most twice (into the
- * partial line, then into the data buffer), so feeding is linear in the input
- * whatever the split: a 16 MiB line fed a byte at a time grows one buffer.
+ * partial line, then into the data buffer; both grow by doubling), so feeding
+ * is linear in the input whatever the split: a 16 MiB line fed a byte at a
+ * time grows one buffer.
  *
  * Python code may run while a chunk is parsed (LimitExceeded's __init__, and a
  * garbage collection may run finalizers), so the decoder refuses to be fed,

@@ -353,6 +353,23 @@ def test_importing_ssekit_loads_only_the_standard_library() -> None:
     assert fresh(code) == "[]"
 
 
+def test_every_user_of_the_decoder_gets_the_one_chosen() -> None:
+    # The proxy's tap, ssekit.asgi (raw bytes items), the iterators, the clients: all
+    # import ssekit._decoder.Decoder, which is the compiled one when it is in use.
+    import importlib
+
+    from ssekit.proxy._pump import Tap
+    from ssekit.proxy._stats import StreamStats
+
+    chosen = ssekit._decoder.Decoder
+    for name in ("_iterate", "asgi", "httpx", "client._connect", "proxy._pump"):
+        assert importlib.import_module(f"ssekit.{name}").Decoder is chosen, name
+    tap = Tap(StreamStats(), started=0.0)
+    assert type(tap._decoder) is chosen
+    tap.feed(b"data: x\n\n")
+    assert tap.at_boundary
+
+
 @needs_compiled
 def test_the_compiled_decoder_keeps_the_documented_constants_and_docstring() -> None:
     from ssekit import _cdecoder
