@@ -187,7 +187,8 @@ async def serve_exchange(shared: Shared, client: Downstream, request: RequestHea
     started = time.monotonic()
     relay = Relay()
     target = request.target.decode("ascii", "replace")
-    stats = StreamStats(method=request.method.decode("ascii", "replace"), path=target.split("?")[0])
+    method = request.method.decode("ascii", "replace")
+    stats = StreamStats(client=client.addr, method=method, path=target.split("?")[0])
     keep = False
     try:
         keep = await _serve(shared, client, request, target, relay, stats, started)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ("Metrics", "Outcome", "StreamStats")
@@ -30,6 +32,9 @@ class Outcome(enum.Enum):
 class StreamStats:
     """What one exchange did; times in seconds from the request head's arrival."""
 
+    #: The wall-clock time the request arrived (the stats are made then), for the log line.
+    arrived: float = field(default_factory=time.time)
+    client: str = ""  # the client's address
     method: str = ""
     path: str = ""
     status: int = 0
@@ -48,6 +53,8 @@ class StreamStats:
 
     def as_log(self) -> dict[str, object]:
         return {
+            "time": _utc(self.arrived),
+            "client": self.client,
             "method": self.method,
             "path": self.path,
             "status": self.status,
@@ -81,6 +88,12 @@ _SUMMED = (
     "resume_store_errors",
     "dropped_headers",
 )
+
+
+def _utc(timestamp: float) -> str:
+    """ISO 8601 in UTC to the millisecond: ``2026-11-30T12:00:00.123Z``."""
+    stamp = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    return stamp.removesuffix("+00:00") + "Z"
 
 
 def _ms(seconds: float | None) -> float | None:
