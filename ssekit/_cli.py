@@ -12,10 +12,23 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import Field, fields
 from typing import Any
 
+from . import __version__
 from ._errors import ConfigError
-from .proxy._config import ProxyConfig
+from .proxy._config import Group, ProxyConfig
 
 __all__ = ("main",)
+
+#: Where a ProxyConfig field without ``metadata["group"]`` is listed in ``--help``.
+DEFAULT_GROUP = Group.FORWARDING
+#: What each ``ssekit proxy --help`` section holds.
+GROUP_HELP = {
+    Group.FORWARDING: "where requests go and how they are passed on",
+    Group.TIMEOUTS: "seconds; each says what happens when it passes",
+    Group.LIMITS: "sizes and counts; each says what a client gets past it",
+    Group.KEYS: "secrets come from environment variables, never the command line",
+    Group.RESUME: "resumable streams: off unless --resume-store is set",
+    Group.OPERATIONS: "processes, logs, metrics",
+}
 
 EXAMPLES = """\
 examples:
@@ -25,11 +38,30 @@ examples:
       keep the key on the server; clients send no key (or --client-token-env tokens)
   ssekit proxy --upstream http://10.0.0.5:8000/v1-prefix --listen 0.0.0.0:8080 --heartbeat 15
       bind all interfaces (an explicit choice) and keep idle load balancers from cutting streams
+  ssekit proxy --upstream https://api.openai.com --api-key-env OPENAI_API_KEY \\
+      --workers auto --resume-store redis://127.0.0.1:6379/0
+      one process per core; an answer survives a dropped connection, resumed on any
+      instance sharing that Redis at GET /_ssekit/streams/<id>
   ssekit mock-upstream --listen 127.0.0.1:9000 --tokens 100 --delay 0.02
 
 try it:
   curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model":"ssekit-mock","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+"""
+
+
+MOCK_ROUTES = """\
+An OpenAI-compatible upstream for demos, tests and offline work. Routes:
+
+  POST /v1/chat/completions  {"stream": true}: chat.completion.chunk events (English and
+                             Chinese, --tokens of them, --delay apart), then data: [DONE];
+                             otherwise one JSON chat.completion ("max_tokens" caps both)
+  GET  /v1/models            the one mock model
+  GET  /v1/events            numbered events with id: fields, resuming after Last-Event-ID:
+                             ?count=N events (default 10), ?cut_after=K cuts the connection
+                             after K of them, ?retry=MS sets the reconnection time (500)
+  GET  /demo                 a page with an EventSource on /v1/events and a fetch() reader
+                             of a streamed chat; open it through the proxy in a browser
 """
 
 
@@ -59,7 +91,14 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
         return super()._get_help_string(action)
 
 
-def _add_config_option(parser: argparse.ArgumentParser, option: Field[Any]) -> None:
+def group_of(option: Field[Any]) -> Group:
+    """The ``--help`` section of a ProxyConfig field (``DEFAULT_GROUP`` when it names none)."""
+    group = option.metadata.get("group", DEFAULT_GROUP)
+    assert isinstance(group, Group)
+    return group
+
+
+def _add_config_option(parser: argparse._ActionsContainer, option: Field[Any]) -> None:
     """``--dashed-name`` for a ProxyConfig field: its default and help said there, once."""
     name = "--" + option.name.replace("_", "-")
     default, help = option.default, option.metadata["help"]
@@ -104,23 +143,25 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ssekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     proxy = sub.add_parser(
         "proxy",
         help="run the reverse proxy",
-        description="Forward every request to one upstream, streaming responses unchanged "
-        "(byte for byte, chunk for chunk). Without --upstream, start the built-in mock "
+        description="Forward every request to one upstream, streaming responses unchanged\n"
+        "(byte for byte, chunk for chunk). Without --upstream, start the built-in mock\n"
         "upstream in-process and proxy to it.",
         epilog=EXAMPLES,
         formatter_class=fmt,
     )
-    proxy.add_argument(
+    groups = {group: proxy.add_argument_group(group.value, GROUP_HELP[group]) for group in Group}
+    groups[Group.FORWARDING].add_argument(
         "--upstream",
         metavar="URL",
         help="upstream base URL, http(s)://host[:port][/prefix]; default: the built-in mock",
     )
-    proxy.add_argument(
+    groups[Group.FORWARDING].add_argument(
         "--listen",
         type=_listen,
         default=f"{_default('listen_host')}:{_default('listen_port')}",
@@ -129,8 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     for option in fields(ProxyConfig):
         if "help" in option.metadata:
-            _add_config_option(proxy, option)
-    proxy.add_argument(
+            _add_config_option(groups[group_of(option)], option)
+    groups[Group.OPERATIONS].add_argument(
         "--workers",
         type=_workers,
         default=1,
@@ -138,24 +179,24 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes sharing the port (SO_REUSEPORT; auto: one per core); "
         "SIGTERM drains them all, a worker that dies is replaced, metrics are summed",
     )
-    proxy.add_argument(
+    groups[Group.OPERATIONS].add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
         help="event loop: uvloop when installed (pip install 'ssekit[speed]'), else asyncio",
     )
-    proxy.add_argument(
+    groups[Group.KEYS].add_argument(
         "--api-key-env",
         metavar="VAR",
         help="env var holding the upstream API key(s), comma-separated, rotated; "
         "replaces the client's Authorization",
     )
-    proxy.add_argument(
+    groups[Group.KEYS].add_argument(
         "--client-token-env",
         metavar="VAR",
         help="env var holding token(s) clients must send as 'Authorization: Bearer <token>'",
     )
-    proxy.add_argument(
+    groups[Group.KEYS].add_argument(
         "--admin-token-env",
         metavar="VAR",
         help="env var holding token(s) for GET PATH/metrics (default: the client tokens; "
@@ -165,8 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     mock = sub.add_parser(
         "mock-upstream",
         help="run the built-in OpenAI-compatible mock upstream",
-        description="POST /v1/chat/completions (streaming or not), GET /v1/models, "
-        "GET /v1/events (numbered events honouring Last-Event-ID).",
+        description=MOCK_ROUTES,
         formatter_class=fmt,
     )
     mock.add_argument(
