@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import Field, fields
 from typing import Any
@@ -177,7 +179,8 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N|auto",
         help="worker processes sharing the port (SO_REUSEPORT; auto: one per core); "
-        "SIGTERM drains them all, a worker that dies is replaced, metrics are summed",
+        "SIGTERM drains them all, SIGHUP is ignored (no reload), a worker that dies is "
+        "replaced, workers whose supervisor is gone drain and exit, metrics are summed",
     )
     groups[Group.OPERATIONS].add_argument(
         "--loop",
@@ -351,6 +354,24 @@ def _run_proxy(args: argparse.Namespace) -> int:
     return _run_single(args, settings, loop)
 
 
+def _notifier(log_format: str) -> Callable[..., None]:
+    """How the proxy says what it does itself (not per request) on stderr:
+    ``notice(name, sentence, **fields)`` writes the sentence, or with
+    ``--log-format json`` one object: ``time``, ``notice`` (the name), the fields
+    and the sentence as ``message``."""
+    from .proxy._stats import utc_time
+
+    def notice(name: str, message: str, **fields: object) -> None:
+        if log_format == "json":
+            record = {"time": utc_time(time.time()), "notice": name, **fields}
+            line = json.dumps({**record, "message": message})
+        else:
+            line = f"ssekit: {message}"
+        print(line, file=sys.stderr, flush=True)
+
+    return notice
+
+
 def _banner(base: str, upstream: str, admin_prefix: str, how: str) -> None:
     print(
         f"ssekit proxy listening on {base} -> {upstream} ({how})\n"
@@ -396,10 +417,10 @@ async def _serve_until_signal(
             started(await tg.start(run_proxy))
             await _first_signal(signals)
             if not reuse_port:  # workers: the supervisor says it once
-                print(
-                    f"ssekit: shutting down, draining streams up to {config.drain_timeout:g}s",
-                    file=sys.stderr,
-                    flush=True,
+                _notifier(config.log_format)(
+                    "draining",
+                    f"shutting down, draining streams up to {config.drain_timeout:g}s",
+                    drain_timeout_s=config.drain_timeout,
                 )
             shutdown.set()
             await finished.wait()
@@ -438,72 +459,84 @@ def _run_workers(args: argparse.Namespace, settings: dict[str, Any], loop: tuple
     import shutil
     import socket
     import tempfile
-    import time
+    from pathlib import Path
 
     import anyio
 
     from .proxy import MockConfig, serve_mock
-    from .proxy._workers import Supervisor, fork, reserve_port
+    from .proxy._workers import Supervisor, remove_if_unowned, reserve_port
 
     name, backend_options = loop
     host = settings["listen_host"]
     reservation = reserve_port(host, settings["listen_port"])
     port = reservation.getsockname()[1]
-    upstream = args.upstream
+    metrics_dir = Path(tempfile.mkdtemp(prefix="ssekit-metrics-"))
     mock_pid = None
-    if upstream is None:
-        read_end, write_end = os.pipe()
+    try:
+        # SIGTERM, SIGINT and SIGHUP are the supervisor's from here on.
+        supervisor = Supervisor(
+            args.workers,
+            settings["drain_timeout"],
+            metrics_dir=metrics_dir,
+            notice=_notifier(settings["log_format"]),
+        )
+        upstream = args.upstream
+        if upstream is None:
+            read_end, write_end = os.pipe()
 
-        def run_mock() -> int:
-            async def main() -> None:
-                async with anyio.create_task_group() as tg:
-                    _, bound = await tg.start(serve_mock, MockConfig(listen_port=0))
-                    os.write(write_end, b"%d\n" % bound)
+            def run_mock() -> int:
+                async def main() -> None:
+                    async with anyio.create_task_group() as tg:
+                        _, bound = await tg.start(serve_mock, MockConfig(listen_port=0))
+                        os.write(write_end, b"%d\n" % bound)
 
-            anyio.run(main, backend_options=backend_options)
+                anyio.run(main, backend_options=backend_options)
+                return 0
+
+            sys.stdout.flush()
+            mock_pid = supervisor.fork(run_mock)
+            os.close(write_end)
+            with os.fdopen(read_end) as pipe:
+                upstream = f"http://127.0.0.1:{int(pipe.readline())}"
+            print(f"ssekit: no --upstream given; built-in mock upstream on {upstream}")
+        config = ProxyConfig(upstream=upstream, **{**settings, "listen_port": port})
+
+        def run_worker(index: int) -> int:
+            reservation.close()  # the supervisor keeps its own copy
+            try:
+                anyio.run(
+                    lambda: _serve_until_signal(
+                        config, reuse_port=True, metrics_dir=str(metrics_dir)
+                    ),
+                    backend_options=backend_options,
+                )
+            except BaseException as exc:
+                error = _config_error(exc)
+                if error is None:
+                    raise
+                print(f"ssekit: error: {error}", file=sys.stderr, flush=True)
+                return 2
+            finally:
+                if supervisor.lifeline.gone.is_set():  # nobody else will clean up
+                    remove_if_unowned(metrics_dir)
             return 0
 
         sys.stdout.flush()
-        mock_pid = fork(run_mock)
-        os.close(write_end)
-        with os.fdopen(read_end) as pipe:
-            upstream = f"http://127.0.0.1:{int(pipe.readline())}"
-        print(f"ssekit: no --upstream given; built-in mock upstream on {upstream}")
-    config = ProxyConfig(upstream=upstream, **{**settings, "listen_port": port})
-    metrics_dir = tempfile.mkdtemp(prefix="ssekit-metrics-")
-
-    def run_worker(index: int) -> int:
-        reservation.close()  # the supervisor keeps its own copy
-        try:
-            anyio.run(
-                lambda: _serve_until_signal(config, reuse_port=True, metrics_dir=metrics_dir),
-                backend_options=backend_options,
-            )
-        except BaseException as exc:
-            error = _config_error(exc)
-            if error is None:
-                raise
-            print(f"ssekit: error: {error}", file=sys.stderr, flush=True)
-            return 2
-        return 0
-
-    sys.stdout.flush()
-    supervisor = Supervisor(args.workers, run_worker, config.drain_timeout)
-    try:
-        supervisor.start()
+        supervisor.start(run_worker)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # ready when a worker accepts
+        while time.monotonic() < deadline and not supervisor.stopping:  # ready once one accepts
             try:
                 socket.create_connection((host, port), timeout=1).close()
                 break
             except OSError:
                 time.sleep(0.05)
-        _banner(
-            f"http://{host}:{port}",
-            upstream,
-            config.admin_prefix,
-            f"{args.workers} workers, event loop: {name}",
-        )
+        if not supervisor.stopping:  # else told to stop while starting: drain at once
+            _banner(
+                f"http://{host}:{port}",
+                upstream,
+                config.admin_prefix,
+                f"{args.workers} workers, event loop: {name}",
+            )
         return supervisor.run()
     finally:
         if mock_pid is not None:

@@ -142,7 +142,8 @@ def test_sigterm_lets_a_stream_in_flight_finish() -> None:
         assert body.endswith(b"data: [DONE]\n\n")
         _, err = proxy.communicate(timeout=20)  # exits by itself once drained
         assert proxy.returncode == 0
-        log = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        log = [x for x in lines if "outcome" in x]  # the access log, not notices
         assert [(x["path"], x["outcome"], x["done"]) for x in log] == [
             ("/v1/chat/completions", "complete", True)
         ]
@@ -170,3 +171,20 @@ def test_loop_auto_uses_uvloop_when_it_is_installed() -> None:
         assert "(event loop: uvloop)" in "".join(banner)  # the test extra installs it
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one process", "workers"])
+def test_an_idle_proxy_exits_promptly_on_sigterm(workers: list[str]) -> None:
+    proc, base, _ = start("proxy", "--listen", "127.0.0.1:0", *workers)
+    try:
+        with httpx.Client(timeout=20) as client:  # its connection stays open, idle
+            assert client.post(base + "/v1/chat/completions", json=CHAT).status_code == 200
+            time.sleep(0.3)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=20)
+            took = time.monotonic() - signalled
+    finally:
+        stop(proc)
+    assert code == 0
+    assert took < 1.0  # issue 19 measured 1.1-1.5 s

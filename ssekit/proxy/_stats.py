@@ -53,7 +53,7 @@ class StreamStats:
 
     def as_log(self) -> dict[str, object]:
         return {
-            "time": _utc(self.arrived),
+            "time": utc_time(self.arrived),
             "client": self.client,
             "method": self.method,
             "path": self.path,
@@ -73,6 +73,8 @@ class StreamStats:
         }
 
 
+#: Of the counters summed over workers, the gauges: a dead worker's leave the sum.
+_GAUGES = ("active",)
 _SUMMED = (
     "events",
     "body_bytes",
@@ -90,7 +92,7 @@ _SUMMED = (
 )
 
 
-def _utc(timestamp: float) -> str:
+def utc_time(timestamp: float) -> str:
     """ISO 8601 in UTC to the millisecond: ``2026-11-30T12:00:00.123Z``."""
     stamp = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
     return stamp.removesuffix("+00:00") + "Z"
@@ -129,6 +131,12 @@ class Metrics:
             "outcomes": {k.value: v for k, v in self.outcomes.items()},
             **{name: getattr(self, name) for name in _SUMMED},
         }
+
+    @staticmethod
+    def retired(snapshot: dict[str, Any]) -> dict[str, Any]:
+        """A dead worker's ``snapshot()`` as it stays in the sum: its counters, gauges at 0,
+        marked ``retired`` (no process will write it again)."""
+        return {**snapshot, **dict.fromkeys(_GAUGES, 0), "retired": True}
 
     def plus(self, snapshots: Iterable[dict[str, Any]]) -> Metrics:
         """A new Metrics: these counters plus other workers' ``snapshot()`` data."""
