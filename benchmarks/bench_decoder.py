@@ -1,6 +1,6 @@
 """Decoder throughput: ssekit and its Python peers on the same payloads, in one process.
 
-    python -m benchmarks.bench_decoder [--quick] [--repeat N]
+    python -m benchmarks.bench_decoder [--quick] [--repeat N]   # pip install -e '.[bench]'
 
 Each peer's output is checked first; a peer that decodes a workload wrongly is
 reported WRONG (with the reason) and not timed. Runs are interleaved across peers,
@@ -16,8 +16,15 @@ import statistics
 import time
 import tracemalloc
 
-from benchmarks import payloads
+from benchmarks import needs, payloads
 from benchmarks.peers import PEERS, Peer, check
+from benchmarks.targets import (
+    DECODER_VS_FASTEST,
+    DECODER_VS_HTTPX_SSE,
+    LARGE_EVENTS_VS_HTTPX_SSE,
+    QUICK_NOTE,
+    verdict,
+)
 
 
 def timed(peer: Peer, chunks: list[bytes]) -> float:
@@ -83,8 +90,16 @@ def table(work: payloads.Workload, results: dict[str, dict[str, object]]) -> lis
     return [*lines, ""]
 
 
-def targets(all_results: list[tuple[payloads.Workload, dict[str, dict[str, object]]]]) -> list[str]:
-    lines = ["### Targets", ""]
+def targets(
+    all_results: list[tuple[payloads.Workload, dict[str, dict[str, object]]]],
+    *,
+    quick: bool = False,
+) -> list[str]:
+    lines = ["### Targets", "", *([QUICK_NOTE, ""] if quick else [])]
+
+    def judged(ratio: float, target: float) -> str:
+        return verdict(ratio >= target, f">= {target:g}x", quick=quick)
+
     for work, results in all_results:
         base = results["ssekit"]["seconds"]
         assert isinstance(base, float)
@@ -95,16 +110,16 @@ def targets(all_results: list[tuple[payloads.Workload, dict[str, dict[str, objec
             continue
         fastest = min(peers, key=lambda n: peers[n])  # type: ignore[arg-type,return-value]
         ratio = peers[fastest] / base  # type: ignore[operator]
-        verdict = "PASS" if ratio >= 1.3 else "FAIL"
         line = (
-            f"- {work.name}: {ratio:.2f}x the fastest correct peer ({fastest}) [{verdict} >= 1.3x]"
+            f"- {work.name}: {ratio:.2f}x the fastest correct peer ({fastest}) "
+            f"{judged(ratio, DECODER_VS_FASTEST)}"
         )
         if "httpx-sse" in peers and work.name.startswith("openai"):
             hx = peers["httpx-sse"] / base  # type: ignore[operator]
-            line += f"; {hx:.2f}x httpx-sse [{'PASS' if hx >= 2 else 'FAIL'} >= 2x]"
+            line += f"; {hx:.2f}x httpx-sse {judged(hx, DECODER_VS_HTTPX_SSE)}"
         if work.name.startswith("large") and "httpx-sse" in peers:
             hx = peers["httpx-sse"] / base  # type: ignore[operator]
-            line += f"; {hx:.2f}x httpx-sse MB/s [{'PASS' if hx >= 1.7 else 'FAIL'} >= 1.7x]"
+            line += f"; {hx:.2f}x httpx-sse MB/s {judged(hx, LARGE_EVENTS_VS_HTTPX_SSE)}"
         lines.append(line)
     return [*lines, ""]
 
@@ -120,10 +135,13 @@ def linearity(repeat: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller payloads, 3 repetitions")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_decoder", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller payloads, 3 repetitions: indicative only"
+    )
     parser.add_argument("--repeat", type=int, default=None, help="repetitions (default 7)")
     args = parser.parse_args(argv)
+    needs.require(parser.prog, needs.DECODER)
     repeat = args.repeat or (3 if args.quick else 7)
     out = ["## Decoder", ""]
     print("## Decoder\n", flush=True)
@@ -134,7 +152,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         section = table(work, results)
         print("\n".join(section), flush=True)
         out += section
-    for section in (targets(all_results), linearity(repeat)):
+    for section in (targets(all_results, quick=args.quick), linearity(repeat)):
         print("\n".join(section), flush=True)
         out += section
     return out

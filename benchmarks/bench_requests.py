@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import needs
 from .bench_proxy import NGINX_CONF, UPSTREAM, first_bytes, free_port, start_ssekit, wait_port
 
 BURST = 100
@@ -45,9 +46,12 @@ async def bursts(port: int) -> list[list[float]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_requests", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
+    needs.require(parser.prog, needs.PROXY)
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="ssekit-requests-") as tmp_name:
         tmp = Path(tmp_name)
