@@ -188,3 +188,11 @@ def test_an_idle_proxy_exits_promptly_on_sigterm(workers: list[str]) -> None:
         stop(proc)
     assert code == 0
     assert took < 1.0  # issue 19 measured 1.1-1.5 s
+
+
+def test_the_drain_is_announced_as_a_json_notice_with_log_format_json() -> None:
+    proc, _, _ = start("proxy", "--listen", "127.0.0.1:0", "--log-format", "json")
+    code, err = stop(proc)
+    assert code == 0
+    notices = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [(n["notice"], n["drain_timeout_s"]) for n in notices] == [("draining", 10.0)]

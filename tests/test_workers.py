@@ -351,3 +351,11 @@ def test_sigterm_while_the_workers_start_drains_them(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
         finish(proc)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_to_the_supervisor_announces_the_drain(tmp_path: Path) -> None:
+    with supervised(tmp_path, 2, "--drain-timeout", "7") as (proc, _, stderr):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    [draining] = [n for n in notices(stderr) if n["notice"] == "draining"]
+    assert (draining["workers"], draining["drain_timeout_s"]) == (2, 7.0)
