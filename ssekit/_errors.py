@@ -123,10 +123,15 @@ class UpstreamError(ProxyError):
 
     ``status`` is the HTTP status to answer with if the response head has not
     gone out yet (502 for connect and protocol errors, 504 for timeouts).
+    ``cut`` is True when the response body was cut after its head: closed early,
+    malformed, or silent past the idle timeout (the answer is incomplete). The
+    cause (``__cause__``) is chained when there is one: the ``OSError``, the
+    framing error, or a :class:`LimitExceeded` for a head over its bound.
     """
 
-    def __init__(self, message: str, status: int = 502) -> None:
+    def __init__(self, message: str, status: int = 502, *, cut: bool = False) -> None:
         self.status = status
+        self.cut = cut
         super().__init__(message)
 
 

@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from .._errors import UpstreamError
+from .._errors import LimitExceeded, UpstreamError
 from . import _stream
 from ._chunked import LAST_CHUNK, ChunkedReader, ChunkError, frame_chunk
 from ._origin import Origin
@@ -60,21 +60,27 @@ def make_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
 
 
 @contextlib.contextmanager
-def _translated(what: str, origin: Origin) -> Iterator[None]:
+def _translated(what: str, origin: Origin, *, cut: bool = False) -> Iterator[None]:
+    """Translate what fails inside into :class:`UpstreamError`, chained; ``cut``: the
+    response body was under way (its head went on already)."""
     try:
         yield
     except UpstreamError:
         raise
     except TimeoutError as exc:
-        raise UpstreamError(f"upstream {origin.authority}: timed out {what}", 504) from exc
+        raise UpstreamError(f"upstream {origin.authority}: timed out {what}", 504, cut=cut) from exc
     except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError) as exc:
-        raise UpstreamError(f"upstream {origin.authority}: {what} failed: {exc!r}", 502) from exc
+        raise UpstreamError(
+            f"upstream {origin.authority}: {what} failed: {exc!r}", 502, cut=cut
+        ) from exc
     except anyio.EndOfStream as exc:
         raise UpstreamError(
-            f"upstream {origin.authority} closed the connection {what}", 502
+            f"upstream {origin.authority} closed the connection {what}", 502, cut=cut
         ) from exc
     except WireError as exc:
-        raise UpstreamError(f"upstream {origin.authority}: bad HTTP {what}: {exc}", 502) from exc
+        raise UpstreamError(
+            f"upstream {origin.authority}: bad HTTP {what}: {exc}", 502, cut=cut
+        ) from exc
 
 
 async def _tcp(host: str, port: int) -> Stream:
@@ -299,7 +305,7 @@ class OriginConnection:
                     f"upstream {authority} sent a response head of over "
                     f"{len(buffer)} bytes, over the limit of {self._max_head_size}",
                     502,
-                )
+                ) from self._head_limit(len(buffer))
             if self._eof:
                 what = "in the middle of the response head" if buffer else "before answering"
                 raise UpstreamError(f"upstream {authority} closed the connection {what}", 502)
@@ -313,11 +319,14 @@ class OriginConnection:
                 f"upstream {authority} sent a response head of {size} bytes, "
                 f"over the limit of {self._max_head_size}",
                 502,
-            )
+            ) from self._head_limit(size)
         self._buffer = data[size:]
         if head.status_code == 101:
             raise WireError("101 Switching Protocols, which the request did not ask for")
         return head
+
+    def _head_limit(self, size: int) -> LimitExceeded:
+        return LimitExceeded("response head", size, self._max_head_size, "--max-header-size")
 
     def _body_end(self, leftover: bytes) -> None:
         """The response body ended; bytes after it mean the connection is not reused."""
@@ -370,7 +379,7 @@ class OriginConnection:
                     self._body_end(b"")
                     return
                 raise self._cut_mid_body()
-            with _translated("reading the body", self._origin):
+            with _translated("reading the body", self._origin, cut=True):
                 data = await self._read(idle_timeout)
 
     async def _receive_chunked(self, idle_timeout: float) -> AsyncIterator[list[bytes]]:
@@ -390,7 +399,7 @@ class OriginConnection:
                 return
             if self._eof:
                 raise self._cut_mid_body()
-            with _translated("reading the body", self._origin):
+            with _translated("reading the body", self._origin, cut=True):
                 data = await self._read(idle_timeout)
 
     def _cut_mid_body(self, error: BaseException | None = None) -> UpstreamError:
@@ -398,14 +407,19 @@ class OriginConnection:
         what = " closed the connection mid-body (the response was cut)"
         if error is not None and not isinstance(error, ConnectionResetError):
             what = f": reading the body failed: {error!r}"
-        return UpstreamError(f"upstream {self._origin.authority}{what}", 502)
+        cut = UpstreamError(f"upstream {self._origin.authority}{what}", 502, cut=True)
+        cut.__cause__ = error
+        return cut
 
     def _malformed_body(self, error: ChunkError) -> UpstreamError:
-        return UpstreamError(
+        malformed = UpstreamError(
             f"upstream {self._origin.authority} sent a malformed chunked body "
             f"(the response was cut: {error})",
             502,
+            cut=True,
         )
+        malformed.__cause__ = error
+        return malformed
 
     @property
     def spliceable(self) -> bool:
@@ -560,7 +574,9 @@ class _Splice:
         due = self._last_read + self._idle
         if now >= due:
             error = UpstreamError(
-                f"upstream {self._conn._origin.authority}: timed out reading the body", 504
+                f"upstream {self._conn._origin.authority}: timed out reading the body",
+                504,
+                cut=True,
             )
             self._fail(error)
         else:
