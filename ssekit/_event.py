@@ -5,6 +5,8 @@ from __future__ import annotations
 import json as _json
 from dataclasses import dataclass
 
+from ._errors import InputTypeError
+
 __all__ = ("Comment", "Event")
 
 
@@ -19,7 +21,8 @@ class Event:
     block, else None.
 
     Built by users with keywords: ``Event(data="hi")``; ``data``, ``event``
-    and ``id`` must be str and ``retry`` an int or None, else :class:`TypeError`.
+    and ``id`` must be str and ``retry`` an int or None, else
+    :class:`ssekit.InputTypeError` (a ``TypeError``) naming the field.
     """
 
     data: str = ""
@@ -37,7 +40,11 @@ class Event:
         if type(data) is not str or type(event) is not str or type(id) is not str:
             _check_types(data=data, event=event, id=id)
         if retry is not None and not isinstance(retry, int):
-            raise TypeError(f"Event retry must be an int of milliseconds or None, got {retry!r}")
+            raise InputTypeError(
+                f"Event retry must be an int of milliseconds or None, got {retry!r}",
+                argument="retry",
+                got=type(retry).__name__,
+            )
         _set_data(self, data)
         _set_event(self, event)
         _set_id(self, id)
@@ -57,8 +64,10 @@ def _check_types(**fields: object) -> None:
     for name, value in fields.items():
         if not isinstance(value, str):
             hint = "; decode bytes first" if isinstance(value, bytes | bytearray) else ""
-            raise TypeError(
-                f"Event {name} must be a str, got {type(value).__name__} {value!r}{hint}"
+            raise InputTypeError(
+                f"Event {name} must be a str, got {type(value).__name__} {value!r}{hint}",
+                argument=name,
+                got=type(value).__name__,
             )
 
 
