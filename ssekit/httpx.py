@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import anyio
 import httpx
@@ -45,11 +45,34 @@ __all__ = ("EventSource", "RetryPolicy", "aconnect_sse", "connect_sse")
 DEFAULT_HEADERS = (("Accept", "text/event-stream"), ("Cache-Control", "no-store"))
 
 
+# Duck-typed clients (Starlette's TestClient is an httpx2 client): the types ask
+# for what is used, so mypy accepts them as it accepts httpx.Client, and still
+# tells a sync client from an async one (close() against aclose()).
+class ClientLike(Protocol):
+    """A sync client for :func:`connect_sse`: ``httpx.Client`` or a look-alike."""
+
+    def build_request(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def send(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncClientLike(Protocol):
+    """An async client for :func:`aconnect_sse`: ``httpx.AsyncClient`` or a look-alike."""
+
+    def build_request(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Request:
     """How to open the stream again: what ``connect_sse`` was given."""
 
-    client: httpx.Client | httpx.AsyncClient
+    client: ClientLike | AsyncClientLike
     method: str
     url: httpx.URL | str
     headers: httpx.Headers
@@ -68,7 +91,6 @@ class _Request:
         request = self.client.build_request(self.method, self.url, headers=headers, **options)
         return request, sending
 
-    # Duck-typed clients (Starlette's TestClient is an httpx2 client): no isinstance check.
     def send(self, last_event_id: str) -> httpx.Response:
         """Send the request (streaming) with a ``httpx.Client``."""
         request, sending = self.build(last_event_id)
@@ -279,7 +301,7 @@ def _next_delay(reconnector: Reconnector, error: Exception | None) -> float | No
 
 
 def _prepare(
-    client: httpx.Client | httpx.AsyncClient,
+    client: ClientLike | AsyncClientLike,
     method: str,
     url: httpx.URL | str,
     kwargs: dict[str, Any],
@@ -292,7 +314,7 @@ def _prepare(
 
 @contextmanager
 def connect_sse(
-    client: httpx.Client,
+    client: ClientLike,
     method: str,
     url: httpx.URL | str,
     *,
@@ -329,7 +351,7 @@ def connect_sse(
 
 @asynccontextmanager
 async def aconnect_sse(
-    client: httpx.AsyncClient,
+    client: AsyncClientLike,
     method: str,
     url: httpx.URL | str,
     *,

@@ -6,7 +6,7 @@ import json as jsonlib
 import random as randomlib
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 from urllib.parse import urljoin
@@ -306,7 +306,9 @@ def stream_sync(url: str, **options: object) -> Iterator[Event]:
             portal.call(events.aclose)
 
 
-async def chat_chunks(url: str, body: dict[str, object], **options: object) -> AsyncIterator[Chunk]:
+async def chat_chunks(
+    url: str, body: dict[str, object], **options: object
+) -> AsyncGenerator[Chunk, None]:
     """POST an OpenAI-style chat request with ``"stream": true``; yield each chunk object.
 
     Raises :class:`ssekit.StreamIncomplete` when the stream is cut before
