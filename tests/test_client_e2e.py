@@ -445,3 +445,92 @@ async def test_a_storm_without_a_floor_is_held_to_the_reconnections_per_window()
     reconnections = times[1:]
     assert all(b - a >= 0.5 - 0.01 for a, b in zip(reconnections, reconnections[4:], strict=False))
     assert 5 <= seen.connections <= 1 + 4 * 3  # the first, then three windows at most
+
+
+CREDENTIALS = {
+    "Authorization": "Bearer sk-secret",
+    "Proxy-Authorization": "Basic cHJveHk6c2VjcmV0",
+    "Cookie": "session=s3cret",
+    "api-key": "azure-secret",
+    "X-API-Key": "anthropic-secret",
+    "X-Session": "listed-by-the-caller",
+}
+PLAIN = {"X-Request-Id": "42"}
+
+
+def header_names(request: bytes) -> dict[str, str]:
+    """The header fields of a request head, names in lower case."""
+    lines = request.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+    fields = (line.decode().partition(":") for line in lines)
+    return {name.strip().lower(): value.strip() for name, _, value in fields}
+
+
+async def test_a_redirect_to_another_port_carries_no_credentials() -> None:
+    async with deadline(20) as tg:
+        target, seen_target = await start_upstream(tg, redirecting({}))
+        moved = b"HTTP/1.1 307 Moved\r\nlocation: " + target.encode() + b"/there"
+        source, seen_source = await start_upstream(tg, redirecting({b"/here": moved}))
+        events = await collect(
+            source + "/here",
+            1,
+            policy=FAST,
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["X-Session"],
+        )
+    assert events == [ssekit.Event(data="at /there")]
+    sent = header_names(seen_source.requests[0])
+    assert {name: sent[name.lower()] for name in CREDENTIALS} == CREDENTIALS
+    assert header_names(seen_target.requests[0]) == {
+        "host": target.removeprefix("http://"),
+        "accept": "text/event-stream",
+        "cache-control": "no-cache",
+        "x-request-id": "42",
+    }
+
+
+async def test_a_redirect_to_another_host_carries_no_credentials() -> None:
+    routes: dict[bytes, bytes] = {}
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, redirecting(routes))
+        port = upstream.rpartition(":")[2].encode()
+        routes[b"/here"] = b"HTTP/1.1 302 Found\r\nlocation: http://localhost:%s/there" % port
+        events = await collect(
+            upstream + "/here",
+            1,
+            policy=FAST,
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["x-session"],
+        )
+    assert events == [ssekit.Event(data="at /there")]
+    assert header_names(seen.requests[1]) == {
+        "host": "localhost:" + port.decode(),
+        "accept": "text/event-stream",
+        "cache-control": "no-cache",
+        "x-request-id": "42",
+    }
+
+
+async def test_a_same_origin_redirect_keeps_every_header() -> None:
+    moved = b"HTTP/1.1 302 Found\r\nlocation: /there"
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, redirecting({b"/here": moved}))
+        events = await collect(
+            upstream + "/here",
+            1,
+            policy=FAST,
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["x-session"],
+        )
+    assert events == [ssekit.Event(data="at /there")]
+    assert header_names(seen.requests[1]) == {
+        "host": upstream.removeprefix("http://"),
+        "accept": "text/event-stream",
+        "cache-control": "no-cache",
+        **{name.lower(): value for name, value in {**CREDENTIALS, **PLAIN}.items()},
+    }
+
+
+def test_credential_headers_is_a_collection_of_names() -> None:
+    with pytest.raises(ssekit.InputTypeError) as info:
+        connect("http://127.0.0.1:9/", credential_headers="x-session")
+    assert (info.value.argument, info.value.got) == ("credential_headers", "str")

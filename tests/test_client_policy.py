@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import ssekit
-from ssekit.client import Reconnector, RetryPolicy, Verdict
+from ssekit.client import CREDENTIAL_HEADERS, Reconnector, RetryPolicy, Verdict
+from ssekit.client._policy import credential_names, same_origin
 
 NO_JITTER = RetryPolicy(initial_retry=1000, jitter=0, max_retries=None, min_delay=0)
 
@@ -201,3 +202,32 @@ def test_without_a_cap_the_floor_alone_bounds_the_rate() -> None:
 def test_bad_storm_guards_are_refused(fields: dict[str, float]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 (the type, not the message text)
         RetryPolicy(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (("http", "api.test", None), ("http", "API.test", 80), True),  # default port, any case
+        (("https", "api.test", 443), ("https", "api.test", None), True),
+        (("http", "api.test", None), ("https", "api.test", None), False),  # scheme
+        (("https", "api.test", None), ("https", "evil.test", None), False),  # host
+        (("http", "127.0.0.1", 8000), ("http", "127.0.0.1", 8001), False),  # port
+    ],
+)
+def test_origins_are_scheme_host_and_port(
+    a: tuple[str, str, int | None], b: tuple[str, str, int | None], same: bool
+) -> None:
+    assert same_origin(a, b) is same
+
+
+def test_credential_names_add_the_callers_to_the_known_ones() -> None:
+    assert CREDENTIAL_HEADERS == {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "api-key",
+        "x-api-key",
+    }
+    assert credential_names(["X-My-Token"]) == CREDENTIAL_HEADERS | {"x-my-token"}
+    with pytest.raises(ssekit.InputTypeError):
+        credential_names("x-my-token")

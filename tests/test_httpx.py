@@ -116,6 +116,14 @@ def make_app(log: Log) -> Any:
         elif path == "/no-content":
             await start(204, "")
             await chunk(b"", more=False)
+        elif path == "/redirect":
+            # A redirect to ?to= (a path or a URL; itself by default, a loop) with
+            # ?status= (307 by default).
+            location = query.get("to", "/redirect").encode()
+            status = int(query.get("status", "307"))
+            head = [(b"location", location), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": status, "headers": head})
+            await chunk(b"", more=False)
         elif path == "/storm":
             # A reconnect storm's server: retry: 0, one event, the end of the body.
             log.storm.append(time.monotonic())
@@ -493,3 +501,103 @@ async def test_async_storm_without_a_floor_is_held_to_the_reconnections_per_wind
     reconnections = log.storm[1:]
     assert all(b - a >= 0.5 - 0.01 for a, b in zip(reconnections, reconnections[4:], strict=False))
     assert 5 <= len(log.storm) <= 1 + 4 * 3  # the first, then three windows at most
+
+
+CREDENTIALS = {
+    "Authorization": "Bearer sk-secret",
+    "Proxy-Authorization": "Basic cHJveHk6c2VjcmV0",
+    "Cookie": "session=s3cret",
+    "api-key": "azure-secret",
+    "X-API-Key": "anthropic-secret",
+    "X-Session": "listed-by-the-caller",
+}
+PLAIN = {"X-Request-Id": "42"}
+# What httpx itself sends, and connect_sse's own headers.
+HTTPX_HEADERS = {"host", "accept", "accept-encoding", "connection", "user-agent", "cache-control"}
+
+
+def test_a_redirect_to_another_origin_carries_no_credentials(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    target_log = Log()
+    with running(make_app(target_log)) as target, httpx.Client(base_url=state.url) as client:
+        there = f"{target.url}/events?count=1"
+        with connect_sse(
+            client,
+            "GET",
+            "/redirect",
+            params={"to": there},
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["x-session"],
+            follow_redirects=True,
+        ) as source:
+            events = list(source.iter_sse())
+            assert [r.status_code for r in source.response.history] == [307]
+    assert events == [ssekit.Event(data="event 1", id="1")]
+    sent = log.requests[0][2]
+    assert {name: sent[name.lower()] for name in CREDENTIALS} == CREDENTIALS
+    received = target_log.requests[0][2]
+    assert set(received) == HTTPX_HEADERS | {"x-request-id"}
+    assert (received["host"], received["x-request-id"]) == (target.url[7:], "42")
+
+
+async def test_async_a_redirect_to_another_host_carries_no_credentials(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    there = state.url.replace("127.0.0.1", "localhost") + "/events?count=1"
+    async with httpx.AsyncClient(base_url=state.url, follow_redirects=True) as client:
+        async with aconnect_sse(
+            client,
+            "GET",
+            "/redirect",
+            params={"to": there, "status": "302"},
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["X-Session"],
+        ) as source:
+            events = [event async for event in source.aiter_sse()]
+    assert events == [ssekit.Event(data="event 1", id="1")]
+    assert [path for _, path, _, _ in log.requests] == ["/redirect", "/events"]
+    received = log.requests[1][2]
+    assert set(received) == HTTPX_HEADERS | {"x-request-id"}
+    assert received["host"] == there.split("/")[2]
+
+
+@pytest.mark.parametrize("status", ["302", "307"])
+async def test_async_a_same_origin_redirect_keeps_every_header(
+    server: tuple[Running, Log], status: str
+) -> None:
+    state, log = server
+    async with httpx.AsyncClient(base_url=state.url, follow_redirects=True) as client:
+        async with aconnect_sse(
+            client,
+            "GET",
+            "/redirect",
+            params={"to": "/events?count=1", "status": status},
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["x-session"],
+        ) as source:
+            events = [event async for event in source.aiter_sse()]
+    assert events == [ssekit.Event(data="event 1", id="1")]
+    received = log.requests[1][2]
+    assert set(received) == HTTPX_HEADERS | {"x-request-id"} | {k.lower() for k in CREDENTIALS}
+    assert {name: received[name.lower()] for name in CREDENTIALS} == CREDENTIALS
+
+
+def test_redirects_are_left_alone_unless_asked_and_bounded_when_followed(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    with httpx.Client(base_url=state.url) as client:
+        # The client's default (httpx's: not followed): the redirect is the answer.
+        with connect_sse(client, "GET", "/redirect", params={"to": "/events"}) as source:
+            with pytest.raises(ssekit.ResponseError) as info:
+                list(source.iter_sse())
+        assert info.value.status == 307
+        assert len(log.requests) == 1
+    with httpx.Client(base_url=state.url, follow_redirects=True, max_redirects=3) as client:
+        with pytest.raises(httpx.TooManyRedirects):
+            with connect_sse(client, "GET", "/redirect"):
+                pass
+    assert len(log.requests) == 1 + 1 + 3  # the first block's, then one and three redirects

@@ -16,16 +16,62 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from .._errors import ClientError, ResponseError, RetriesExhausted
+from .._errors import ClientError, InputTypeError, ResponseError, RetriesExhausted
 
-__all__ = ("MAX_ERROR_BODY", "Decision", "Reconnector", "RetryPolicy", "Verdict", "judge_response")
+__all__ = (
+    "CREDENTIAL_HEADERS",
+    "MAX_ERROR_BODY",
+    "Decision",
+    "Reconnector",
+    "RetryPolicy",
+    "Verdict",
+    "credential_names",
+    "judge_response",
+    "same_origin",
+)
 
 #: How much of a refused response's body a :class:`ResponseError` carries (bytes).
 MAX_ERROR_BODY: Final = 64 * 1024
+
+#: Request headers (lower case) a redirect that leaves the origin drops, as fetch drops
+#: Authorization and a browser's cookies stay with their site: the API-key headers
+#: of OpenAI (Authorization), Azure OpenAI (api-key) and Anthropic and others (x-api-key).
+CREDENTIAL_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "api-key", "x-api-key"}
+)
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def credential_names(extra: Iterable[str]) -> frozenset[str]:
+    """:data:`CREDENTIAL_HEADERS` and the caller's ``extra`` header names, lower case.
+
+    Raises :class:`ssekit.InputTypeError` for a single str (a name to put in a list).
+    """
+    if isinstance(extra, str | bytes):
+        raise InputTypeError(
+            f"credential_headers takes a collection of header names, got {extra!r}: "
+            f"wrap it: [{extra!r}]",
+            argument="credential_headers",
+            got=type(extra).__name__,
+        )
+    return CREDENTIAL_HEADERS | {name.lower() for name in extra}
+
+
+def same_origin(a: tuple[str, str, int | None], b: tuple[str, str, int | None]) -> bool:
+    """Whether two (scheme, host, port) triples are one origin (RFC 6454), port None
+    meaning the scheme's default: a redirect between them keeps the credentials."""
+    (scheme_a, host_a, port_a), (scheme_b, host_b, port_b) = a, b
+    scheme_a, scheme_b = scheme_a.lower(), scheme_b.lower()
+    return (
+        scheme_a == scheme_b
+        and host_a.lower() == host_b.lower()
+        and (port_a or _DEFAULT_PORTS.get(scheme_a)) == (port_b or _DEFAULT_PORTS.get(scheme_b))
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
