@@ -19,7 +19,9 @@ __all__ = (
     "ClientError",
     "ConfigError",
     "EncodeError",
+    "InputTypeError",
     "LimitExceeded",
+    "NotAnEventStream",
     "OpenAIStreamError",
     "ProxyError",
     "ResponseError",
@@ -89,6 +91,32 @@ class LimitExceeded(SSEError):
 
 class EncodeError(SSEError, ValueError):
     """The caller asked the encoder for something SSE cannot carry intact."""
+
+
+class InputTypeError(SSEError, TypeError):
+    """The caller passed a value of the wrong type (also a ``TypeError``); nothing changed.
+
+    ``argument`` names the parameter and ``got`` the name of the type passed, as in
+    ``Decoder().feed("text")`` (``argument="data"``, ``got="str"``: encode it first) or
+    ``iter_events(b"...")`` (``argument="chunks"``, ``got="bytes"``: wrap it in a list).
+    """
+
+    def __init__(self, message: str, *, argument: str, got: str) -> None:
+        self.argument = argument
+        self.got = got
+        super().__init__(message)
+
+
+class NotAnEventStream(SSEError):
+    """The bytes read as an event stream were a JSON document that dispatched no event.
+
+    That is an API's error answer (a 401's ``{"error": {...}}``, say) read as a
+    stream: the status was not checked. ``body`` is the document, decoded.
+    """
+
+    def __init__(self, message: str, body: str) -> None:
+        self.body = body
+        super().__init__(message)
 
 
 class OpenAIStreamError(SSEError):
