@@ -117,6 +117,11 @@ async def start_upstream(
     return f"{'https' if tls else 'http'}://{'localhost' if tls else '127.0.0.1'}:{port}", seen
 
 
+#: The HTTP/1.1 engine the proxy and the mock started here run on (conftest's
+#: ``http_engine`` fixture sets it for each test that asks).
+HTTP_ENGINE = "ssekit"
+
+
 async def start_proxy(tg: anyio.abc.TaskGroup, upstream: str, **settings: Any) -> str:
     host, port = await tg.start(
         lambda task_status: serve(

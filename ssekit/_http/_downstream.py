@@ -17,8 +17,9 @@ import anyio
 import anyio.abc
 
 from . import _stream
+from ._engine import ServerSide, server_connection
 from ._headers import Headers
-from ._server import RequestError, ServerConnection, Signal
+from ._server import RequestError, Signal
 from ._stream import FastStream, Stream
 from ._wire import RequestHead
 
@@ -94,14 +95,20 @@ class Downstream:
     __slots__ = ("addr", "conn", "last_write", "send_timeout", "stalled", "stream")
 
     def __init__(
-        self, stream: Stream, max_header_size: int, send_timeout: float | None = None
+        self,
+        stream: Stream,
+        max_header_size: int,
+        send_timeout: float | None = None,
+        *,
+        engine: str = "ssekit",
     ) -> None:
         self.stream = stream
         #: A write the client takes none of for this long cuts it (None: no limit).
         self.send_timeout = send_timeout
         #: True once the client was cut for taking nothing (see :meth:`cut_stalled`).
         self.stalled = False
-        self.conn = ServerConnection(max_header_size)
+        #: Its HTTP/1.1 state, on ``engine`` (``_engine.ENGINES``: ssekit's own, or h11).
+        self.conn: ServerSide = server_connection(engine, max_header_size)
         addr = stream.extra(anyio.abc.SocketAttribute.remote_address, ("?", 0))
         self.addr = str(addr[0]) if isinstance(addr, tuple) else str(addr)
         self.last_write = time.monotonic()
