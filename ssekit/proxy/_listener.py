@@ -279,8 +279,9 @@ class Proxy:
                 with contextlib.suppress(OSError, AttributeError):
                     sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            cfg = self.config
             client = Downstream(
-                stream, self.config.max_header_size, send_timeout=self.config.send_timeout
+                stream, cfg.max_header_size, send_timeout=cfg.send_timeout, engine=cfg.http
             )
             if self._connections > self.config.max_connections:
                 await self._refuse_raw(client, 503, "too many connections", Input.OVERLOADED)

@@ -104,6 +104,8 @@ class Metrics:
     resume_given_up: int = 0
     resume_reads: int = 0
     resume_store_errors: int = 0
+    #: The HTTP/1.1 engine serving both sides (``--http``), shown as an info gauge.
+    engine: str = "ssekit"
 
     def snapshot(self) -> dict[str, object]:
         """The counters as JSON-able data, for another worker process to add up."""
@@ -116,7 +118,10 @@ class Metrics:
     def plus(self, snapshots: Iterable[dict[str, Any]]) -> Metrics:
         """A new Metrics: these counters plus other workers' ``snapshot()`` data."""
         total = Metrics(
-            requests=dict(self.requests), outcomes=dict(self.outcomes), resume_on=self.resume_on
+            requests=dict(self.requests),
+            outcomes=dict(self.outcomes),
+            resume_on=self.resume_on,
+            engine=self.engine,
         )
         for name in _SUMMED:
             setattr(total, name, getattr(self, name))
@@ -176,6 +181,9 @@ class Metrics:
             "# TYPE ssekit_first_event_seconds summary",
             f"ssekit_first_event_seconds_sum {self.first_event_seconds_sum:.6f}",
             f"ssekit_first_event_seconds_count {self.first_event_count}",
+            "# HELP ssekit_http_engine The HTTP/1.1 engine serving both sides (--http).",
+            "# TYPE ssekit_http_engine gauge",
+            f'ssekit_http_engine{{engine="{self.engine}"}} 1',
         ]
         if self.resume_on:
             lines += [
