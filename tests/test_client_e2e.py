@@ -25,7 +25,8 @@ import ssekit
 from ssekit.client import RetryPolicy, chat_text, connect, listen, stream_sync
 from ssekit.proxy._mock import mock_text
 
-pytestmark = pytest.mark.anyio
+# Every test on both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_engine")]
 FAST = RetryPolicy(initial_retry=50, jitter=0, max_retries=5)
 
 
