@@ -488,3 +488,21 @@ def test_a_request_chunk_arriving_a_byte_at_a_time_comes_out_whole(engine: str) 
                 break
     assert [e for e in events if isinstance(e, bytes)] == [b"hello", b"you"]
     assert events[-1] is Signal.END
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_read_that_breaks_a_chunked_body_is_refused_whole_by_ssekit_only(engine: str) -> None:
+    """Where the engines differ: h11 hands on the chunks a read completed before the byte
+    that breaks the body (then refuses it); ssekit's engine refuses that read whole."""
+    conn = server_connection(engine, LIMIT)
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert isinstance(conn.next_event(), RequestHead)
+    conn.receive_data(b"5\r\nhelloXX0\r\n\r\n")  # 'hello', then no CRLF where it is due
+    pieces = []
+    with pytest.raises(RequestError) as caught:
+        while True:
+            event = conn.next_event()
+            assert isinstance(event, bytes)
+            pieces.append(event)
+    assert caught.value.status == 400
+    assert pieces == ([b"hello"] if engine == "h11" else [])
