@@ -319,7 +319,8 @@ class OriginConnection:
         if h11 is not None:
             self._framing = ("h11", 0)
             self.read_to_close = h11.read_to_close
-            h11.feed(b"")  # a body that is empty (HEAD, 204, a length of 0) ends now
+            with _translated("reading the body", self._origin):
+                h11.feed(b"")  # a body that is empty (HEAD, 204, a length of 0) ends now
             if h11.done:
                 self._body_end(self._buffer)
             return head
