@@ -1,9 +1,10 @@
 """The proxy side by side with nginx (as an SSE reverse proxy) and a direct connection.
 
-    python -m benchmarks.bench_proxy [--quick]
+    python -m benchmarks.bench_proxy [--quick] [--http both|ssekit|h11]
 
 One purpose-built upstream (a separate process) streams timestamped SSE events.
-The client here measures, per path (direct, ssekit, nginx when installed):
+The client here measures, per path (direct, ssekit on each HTTP/1.1 engine chosen:
+``ssekit`` its own, ``ssekit --http h11`` on h11; nginx when installed):
 added latency per event (p50/p99) for sequential streams and for 100 concurrent
 streams, one fast 100 MB stream's throughput, how long until the upstream sees
 the client's disconnect, and the proxy's memory growth under a 1 KB/s client.
@@ -399,9 +400,28 @@ def start_ssekit(up_port: int, log: Path, *extra: str) -> tuple[subprocess.Popen
     return proxy, port
 
 
+#: ``--http`` choices: the engines each choice runs, the first also for workers and resume.
+HTTP_CHOICES: dict[str, tuple[str, ...]] = {
+    "both": ("ssekit", "h11"),
+    "ssekit": ("ssekit",),
+    "h11": ("h11",),
+}
+
+
+def engine_path(engine: str) -> str:
+    """A path's name for the proxy on ``engine``: ``ssekit``, ``ssekit --http h11``."""
+    return "ssekit" if engine == "ssekit" else f"ssekit --http {engine}"
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer events, 20 MB, 3 s slow client")
+    parser.add_argument(
+        "--http",
+        choices=tuple(HTTP_CHOICES),
+        default="both",
+        help="the proxy's HTTP/1.1 engine(s), side by side (default: both)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument("--workers", type=int, default=0, help="also ssekit --workers N (0: no)")
     parser.add_argument(
@@ -417,12 +437,15 @@ def main(argv: list[str] | None = None) -> list[str]:
         wait_port(up_port)
         paths: dict[str, tuple[int, list[int]]] = {"direct": (up_port, [])}
 
-        proxy, proxy_port = start_ssekit(up_port, tmp / "ssekit.log")
-        procs.append(proxy)
-        paths["ssekit"] = (proxy_port, [proxy.pid])
+        engines = HTTP_CHOICES[args.http]
+        for engine in engines:
+            proxy, proxy_port = start_ssekit(up_port, tmp / f"{engine}.log", "--http", engine)
+            procs.append(proxy)
+            paths[engine_path(engine)] = (proxy_port, [proxy.pid])
+        first = ("--http", engines[0])  # workers and the resume stores run on this engine
         if args.workers:
             workers, workers_port = start_ssekit(
-                up_port, tmp / "workers.log", "--workers", str(args.workers)
+                up_port, tmp / "workers.log", "--workers", str(args.workers), *first
             )
             procs.append(workers)
             paths[f"ssekit --workers {args.workers}"] = (workers_port, [workers.pid])
@@ -430,7 +453,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         resume_paths: dict[str, int | None] = {}  # name -> the Redis port (None: memory)
         if args.resume:
             memory, memory_port = start_ssekit(
-                up_port, tmp / "memory.log", "--resume-store", "memory"
+                up_port, tmp / "memory.log", "--resume-store", "memory", *first
             )
             procs.append(memory)
             paths["ssekit, memory store"] = (memory_port, [memory.pid])
@@ -440,7 +463,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 procs.append(redis[0])
                 url = f"redis://127.0.0.1:{redis[1]}/0"
                 remote, remote_port = start_ssekit(
-                    up_port, tmp / "redis.log", "--resume-store", url
+                    up_port, tmp / "redis.log", "--resume-store", url, *first
                 )
                 procs.append(remote)
                 paths["ssekit, redis store"] = (remote_port, [remote.pid])
@@ -494,17 +517,18 @@ def main(argv: list[str] | None = None) -> list[str]:
         for name, runs in rounds.items()
     }
     resumed = {name: results.pop(name) for name in resume_paths}
-    out = report(results, len(rounds["direct"]))
+    main_path = engine_path(HTTP_CHOICES[args.http][0])
+    out = report(results, len(rounds["direct"]), main_path)
     if resumed:
-        out += report_resume(results, resumed)
+        out += report_resume(results, resumed, main_path)
     return out
 
 
 def report_resume(
-    results: dict[str, dict[str, float]], resumed: dict[str, dict[str, float]]
+    results: dict[str, dict[str, float]], resumed: dict[str, dict[str, float]], main_path: str
 ) -> list[str]:
-    """The resume stores beside the store off (the ssekit row), same rounds."""
-    direct, off = results["direct"], results["ssekit"]
+    """The resume stores beside the store off (the ``main_path`` row), same rounds."""
+    direct, off = results["direct"], results[main_path]
     out = [
         "",
         "## Proxy: resumable streams",
@@ -546,7 +570,9 @@ def report_resume(
     return out
 
 
-def report(results: dict[str, dict[str, float]], rounds: int) -> list[str]:
+def report(results: dict[str, dict[str, float]], rounds: int, main_path: str) -> list[str]:
+    """The table, then the targets, held by the ``main_path`` row (ssekit's own engine, unless
+    only h11 ran); h11's engine beside it when both ran."""
     direct = results["direct"]
     out = [
         "## Proxy",
@@ -570,7 +596,7 @@ def report(results: dict[str, dict[str, float]], rounds: int) -> list[str]:
             f"{r['mbps']:.0f} | {cpu_m} | {r['ttfb50']:.1f} | {r['whole500']:.0f}/500 | "
             f"{r['disconnect']:.1f} | {growth} |"
         )
-    s = results["ssekit"]
+    s = results[main_path]
     checks = [
         ("added p50 <= 0.15 ms (sequential)", s["p50"] - direct["p50"] <= 0.15),
         ("added p99 <= 1 ms (sequential)", s["p99"] - direct["p99"] <= 1),
@@ -591,8 +617,18 @@ def report(results: dict[str, dict[str, float]], rounds: int) -> list[str]:
             (f"CPU per MB <= 3x nginx ({mb_ratio:.1f}x)", mb_ratio <= 3),
             (f"TTFB p50, 100 at once <= 1.5x nginx ({ttfb_ratio:.2f}x)", ttfb_ratio <= 1.5),
         ]
-    out += ["", "### Targets", ""]
+    out += ["", f"### Targets ({main_path})", ""]
     out += [f"- {label}: {'PASS' if ok else 'FAIL'}" for label, ok in checks]
+    h11 = results.get(engine_path("h11"))
+    if h11 is not None and main_path != engine_path("h11"):
+        out += ["", "### h11's engine beside ssekit's own (ratios, h11 / ssekit)", ""]
+        for key, label in (
+            ("cpu_event_us", "CPU per event"),
+            ("cpu_mb_ms", "CPU per MB"),
+            ("ttfb50", "TTFB p50, 100 at once"),
+            ("mbps", "1-stream MB/s"),
+        ):
+            out.append(f"- {label}: {h11[key] / max(s[key], 1e-9):.2f}x")  # fmt: skip
     print("\n".join(out), flush=True)
     return out
 

@@ -13,6 +13,7 @@ from dataclasses import Field, fields
 from typing import Any
 
 from ._errors import ConfigError
+from ._http import ENGINES
 from .proxy._config import ProxyConfig
 
 __all__ = ("main",)
@@ -25,6 +26,8 @@ examples:
       keep the key on the server; clients send no key (or --client-token-env tokens)
   ssekit proxy --upstream http://10.0.0.5:8000/v1-prefix --listen 0.0.0.0:8080 --heartbeat 15
       bind all interfaces (an explicit choice) and keep idle load balancers from cutting streams
+  ssekit proxy --http h11
+      both sides of the proxy (and the built-in mock) on h11, the reference HTTP/1.1
   ssekit mock-upstream --listen 127.0.0.1:9000 --tokens 100 --delay 0.02
 
 try it:
@@ -59,14 +62,18 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
         return super()._get_help_string(action)
 
 
+#: ProxyConfig fields that take one of a few names, and those names.
+_CHOICES: dict[str, tuple[str, ...]] = {"log_format": ("text", "json"), "http": ENGINES}
+
+
 def _add_config_option(parser: argparse.ArgumentParser, option: Field[Any]) -> None:
     """``--dashed-name`` for a ProxyConfig field: its default and help said there, once."""
     name = "--" + option.name.replace("_", "-")
     default, help = option.default, option.metadata["help"]
     if isinstance(default, bool):
         parser.add_argument(name, action="store_true", help=help)
-    elif isinstance(default, str) and option.name == "log_format":
-        parser.add_argument(name, choices=("text", "json"), default=default, help=help)
+    elif option.name in _CHOICES:
+        parser.add_argument(name, choices=_CHOICES[option.name], default=default, help=help)
     else:
         kind: Callable[[str], object] = str
         if option.name in ("drain_timeout", "resume_grace"):  # 0 is meaningful
@@ -182,6 +189,12 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument(
         "--delay", type=float, default=0.05, metavar="S", help="seconds between chunk events"
     )
+    mock.add_argument(
+        "--http",
+        choices=ENGINES,
+        default=_default("http"),
+        help="HTTP/1.1 engine: ssekit's own (fast), or h11, the reference it is held to",
+    )
     return parser  # fmt: skip
 
 
@@ -265,13 +278,19 @@ def _run_mock(args: argparse.Namespace) -> int:
     from .proxy import MockConfig, serve_mock
 
     host, port = args.listen
-    config = MockConfig(listen_host=host, listen_port=port, tokens=args.tokens, delay=args.delay)
+    config = MockConfig(
+        listen_host=host, listen_port=port, tokens=args.tokens, delay=args.delay, http=args.http
+    )
 
     async def run() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as tg:
                 bound = await tg.start(serve_mock, config)
-                print(f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]}", flush=True)
+                print(
+                    f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]} "
+                    f"(http: {config.http})",
+                    flush=True,
+                )
                 await _first_signal(signals)
                 tg.cancel_scope.cancel()
 
@@ -312,6 +331,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
 
 
 def _banner(base: str, upstream: str, admin_prefix: str, how: str) -> None:
+    """What runs where; ``how``: comma-separated facts, ``key: value`` (event loop, http)."""
     print(
         f"ssekit proxy listening on {base} -> {upstream} ({how})\n"
         f"metrics: {base}{admin_prefix}/metrics\n"
@@ -377,14 +397,15 @@ def _run_single(args: argparse.Namespace, settings: dict[str, Any], loop: tuple[
         async with anyio.create_task_group() as tg:
             upstream = args.upstream
             if upstream is None:
-                mock_host, mock_port = await tg.start(serve_mock, MockConfig(listen_port=0))
+                mock = MockConfig(listen_port=0, http=settings["http"])
+                mock_host, mock_port = await tg.start(serve_mock, mock)
                 upstream = f"http://{mock_host}:{mock_port}"
                 print(f"ssekit: no --upstream given; built-in mock upstream on {upstream}")
             config = ProxyConfig(upstream=upstream, **settings)
 
             def started(bound: tuple[str, int]) -> None:
-                base = f"http://{bound[0]}:{bound[1]}"
-                _banner(base, upstream, config.admin_prefix, f"event loop: {name}")
+                how = f"event loop: {name}, http: {config.http}"
+                _banner(f"http://{bound[0]}:{bound[1]}", upstream, config.admin_prefix, how)
 
             await _serve_until_signal(config, started=started)
             tg.cancel_scope.cancel()
@@ -417,7 +438,8 @@ def _run_workers(args: argparse.Namespace, settings: dict[str, Any], loop: tuple
         def run_mock() -> int:
             async def main() -> None:
                 async with anyio.create_task_group() as tg:
-                    _, bound = await tg.start(serve_mock, MockConfig(listen_port=0))
+                    mock = MockConfig(listen_port=0, http=settings["http"])
+                    _, bound = await tg.start(serve_mock, mock)
                     os.write(write_end, b"%d\n" % bound)
 
             anyio.run(main, backend_options=backend_options)
@@ -462,7 +484,7 @@ def _run_workers(args: argparse.Namespace, settings: dict[str, Any], loop: tuple
             f"http://{host}:{port}",
             upstream,
             config.admin_prefix,
-            f"{args.workers} workers, event loop: {name}",
+            f"{args.workers} workers, event loop: {name}, http: {config.http}",
         )
         return supervisor.run()
     finally:

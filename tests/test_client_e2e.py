@@ -26,7 +26,8 @@ import ssekit
 from ssekit.client import RetryPolicy, chat_text, connect, listen, stream_sync
 from ssekit.proxy._mock import mock_text
 
-pytestmark = pytest.mark.anyio
+# Every test on both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_engine")]
 # min_delay=0: no floor under the 50 ms (the storm tests check the floor).
 FAST = RetryPolicy(initial_retry=50, jitter=0, max_retries=5, min_delay=0)
 

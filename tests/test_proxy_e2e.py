@@ -18,7 +18,9 @@ from _servers import (
     Seen,
     chunk,
     deadline,
+    mock_config,
     parse_chunked,
+    proxy_config,
     raw_exchange,
     read_request,
     start_connect_proxy,
@@ -31,7 +33,8 @@ from hypothesis import given, settings
 
 import ssekit
 
-pytestmark = pytest.mark.anyio
+# Every test on both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_engine")]
 CHAT = {"model": "ssekit-mock", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -353,7 +356,7 @@ async def test_connect_failures_before_the_first_byte_are_retried() -> None:
             await anyio.sleep(0.15)
             await tg.start(
                 lambda task_status: ssekit.proxy.serve_mock(
-                    ssekit.proxy.MockConfig(listen_port=port, tokens=2, delay=0),
+                    mock_config(listen_port=port, tokens=2, delay=0),
                     task_status=task_status,
                 )
             )
@@ -689,7 +692,7 @@ async def test_graceful_drain_lets_streams_finish_and_stops_accepting() -> None:
     async with deadline(20) as tg:
         mock = await start_mock(tg, tokens=10, delay=0.05)
         shutdown = anyio.Event()
-        config = ssekit.proxy.ProxyConfig(upstream=mock, listen_port=0, drain_timeout=5)
+        config = proxy_config(mock, drain_timeout=5)
         host, port = await tg.start(
             lambda task_status: ssekit.proxy.serve(
                 config, task_status=task_status, shutdown=shutdown
@@ -713,7 +716,7 @@ async def test_drain_deadline_cuts_streams_that_run_too_long() -> None:
     async with deadline(20) as tg:
         mock = await start_mock(tg, tokens=100, delay=0.05)
         shutdown = anyio.Event()
-        config = ssekit.proxy.ProxyConfig(upstream=mock, listen_port=0, drain_timeout=0.2)
+        config = proxy_config(mock, drain_timeout=0.2)
         host, port = await tg.start(
             lambda task_status: ssekit.proxy.serve(
                 config, task_status=task_status, shutdown=shutdown

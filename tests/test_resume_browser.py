@@ -136,4 +136,5 @@ def drive(relay: str) -> dict[str, object]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-pytestmark = pytest.mark.timeout(180)
+# On both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("http_engine")]

@@ -34,11 +34,13 @@ from _servers import (
     start_upstream,
     wait_closed,
 )
+from redis import Redis
 
 import ssekit
 from ssekit.proxy._mock import mock_text
 
-pytestmark = pytest.mark.anyio
+# Every test on both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_engine")]
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +51,16 @@ def redis() -> Iterator[RedisServer]:
 
 @pytest.fixture(params=["memory", "redis"])
 def store(request: pytest.FixtureRequest) -> str:
-    """The --resume-store value: the memory store, or a real redis-server's URL."""
+    """The --resume-store value: the memory store, or a real redis-server's URL (emptied
+    first: a test run again, on the other HTTP engine, reuses its stream ids)."""
     if request.param == "memory":
         return "memory"
     server: RedisServer = request.getfixturevalue("redis")
+    client = Redis.from_url(server.url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
     return server.url
 
 

@@ -27,7 +27,8 @@ import ssekit
 from ssekit.proxy._mock import mock_text
 from ssekit.proxy._resume._redis import LIVENESS_EVERY, LIVENESS_TTL
 
-pytestmark = pytest.mark.anyio
+# Every test on both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_engine")]
 
 #: A dead owner shows as a cut within its liveness key's lifetime plus one check.
 OWNER_DEATH_SEEN_WITHIN = LIVENESS_TTL + LIVENESS_EVERY

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._errors import ConfigError
-from .._http import Origin
+from .._http import Origin, check_engine
 
 __all__ = ("Origin", "ProxyConfig")
 
@@ -124,6 +124,11 @@ class ProxyConfig:
         "N",
     )
     log_format: Literal["text", "json"] = _option("text", "one line per request on stderr")
+    http: Literal["ssekit", "h11"] = _option(
+        "ssekit",
+        "HTTP/1.1 engine for both sides, the clients' connections and the upstream's (and "
+        "the built-in mock): ssekit's own (fast), or h11, the reference it is held to",
+    )
     no_access_log: bool = _option(
         False, "log only the requests that failed (the metrics still count every one)"
     )
@@ -200,6 +205,7 @@ class ProxyConfig:
                     "surrounding spaces"
                 )
         self._check_resume()
+        check_engine(self.http)
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log format {self.log_format!r} is not text or json")
 

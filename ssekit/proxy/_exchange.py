@@ -74,7 +74,7 @@ class Shared:
 
     def __init__(self, config: ProxyConfig, metrics_dir: str | None = None) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(engine=config.http)
         #: Where sibling worker processes leave their counters (None: one process).
         self.metrics_dir = None if metrics_dir is None else Path(metrics_dir)
         ssl_context = (
@@ -87,6 +87,7 @@ class Shared:
             ssl_context=ssl_context,
             proxy=config.proxy_origin,
             max_head_size=config.max_header_size,
+            engine=config.http,
         )
         self.cutting = False
         self._key = 0

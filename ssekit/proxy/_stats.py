@@ -108,6 +108,8 @@ class Metrics:
     resume_given_up: int = 0
     resume_reads: int = 0
     resume_store_errors: int = 0
+    #: The HTTP/1.1 engine serving both sides (``--http``), shown as an info gauge.
+    engine: str = "ssekit"
 
     def snapshot(self) -> dict[str, object]:
         """The counters as JSON-able data, for another worker process to add up."""
@@ -120,7 +122,10 @@ class Metrics:
     def plus(self, snapshots: Iterable[dict[str, Any]]) -> Metrics:
         """A new Metrics: these counters plus other workers' ``snapshot()`` data."""
         total = Metrics(
-            requests=dict(self.requests), outcomes=dict(self.outcomes), resume_on=self.resume_on
+            requests=dict(self.requests),
+            outcomes=dict(self.outcomes),
+            resume_on=self.resume_on,
+            engine=self.engine,
         )
         for name in _SUMMED:
             setattr(total, name, getattr(self, name))
@@ -185,6 +190,9 @@ class Metrics:
             "'_' in their name (--underscores-in-headers keeps them).",
             "# TYPE ssekit_dropped_headers_total counter",
             f"ssekit_dropped_headers_total {self.dropped_headers}",
+            "# HELP ssekit_http_engine The HTTP/1.1 engine serving both sides (--http).",
+            "# TYPE ssekit_http_engine gauge",
+            f'ssekit_http_engine{{engine="{self.engine}"}} 1',
         ]
         if self.resume_on:
             lines += [
