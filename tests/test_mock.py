@@ -59,15 +59,15 @@ async def test_numbered_events_resume_after_last_event_id_and_can_be_cut() -> No
 
 
 async def test_the_mock_serves_on_the_engine_it_was_given(http_engine: str) -> None:
-    """A trailer field h11 refuses (ssekit's engine skips trailers): on h11 the mock closes
-    the connection unanswered, as it does for any malformed request; on ssekit's it answers
-    the body (not JSON) with a 400."""
+    """A chunk-size line with a 5 KB extension: h11 reads it (and the mock answers the
+    body, not JSON, with a 400); ssekit's engine bounds such a line at 4 KiB, refuses the
+    request, and the mock closes the connection unanswered, as for any malformed one."""
     request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-    request += b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nnot a field\r\n\r\n"
+    request += b"Transfer-Encoding: chunked\r\n\r\n2;" + b"e" * 5000 + b"\r\nhi\r\n0\r\n\r\n"
     async with deadline(10) as tg:
         mock = await start_mock(tg)
         response = await raw_exchange(mock, request)
     if http_engine == "h11":
-        assert response == b""
-    else:
         assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n"), response[:200]
+    else:
+        assert response == b""

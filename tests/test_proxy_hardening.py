@@ -747,20 +747,21 @@ async def test_a_read_to_close_upstream_stalling_at_a_boundary_gets_the_error_ev
 # -- framing: where the engines differ (and proof --http reaches both sides) -------------
 
 
-async def test_a_malformed_request_trailer_field_is_refused_on_h11_and_skipped_on_ssekit(
+LONG_EXTENSION = b";" + b"e" * 5000  # over ssekit's 4 KiB chunk-size line; h11 reads it
+
+
+async def test_a_long_chunk_extension_from_a_client_is_read_on_h11_and_refused_on_ssekit(
     http_engine: str,
 ) -> None:
-    """The client side runs on the engine chosen: h11 parses trailer fields and refuses a
-    malformed one (400, the client's fault); ssekit's engine skips them unread (they are
-    never forwarded) and the request goes through."""
+    """The client side runs on the engine chosen: h11 reads a chunk-size line of any
+    length up to its head bound, and the body goes through; ssekit's engine refuses it
+    (400, the client's fault) and nothing goes upstream."""
     request = b"POST /v1/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-    request += b"Connection: close\r\n\r\n2\r\nhi\r\n0\r\nnot a field\r\n\r\n"
+    request += b"Connection: close\r\n\r\n2" + LONG_EXTENSION + b"\r\nhi\r\n0\r\n\r\n"
 
     async def answer(peer: Peer, seen: Seen) -> None:
         head = await peer.head()
-        while not peer.buffer.endswith(b"0\r\n\r\n"):  # on h11, the proxy hangs up first
-            peer.buffer += await peer.stream.receive()
-        seen.requests.append(head + b"\r\n\r\n" + peer.buffer)
+        seen.requests.append(head + b"\r\n\r\n" + await peer.exactly(2))
         await peer.stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
     async with deadline(10) as tg:
@@ -769,26 +770,27 @@ async def test_a_malformed_request_trailer_field_is_refused_on_h11_and_skipped_o
         response = await exchange(base, request)
         metrics = await get_metrics(base)
     if http_engine == "h11":
-        assert status_of(response) == 400, response[:300]
-        assert outcomes(metrics) == {"bad_request": 1}
-    else:
         assert status_of(response) == 200, response[:300]
         assert response.endswith(b"\r\n\r\nok")
-        assert seen.requests[0].endswith(b"\r\n\r\n2\r\nhi\r\n0\r\n\r\n")  # our own framing
+        assert seen.requests[0].endswith(b"\r\ncontent-length: 2\r\n\r\nhi")  # our own
         assert outcomes(metrics) == {"complete": 1}
+    else:
+        assert status_of(response) == 400, response[:300]
+        assert seen.connections == 0
+        assert outcomes(metrics) == {"bad_request": 1}
 
 
-async def test_a_malformed_upstream_trailer_field_cuts_the_stream_on_h11_only(
+async def test_a_long_chunk_extension_from_upstream_cuts_the_stream_on_ssekit_only(
     http_engine: str,
 ) -> None:
-    """The upstream side runs on the engine chosen: after a chunk, a trailer h11 refuses
-    cuts the client's stream (what came before it arrives whole); ssekit's engine ends
-    the stream cleanly."""
+    """The upstream side runs on the engine chosen: after a chunk, a chunk-size line
+    ssekit's engine refuses cuts the client's stream (what came before it arrives whole);
+    h11 reads it and the stream ends cleanly."""
 
     async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
         await stream.send(SSE_HEAD + chunk(b"data: one\n\n"))
         await anyio.sleep(0.05)
-        await stream.send(b"0\r\nnot a field\r\n\r\n")
+        await stream.send(b"b" + LONG_EXTENSION + b"\r\ndata: two\n\n\r\n0\r\n\r\n")
         await wait_closed(stream, seen)
 
     async with deadline(10) as tg:
@@ -799,9 +801,12 @@ async def test_a_malformed_upstream_trailer_field_cuts_the_stream_on_h11_only(
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 "), head
     chunks, complete = dechunk(body)
-    assert chunks == [b"data: one\n\n"]
-    assert complete is (http_engine == "ssekit")
-    assert outcomes(metrics) == ({"upstream_cut": 1} if http_engine == "h11" else {"complete": 1})
+    if http_engine == "h11":
+        assert (chunks, complete) == ([b"data: one\n\n", b"data: two\n\n"], True)
+        assert outcomes(metrics) == {"complete": 1}
+    else:
+        assert (chunks, complete) == ([b"data: one\n\n"], False)
+        assert outcomes(metrics) == {"upstream_cut": 1}
 
 
 # -- framing and blame: a reused upstream connection that was closed --------------
