@@ -276,6 +276,13 @@ async def test_bad_ids_get_400_and_unknown_streams_404_as_openai_errors() -> Non
             assert error["code"] == 400
         refused = await resume(base, stream_id, query="?last_event_id=-1")
         assert refused.status == 400
+        # Thousands of digits (past int()'s 4300): a 400 too, never an internal error.
+        for long in (
+            await resume(base, stream_id, last_event_id="9" * 5000),
+            await resume(base, stream_id, query="?last_event_id=" + "9" * 5000),
+        ):
+            assert long.status == 400
+            assert error_of(long)["code"] == 400
         unknown = await resume(base, "no-such-stream")
         assert unknown.status == 404
         assert json.loads(unknown.body)["error"]["code"] == 404

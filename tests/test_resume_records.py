@@ -88,6 +88,21 @@ def test_anything_else_is_refused_never_read_as_the_start(value: str) -> None:
     assert refusal.status == 400
 
 
+@pytest.mark.parametrize("digits", [20, 4301, 5000])
+def test_a_position_of_thousands_of_digits_is_refused_not_converted(digits: int) -> None:
+    # int() raises ValueError past 4300 digits: the length is checked first (issue 20.3).
+    for refusal in (
+        start_position(b"7" * digits, "/s", 5),
+        start_position(None, "/s?last_event_id=" + "7" * digits, 5),
+    ):
+        assert isinstance(refusal, Refusal)
+        assert refusal.status == 400
+
+
+def test_leading_zeros_do_not_count_against_the_length() -> None:
+    assert start_position(b"0" * 30 + b"3", "/s", 5) == 3
+
+
 def test_the_header_wins_over_the_query() -> None:
     # A browser EventSource reconnects to the same URL with a newer Last-Event-ID.
     assert start_position(b"4", "/s?last_event_id=1", 5) == 4

@@ -127,7 +127,14 @@ def start_position(header: bytes | None, target: str, count: int) -> int | Refus
             return 0
         text, where = values[-1], "last_event_id"
     # ASCII digits only: int() would take " 5", "+5", Arabic-Indic digits and "1_0".
-    if not (text.isascii() and text.isdigit()) or int(text) > count:
+    # No more digits than the count has (leading zeros aside) before int(): past 4300
+    # digits int() raises, and a long number costs quadratic time to convert.
+    digits = text.lstrip("0")
+    if (
+        not (text.isascii() and text.isdigit())
+        or len(digits) > len(str(count))
+        or int(digits or "0") > count
+    ):
         return Refusal(
             400,
             f"{where} {text[:40]!r} is not a position in this stream: send a whole number "
