@@ -17,6 +17,7 @@ from ssekit.proxy._resume._records import (
     grace_expired,
     new_stream_id,
     owner_lost,
+    pieces,
     plan_resume,
     scoped_key,
     start_position,
@@ -147,6 +148,24 @@ def test_a_stored_event_comes_back_the_same_with_its_position_as_id(
     (back,) = ssekit.Decoder().feed(wire)
     normalised = data.replace("\r\n", "\n").replace("\r", "\n")
     assert back == ssekit.Event(data=normalised, event=event, id=str(position), retry=retry)
+
+
+@given(
+    sizes=st.lists(st.integers(0, 300), max_size=30),
+    limit=st.integers(1, 200),
+)
+@example(sizes=[], limit=10)
+@example(sizes=[0, 0, 0], limit=1)
+@example(sizes=[50, 5, 400, 5], limit=64)
+def test_the_replay_is_written_in_bounded_pieces_that_join_to_the_framed_events(
+    sizes: list[int], limit: int
+) -> None:
+    events = [(n, b"d" * size) for n, size in enumerate(sizes, 1)]
+    written = list(pieces(events, limit))
+    assert b"".join(written) == b"".join(frame(n, body) for n, body in events)
+    assert all(written)
+    for piece in written:  # at most the limit, or one small event's frame past it
+        assert len(piece) <= limit or piece.count(b"\n\n") == 1
 
 
 def test_grace_and_owner_rules() -> None:

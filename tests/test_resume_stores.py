@@ -14,6 +14,7 @@ import pytest
 from _resume_helpers import RedisServer, redis_server, wait_for
 
 from ssekit.proxy._resume import MemoryStore, Store
+from ssekit.proxy._resume._memory import held
 from ssekit.proxy._resume._records import State, StreamInfo
 from ssekit.proxy._resume._redis import RedisStore
 
@@ -214,21 +215,23 @@ async def test_an_ended_stream_expires_after_the_ttl(redis: RedisServer) -> None
 
 
 async def test_the_memory_store_drops_the_oldest_finished_streams_past_its_limit() -> None:
-    store = MemoryStore(ttl=60, max_bytes=400, limit=1000)
+    cost = held(b"x" * 300)  # what the store really holds for a 300-byte event
+    assert cost > 300
+    store = MemoryStore(ttl=60, max_bytes=400, limit=3 * cost + 100)
     keys = [new_key() for _ in range(4)]
     for key in keys[:3]:
         writer = store.open(key, key)
         writer.append(b"x" * 300)
         writer.end(State.DONE)
-    assert store.total == 900
+    assert store.total == 3 * cost
     live = store.open(keys[3], keys[3])
-    live.append(b"y" * 300)  # 1200 > 1000: the oldest finished goes
-    assert store.total == 900
+    live.append(b"y" * 300)  # over the limit: the oldest finished goes
+    assert store.total == 3 * cost
     assert await store.lookup(keys[0]) is None
     assert await store.lookup(keys[1]) is not None
     assert live.resumable
     # Only live streams over the limit: the one that grew is given up, its memory freed.
-    store = MemoryStore(ttl=60, max_bytes=800, limit=1000)
+    store = MemoryStore(ttl=60, max_bytes=800, limit=held(b"x" * 300) + held(b"z" * 400) + 100)
     first, second = store.open("-/1", "1"), store.open("-/2", "2")
     first.append(b"x" * 300)
     second.append(b"z" * 400)
@@ -237,4 +240,4 @@ async def test_the_memory_store_drops_the_oldest_finished_streams_past_its_limit
     # Its own bound (800) took the 350 bytes (count 2): the store's limit gave it up.
     assert second.count == 2
     assert first.resumable
-    assert store.total == 300
+    assert store.total == held(b"x" * 300)

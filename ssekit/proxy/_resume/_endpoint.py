@@ -20,7 +20,7 @@ from .._config import token_matches
 from .._relay import Input, Relay
 from .._stats import StreamStats
 from ._hook import STREAM_ID_HEADER, Resume, client_token
-from ._records import Refusal, State, frame, plan_resume, scoped_key, valid_key
+from ._records import Refusal, State, pieces, plan_resume, scoped_key, valid_key
 from ._store import StoreUnavailable
 
 __all__ = ("serve_streams",)
@@ -95,10 +95,12 @@ async def serve_streams(
                         if isinstance(batch, State):
                             end = batch
                             break
-                        data = b"".join([frame(position, body) for position, body in batch])
-                        await client.send_data(data)
+                        # In pieces, each written (and waited for) before the next is
+                        # made: a reader that takes nothing holds one, not the backlog.
+                        for piece in pieces(batch):
+                            await client.send_data(piece)
+                            stats.body_bytes += len(piece)
                         stats.events += len(batch)
-                        stats.body_bytes += len(data)
             except StoreUnavailable as exc:
                 error = f"the resume store failed mid-stream: {exc}"
             tg.cancel_scope.cancel()

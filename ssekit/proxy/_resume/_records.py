@@ -15,6 +15,7 @@ import base64
 import enum
 import hashlib
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qs
@@ -24,6 +25,7 @@ from ..._event import Event
 
 __all__ = (
     "KEY_PATTERN",
+    "PIECE",
     "Refusal",
     "Replay",
     "State",
@@ -33,11 +35,16 @@ __all__ = (
     "grace_expired",
     "new_stream_id",
     "owner_lost",
+    "pieces",
     "plan_resume",
     "scoped_key",
     "start_position",
     "valid_key",
 )
+
+#: Bytes of the replay written at a time (a stored read yields about this much at most):
+#: a reader that takes nothing holds one piece, never the backlog.
+PIECE: Final = 16 * 1024
 
 #: A client's own stream key (``ssekit-resume-key``) and every stream id: 1 to 128
 #: characters of RFC 3986's unreserved set, so it sits in a URL path unescaped.
@@ -176,6 +183,29 @@ def event_body(event: Event) -> bytes:
 def frame(position: int, body: bytes) -> bytes:
     """One stored event on the resume endpoint: its body, ``id: <position>``, the blank line."""
     return b"%sid: %d\n\n" % (body, position)
+
+
+def pieces(events: Iterable[tuple[int, bytes]], limit: int = PIECE) -> Iterator[bytes]:
+    """``(position, body)`` pairs framed (:func:`frame`), as writes of at most about ``limit``
+    bytes: small events joined, an event larger than ``limit`` in slices (an HTTP chunk
+    boundary may fall anywhere in an event). Lazy: one piece exists at a time."""
+    pending: list[bytes] = []
+    size = 0
+    for position, body in events:
+        framed = frame(position, body) if len(body) <= limit else b""
+        if pending and (not framed or size + len(framed) > limit):
+            piece, pending, size = b"".join(pending), [], 0  # the parts go before the yield
+            yield piece
+        if not framed:
+            for start in range(0, len(body), limit):
+                yield body[start : start + limit]
+            yield frame(position, b"")
+            continue
+        pending.append(framed)
+        size += len(framed)
+    if pending:
+        piece, pending = b"".join(pending), []
+        yield piece
 
 
 def grace_expired(*, now: float, unattached_since: float | None, grace: float) -> bool:

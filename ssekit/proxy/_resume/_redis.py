@@ -42,7 +42,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .._stats import Metrics
-from ._records import State, StreamInfo, owner_lost
+from ._records import PIECE, State, StreamInfo, owner_lost
 from ._store import Batch, StoreUnavailable, Writer
 
 __all__ = ("LIVENESS_EVERY", "LIVENESS_TTL", "RedisStore")
@@ -62,7 +62,7 @@ BLOCK_MS: Final = 1000
 QUEUE_LIMIT: Final = 50_000
 #: Operations written in one pipeline, at most.
 BATCH: Final = 2000
-#: Events returned by one XRANGE / XREAD.
+#: Events returned by one XRANGE / XREAD, at most; fewer for larger events (see _Count).
 READ_COUNT: Final = 1000
 
 _ERRORS: Final = (redis.exceptions.RedisError, OSError)
@@ -94,6 +94,28 @@ def _c(run: str) -> str:
 
 def _position(entry_id: bytes) -> int:
     return int(entry_id.partition(b"-")[0])
+
+
+class _Count:
+    """How many events a reader asks Redis for at once: about PIECE bytes' worth.
+
+    Redis cannot bound a read in bytes, so the count follows the largest event
+    this reader has seen: a reader that takes nothing holds one such read, never
+    the backlog (nor does the connection's buffer grow to it).
+    """
+
+    __slots__ = ("largest",)
+
+    def __init__(self) -> None:
+        self.largest = 1024  # until an event is seen: 16 events
+
+    def __call__(self) -> int:
+        return max(1, min(READ_COUNT, PIECE // self.largest))
+
+    def saw(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[int, bytes]]:
+        batch = [(_position(entry_id), fields[b"b"]) for entry_id, fields in entries]
+        self.largest = max(self.largest, *(len(body) for _, body in batch))
+        return batch
 
 
 class _RedisWriter(Writer):
@@ -309,37 +331,52 @@ class RedisStore:
         events = _e(run)
         position = after
         checked = float("-inf")
+        count = _Count()
         try:
             while True:
                 self.commands += 1
                 entries = await self._redis.xrange(
-                    events, min=f"{position + 1}-0", max="+", count=READ_COUNT
+                    events, min=f"{position + 1}-0", max="+", count=count()
                 )
-                if entries:
-                    position = _position(entries[-1][0])
-                    yield [(_position(i), fields[b"b"]) for i, fields in entries]
+                more = bool(entries)
+                if more:
+                    batch = count.saw(entries)
+                    del entries  # one copy of the batch while the endpoint writes it
+                    position = batch[-1][0]
+                    yield batch
+                    del batch
                     if time.monotonic() - checked < LIVENESS_EVERY:
                         continue
                 checked = time.monotonic()
                 end = await self._check(run)
                 if end is not None:
                     # Events written before the end state are all in: serve them first.
-                    self.commands += 1
-                    rest = await self._redis.xrange(events, min=f"{position + 1}-0", max="+")
-                    if rest:
-                        yield [(_position(i), fields[b"b"]) for i, fields in rest]
+                    while True:
+                        self.commands += 1
+                        rest = await self._redis.xrange(
+                            events, min=f"{position + 1}-0", max="+", count=count()
+                        )
+                        if not rest:
+                            break
+                        batch = count.saw(rest)
+                        del rest
+                        position = batch[-1][0]
+                        yield batch
+                        del batch
                     yield end
                     return
-                if entries:
+                if more:
                     continue
                 self.commands += 1
                 found = await self._redis.xread(
-                    {events: f"{position}-0"}, block=BLOCK_MS, count=READ_COUNT
+                    {events: f"{position}-0"}, block=BLOCK_MS, count=count()
                 )
-                for _, batch in found or []:
-                    if batch:
-                        position = _position(batch[-1][0])
-                        yield [(_position(i), fields[b"b"]) for i, fields in batch]
+                for _, tail in found or []:
+                    if tail:
+                        batch = count.saw(tail)
+                        position = batch[-1][0]
+                        yield batch
+                del found
         except _ERRORS as exc:
             self.metrics.resume_store_errors += 1
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
