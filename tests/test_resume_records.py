@@ -8,6 +8,7 @@ from hypothesis import example, given
 
 import ssekit
 from ssekit.proxy._resume._records import (
+    CatchUp,
     Refusal,
     Replay,
     State,
@@ -124,6 +125,20 @@ def test_plan_resume_answers_404_for_unknown_expired_and_given_up_streams() -> N
     bad = plan_resume(info(), "abc", b"9", "/s", 0.0)
     assert isinstance(bad, Refusal)
     assert bad.status == 400
+
+
+def test_a_position_past_a_live_streams_store_waits_for_it_then_is_refused() -> None:
+    # The client may have been sent event 9 before the store had it (issue 19.1).
+    assert plan_resume(info(), "abc", b"9", "/s", 0.0, patient=True) == CatchUp(9)
+    assert plan_resume(info(count=9), "abc", b"9", "/s", 0.0, patient=True) == Replay(9)
+    for settled in (
+        plan_resume(info(), "abc", b"9", "/s", 0.0, patient=False),  # waited long enough
+        plan_resume(info(state=State.DONE), "abc", b"9", "/s", 0.0, patient=True),  # ended
+        plan_resume(info(state=State.CUT), "abc", b"9", "/s", 0.0, patient=True),
+        plan_resume(info(), "abc", b"nine", "/s", 0.0, patient=True),  # not a number
+    ):
+        assert isinstance(settled, Refusal)
+        assert settled.status == 400
 
 
 # -- framing -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from test_resume_e2e import drop_after, numbered, slow_upstream
 
 import ssekit
 from ssekit.proxy._mock import mock_text
-from ssekit.proxy._resume._redis import LIVENESS_EVERY, LIVENESS_TTL
+from ssekit.proxy._resume._redis import LIVENESS_EVERY, LIVENESS_TTL, RedisStore
 
 pytestmark = pytest.mark.anyio
 
@@ -37,6 +37,62 @@ OWNER_DEATH_SEEN_WITHIN = LIVENESS_TTL + LIVENESS_EVERY
 def redis() -> Iterator[RedisServer]:
     with redis_server() as server:
         yield server
+
+
+#: How late the slowed store writes (seconds): far more than the upstream's event spacing.
+SLOW_WRITE = 0.4
+
+
+@pytest.fixture
+def slow_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every instance's Redis writes land SLOW_WRITE late, as under load: what the client
+    was sent is ahead of what the store has."""
+    write = RedisStore._write
+
+    async def late(self: RedisStore, ops: list[object]) -> None:
+        await anyio.sleep(SLOW_WRITE)
+        await write(self, ops)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RedisStore, "_write", late)
+
+
+async def test_a_stream_id_resolves_on_another_instance_from_the_response_head_on(
+    redis: RedisServer, slow_store: None
+) -> None:
+    """Issue 19.1: an id the proxy handed out never gets a 404 (the head waits for the
+    store to have the stream, not for its events)."""
+    async with deadline(40) as tg:
+        upstream, _ = await start_upstream(tg, slow_upstream(numbered(5), 0.05))
+        a = await start_proxy(tg, upstream, resume_store=redis.url)
+        b = await start_proxy(tg, upstream, resume_store=redis.url)
+        async with httpx.AsyncClient(timeout=10) as client:
+            async with client.stream("GET", a + "/stream") as response:
+                stream_id = response.headers["ssekit-stream-id"]
+                at_once = await resume(b, stream_id, stop_after=1)
+                await response.aread()
+        assert at_once.status == 200
+        assert [e.id for e in at_once.events] == ["1"]
+
+
+async def test_a_position_the_client_was_sent_is_never_refused_on_another_instance(
+    redis: RedisServer, slow_store: None
+) -> None:
+    """Issue 19.1: the client read 7 events from A before the store had them; B serves
+    from 7 on (waiting for the store to catch up), never a 400."""
+    async with deadline(40) as tg:
+        upstream, _ = await start_upstream(tg, slow_upstream(numbered(12), 0.01))
+        a = await start_proxy(tg, upstream, resume_store=redis.url)
+        b = await start_proxy(tg, upstream, resume_store=redis.url)
+        stream_id = await drop_after(a, 7)
+        header = await resume(b, stream_id, last_event_id="7")
+        query = await resume(b, stream_id, query="?last_event_id=12")
+        late = await resume(b, stream_id, last_event_id="13")  # never sent: still a 400
+    assert header.status == 200
+    assert header.complete
+    assert [e.id for e in header.events] == [str(n) for n in range(8, 13)]
+    assert (query.status, query.events, query.complete) == (200, [], True)
+    assert late.status == 400
+    assert error_of(late)["code"] == 400
 
 
 async def test_openai_client_dropped_on_one_instance_reads_the_answer_whole_on_another(

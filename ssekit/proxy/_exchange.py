@@ -380,7 +380,7 @@ async def _answer(
                 content_type = get_header(response.headers, b"content-type") or b""
                 headers = response_headers(response.headers, response.status_code)
                 if recording is not None:  # resume hook: keep a 200 event stream
-                    recording.arm(response.status_code, content_type, headers)
+                    await recording.arm(response.status_code, content_type, headers)
                 head = client.conn.send_response(response.status_code, headers, response.reason)
                 relay.on(Input.HEAD)  # written by pump, with the first body bytes if here
                 done = await pump(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 
 import anyio
 
@@ -20,7 +21,18 @@ from .._config import token_matches
 from .._relay import Input, Relay
 from .._stats import StreamStats
 from ._hook import STREAM_ID_HEADER, Resume, client_token
-from ._records import Refusal, State, pieces, plan_resume, scoped_key, valid_key
+from ._records import (
+    CATCH_UP,
+    CatchUp,
+    Refusal,
+    Replay,
+    State,
+    StreamInfo,
+    pieces,
+    plan_resume,
+    scoped_key,
+    valid_key,
+)
 from ._store import StoreUnavailable
 
 __all__ = ("serve_streams",)
@@ -62,12 +74,11 @@ async def serve_streams(
             await client.send_end()
             relay.on(Input.LOCAL)
             return True
-        info = await resume.store.lookup(key)
+        plan, info = await _plan(
+            resume, key, stream_id, get_header(headers, b"last-event-id"), target
+        )
     except StoreUnavailable as exc:
         return await _refuse(client, relay, stats, Refusal(503, f"the resume store: {exc}"))
-    plan = plan_resume(
-        info, stream_id, get_header(headers, b"last-event-id"), target, resume.store.now()
-    )
     if isinstance(plan, Refusal):
         return await _refuse(client, relay, stats, plan)
     assert info is not None
@@ -121,6 +132,25 @@ async def serve_streams(
         with contextlib.suppress(ClientGone):
             await client.send_data(encode(Event(event="error", data=message)))
     return False
+
+
+async def _plan(
+    resume: Resume, key: str, stream_id: str, last_id: bytes | None, target: str
+) -> tuple[Replay | Refusal, StreamInfo | None]:
+    """Look the stream up and decide; while it is live and the position asked for is not
+    in the store yet, look again, for up to ``CATCH_UP`` seconds (the client may have been
+    sent events the store does not have yet)."""
+    store = resume.store
+    give_up = time.monotonic() + CATCH_UP
+    pause = 0.01
+    while True:
+        info = await store.lookup(key)
+        patient = time.monotonic() < give_up
+        plan = plan_resume(info, stream_id, last_id, target, store.now(), patient=patient)
+        if not isinstance(plan, CatchUp):
+            return plan, info
+        await anyio.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 async def _refuse(

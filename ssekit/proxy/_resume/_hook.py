@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from typing import Final
 
 import anyio
 
@@ -32,6 +33,9 @@ log = logging.getLogger("ssekit.proxy")
 
 STREAM_ID_HEADER = b"ssekit-stream-id"
 RESUME_KEY_HEADER = b"ssekit-resume-key"
+#: The longest a response head waits for the store to have its stream (seconds); past it
+#: the stream flows on without an id, not resumable.
+KEPT_WITHIN: Final = 1.0
 
 
 def client_token(headers: list[tuple[bytes, bytes]], config: ProxyConfig) -> str | None:
@@ -96,14 +100,26 @@ class Recording:
         self.client = Detachable(client, self)
         return self.client
 
-    def arm(self, status: int, content_type: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    async def arm(
+        self, status: int, content_type: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         """At the response head: record a ``200 text/event-stream`` answer (not to HEAD),
-        adding ``ssekit-stream-id`` to the head; anything else is not kept."""
+        adding ``ssekit-stream-id`` to the head; anything else is not kept.
+
+        The head waits until the store has the stream (one round trip to Redis, at
+        most ``KEPT_WITHIN``): an id handed out resolves on every instance at once.
+        """
         if status != 200 or self.method == "HEAD" or not is_event_stream(content_type):
             return
         writer = self.resume.store.open(self.key, secrets.token_hex(8))
         if writer is None:
             return  # the store is down: this stream flows on, not resumable
+        with anyio.move_on_after(KEPT_WITHIN):
+            await writer.kept()
+        if not writer.stored or not writer.resumable:
+            writer.give_up(f"the store did not take the stream within {KEPT_WITHIN:g}s")
+            writer.end(State.CUT)
+            return
         self.writer = writer
         self.resume.metrics.resume_recorded += 1
         self.stats.stream_id = self.stream_id

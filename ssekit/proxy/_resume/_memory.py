@@ -101,6 +101,7 @@ class MemoryStore:
         if old is not None:
             self._forget(old, "replaced by a newer stream with the same key")
         record = _Record(self, key=key, run=run, owner=self.owner)
+        record.stored = True  # found by lookups from now on
         self._streams[key] = record
         return record
 

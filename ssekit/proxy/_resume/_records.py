@@ -24,12 +24,17 @@ from ..._encoder import encode
 from ..._event import Event
 
 __all__ = (
+    "CATCH_UP",
     "KEY_PATTERN",
+    "MAX_DIGITS",
     "PIECE",
+    "Asked",
+    "CatchUp",
     "Refusal",
     "Replay",
     "State",
     "StreamInfo",
+    "asked_position",
     "event_body",
     "frame",
     "grace_expired",
@@ -86,6 +91,14 @@ class Replay:
 
 
 @dataclass(frozen=True, slots=True)
+class CatchUp:
+    """Look the stream up again shortly: it is live, and position ``after`` (which its
+    client may have been sent) is not in the store yet."""
+
+    after: int
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     """Answer with this status and message (a JSON error in OpenAI's shape)."""
 
@@ -117,13 +130,32 @@ def scoped_key(stream_id: str, token: str | None) -> str:
     return f"{hashlib.sha256(token.encode()).hexdigest()[:32]}/{stream_id}"
 
 
-def start_position(header: bytes | None, target: str, count: int) -> int | Refusal:
-    """The last position the reader saw: ``Last-Event-ID``, else ``?last_event_id=``, else 0.
+#: Digits a position may have, leading zeros aside: checked before int(), which raises
+#: past 4300 digits and takes quadratic time below that. No stream holds 10**18 events.
+MAX_DIGITS: Final = 18
+
+#: How long a resume request for a live stream may wait for the store to reach the
+#: position it asks for (seconds): an event reaches its client before the store has it
+#: (the Redis store writes in the background), and a client may resume from anything
+#: it was sent. A position still past the end after this is refused.
+CATCH_UP: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """The last event ID a resume request sent: where, as sent, and its value when it is a
+    whole number of at most ``MAX_DIGITS`` digits (else None)."""
+
+    where: str
+    text: str
+    value: int | None
+
+
+def asked_position(header: bytes | None, target: str) -> Asked | None:
+    """``Last-Event-ID``, else ``?last_event_id=``, else None (start from the beginning).
 
     The header wins over the query (a browser's ``EventSource`` reconnects to
-    the same URL with a newer header). Valid: a decimal position from 0 to
-    ``count`` (the events stored so far). Anything else is refused with 400,
-    never read as 0: a stale or foreign id must not replay everything.
+    the same URL with a newer header).
     """
     if header is not None:
         text, where = header.decode("latin-1"), "Last-Event-ID"
@@ -131,32 +163,53 @@ def start_position(header: bytes | None, target: str, count: int) -> int | Refus
         query = target.partition("?")[2]
         values = parse_qs(query, keep_blank_values=True).get("last_event_id")
         if values is None:
-            return 0
+            return None
         text, where = values[-1], "last_event_id"
     # ASCII digits only: int() would take " 5", "+5", Arabic-Indic digits and "1_0".
-    # No more digits than the count has (leading zeros aside) before int(): past 4300
-    # digits int() raises, and a long number costs quadratic time to convert.
     digits = text.lstrip("0")
-    if (
-        not (text.isascii() and text.isdigit())
-        or len(digits) > len(str(count))
-        or int(digits or "0") > count
-    ):
-        return Refusal(
-            400,
-            f"{where} {text[:40]!r} is not a position in this stream: send a whole number "
-            f"from 0 (from the start) to {count} (the events so far)",
-        )
-    return int(text)
+    if not (text.isascii() and text.isdigit()) or len(digits) > MAX_DIGITS:
+        return Asked(where, text, None)
+    return Asked(where, text, int(digits or "0"))
+
+
+def _not_a_position(asked: Asked, count: int) -> Refusal:
+    return Refusal(
+        400,
+        f"{asked.where} {asked.text[:40]!r} is not a position in this stream: send a whole "
+        f"number from 0 (from the start) to {count} (the events so far)",
+    )
+
+
+def start_position(header: bytes | None, target: str, count: int) -> int | Refusal:
+    """The last position the reader saw (see :func:`asked_position`), 0 when none.
+
+    Valid: a decimal position from 0 to ``count`` (the events stored so far).
+    Anything else is refused with 400, never read as 0: a stale or foreign id
+    must not replay everything.
+    """
+    asked = asked_position(header, target)
+    if asked is None:
+        return 0
+    if asked.value is None or asked.value > count:
+        return _not_a_position(asked, count)
+    return asked.value
 
 
 def plan_resume(
-    info: StreamInfo | None, stream_id: str, header: bytes | None, target: str, now: float
-) -> Replay | Refusal:
+    info: StreamInfo | None,
+    stream_id: str,
+    header: bytes | None,
+    target: str,
+    now: float,
+    *,
+    patient: bool = False,
+) -> Replay | Refusal | CatchUp:
     """What a ``GET .../streams/<id>`` gets: a replay from a position, or an error status.
 
     Unknown, expired and no longer resumable streams are all 404 (nothing to
-    serve); a bad last event ID is 400.
+    serve); a bad last event ID is 400. A position past what a live stream's
+    store holds yet is :class:`CatchUp` while ``patient`` (the caller has not
+    waited ``CATCH_UP`` yet), then 400.
     """
     if info is None or (info.expires is not None and now >= info.expires):
         return Refusal(404, f"no stream {stream_id!r} (unknown, or expired after --resume-ttl)")
@@ -166,8 +219,16 @@ def plan_resume(
             f"stream {stream_id!r} is not resumable: it passed --resume-max-bytes or the "
             "store could not keep it",
         )
-    after = start_position(header, target, info.count)
-    return after if isinstance(after, Refusal) else Replay(after)
+    asked = asked_position(header, target)
+    if asked is None:
+        return Replay(0)
+    if asked.value is None:
+        return _not_a_position(asked, info.count)
+    if asked.value > info.count:
+        if patient and info.state is State.LIVE:
+            return CatchUp(asked.value)
+        return _not_a_position(asked, info.count)
+    return Replay(asked.value)
 
 
 def event_body(event: Event) -> bytes:

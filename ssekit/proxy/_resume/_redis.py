@@ -235,6 +235,10 @@ class RedisStore:
                 pipe.delete(_e(run), _o(run))
         self.commands += len(pipe)
         await pipe.execute()
+        for writer, op in ops:
+            if op[0] == "open":  # every instance finds it now: its head may go out
+                writer.stored = True
+                writer.signal()
 
     async def _liveness_loop(self) -> None:
         while True:

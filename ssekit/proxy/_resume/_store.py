@@ -30,13 +30,14 @@ class StoreUnavailable(Exception):
 
 
 class Writer(abc.ABC):
-    """The owner's side of one stored stream; nothing here waits on the store.
+    """The owner's side of one stored stream; nothing here waits on the store but ``kept``.
 
     ``resumable`` turns False for good once the stream passed ``max_bytes``
     or its store writes failed (``give_up``). ``cancelled`` (a DELETE) and
     ``attached`` (some reader is attached, on any instance) are what the
     owner's grace logic watches; ``changed()`` returns after any of the three
-    may have changed.
+    may have changed. ``stored`` turns True once the store has the stream (every
+    instance finds it): the response head, which hands out its id, waits for it.
     """
 
     def __init__(self, *, key: str, run: str, owner: str, max_bytes: int) -> None:
@@ -50,9 +51,17 @@ class Writer(abc.ABC):
         self.resumable = True
         self.cancelled = False
         self.attached = False
+        self.stored = False
         self.reason = ""
         self._changed: anyio.Event | None = None
         self._control: anyio.Event | None = None
+
+    async def kept(self) -> bool:
+        """Wait until the store has the stream (True), or gave it up (False). Bound the
+        wait: a store that neither takes nor refuses never returns."""
+        while not self.stored and self.resumable:
+            await self.control_changed()
+        return self.stored and self.resumable
 
     def append(self, body: bytes) -> None:
         """Store the next event's body (position ``count + 1``); past ``max_bytes``, give up."""
