@@ -313,6 +313,63 @@ async def test_a_key_from_another_client_token_is_refused(store: str) -> None:
         assert other == "chat-1"
 
 
+async def test_a_key_in_use_is_never_taken_over(store: str) -> None:
+    """Issue 20.2: without tokens, a second request with the key of a live or kept stream
+    is a 409 (nothing goes upstream), never a replacement; DELETE frees the key."""
+
+    async def tagged(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        request = len(seen.requests)  # each answer says which request it answers
+        await stream.send(SSE_HEAD)
+        for n in range(1, 4):
+            await stream.send(chunk(b"data: request %d event %d\n\n" % (request, n)))
+            await anyio.sleep(0.05)
+        await stream.send(LAST_CHUNK)
+        await wait_closed(stream, seen)
+
+    key = {"ssekit-resume-key": "chat-7"}
+    async with deadline(30) as tg:
+        upstream, seen = await start_upstream(tg, tagged)
+        base = await start_proxy(tg, upstream, resume_store=store, pool_size=0)
+        async with httpx.AsyncClient(timeout=10) as client:
+            async with client.stream("GET", base + "/stream", headers=key) as victim:
+                assert victim.headers["ssekit-stream-id"] == "chat-7"
+                live = await client.get(base + "/stream", headers=key)  # while it is live
+                victim_events = [e async for e in ssekit.aiter_events(victim.aiter_bytes())]
+            kept = await client.get(base + "/stream", headers=key)  # ended, still kept
+            resumed = await resume(base, "chat-7")
+            assert len(seen.requests) == 1  # neither second request went upstream
+            assert (await client.delete(base + "/_ssekit/streams/chat-7")).status_code == 204
+            async with client.stream("GET", base + "/stream", headers=key) as fresh:
+                assert fresh.status_code == 200
+                assert fresh.headers["ssekit-stream-id"] == "chat-7"
+                await fresh.aread()
+    for refused in (live, kept):
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == 409
+        assert "ssekit-stream-id" not in refused.headers
+    assert [e.data for e in victim_events] == [f"request 1 event {n}" for n in (1, 2, 3)]
+    assert [e.data for e in resumed.events] == [e.data for e in victim_events]
+    assert resumed.complete
+
+
+async def test_a_key_whose_answer_was_not_kept_is_free_again(store: str) -> None:
+    async def json_answer(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json"
+                          b"\r\ncontent-length: 2\r\n\r\n{}")  # fmt: skip
+
+    key = {"ssekit-resume-key": "retry-me"}
+    async with deadline(30) as tg:
+        upstream, seen = await start_upstream(tg, json_answer)
+        base = await start_proxy(tg, upstream, resume_store=store, pool_size=0)
+        unreachable = await start_proxy(tg, "http://127.0.0.1:1", resume_store=store, retries=0)
+        async with httpx.AsyncClient(timeout=10) as client:
+            statuses = [(await client.get(base + "/x", headers=key)).status_code for _ in "12"]
+            failed = [(await client.get(unreachable + "/x", headers=key)).status_code for _ in "12"]
+    assert statuses == [429, 429]  # the client may retry with its key
+    assert len(seen.requests) == 2
+    assert failed == [502, 502]  # a failure before any answer frees the key too
+
+
 async def test_the_resume_key_header_is_checked_and_not_sent_upstream() -> None:
     async with deadline(30) as tg:
         upstream, seen = await start_upstream(tg, slow_upstream(numbered(2), 0))

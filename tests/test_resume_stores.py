@@ -193,6 +193,26 @@ async def test_a_newer_stream_under_the_same_key_replaces_the_older(store: Store
     old.end(State.CUT)
 
 
+async def test_a_key_is_claimed_once_until_released_or_its_stream_is_gone(store: Store) -> None:
+    key = new_key()
+    assert await store.claim(key, "one")
+    assert not await store.claim(key, "two")  # held by a request
+    await store.release(key, "two")  # not its claim: nothing
+    assert not await store.claim(key, "two")
+    await store.release(key, "one")
+    assert await store.claim(key, "two")  # given back
+    writer = store.open(key, "two")
+    assert writer is not None
+    writer.append(b"data: 1\n")
+    await settled(store)
+    assert not await store.claim(key, "three")  # live
+    writer.end(State.DONE)
+    await settled(store)
+    assert not await store.claim(key, "three")  # ended, still kept
+    assert await store.cancel(key)  # DELETE removes it
+    assert await store.claim(key, "three")
+
+
 async def test_an_ended_stream_expires_after_the_ttl(redis: RedisServer) -> None:
     memory_now = [0.0]
     memory = MemoryStore(ttl=0.3, max_bytes=100, limit=1000, clock=lambda: memory_now[0])

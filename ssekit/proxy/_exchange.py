@@ -256,7 +256,14 @@ async def _serve(
         stats.status = 200
         relay.on(Input.LOCAL)
         return True
-    return await _forward(shared, client, request, decision, relay, stats, started)
+    if shared.resume is None:
+        return await _forward(shared, client, request, decision, relay, stats, started)
+    # Resume hook: the stream id, claimed (a bad or taken ssekit-resume-key: 4xx, nothing sent).
+    recording = await shared.resume.begin(request, stats)
+    try:
+        return await _forward(shared, client, request, decision, relay, stats, started, recording)
+    finally:
+        await recording.close()
 
 
 async def _forward(
@@ -267,6 +274,7 @@ async def _forward(
     relay: Relay,
     stats: StreamStats,
     started: float,
+    recording: Recording | None = None,
 ) -> bool:
     cfg = shared.config
     headers = request_headers(
@@ -279,8 +287,8 @@ async def _forward(
     )
     if not cfg.underscores_in_headers:
         stats.dropped_headers = underscored(request.headers)
-    # Resume hook: the stream id (a bad ssekit-resume-key is a 400 here, nothing sent).
-    recording = None if shared.resume is None else shared.resume.begin(request, headers, stats)
+    if recording is not None:
+        recording.strip(headers)  # resume hook: ssekit-resume-key is not the upstream's
     method = request.method.decode("ascii")
     chunked = get_header(request.headers, b"transfer-encoding") is not None
     body: RequestBody | None = None

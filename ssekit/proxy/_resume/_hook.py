@@ -25,7 +25,7 @@ from .._config import ProxyConfig
 from .._relay import bearer_token
 from .._stats import Metrics, StreamStats
 from ._records import State, event_body, grace_expired, new_stream_id, scoped_key, valid_key
-from ._store import Store, Writer
+from ._store import Store, StoreUnavailable, Writer
 
 __all__ = ("STREAM_ID_HEADER", "Detachable", "Recording", "Resume", "client_token")
 
@@ -52,48 +52,82 @@ class Resume:
         self.metrics = metrics
         metrics.resume_on = True
 
-    def begin(
-        self,
-        request: RequestHead,
-        upstream_headers: list[tuple[bytes, bytes]],
-        stats: StreamStats,
-    ) -> Recording:
+    async def begin(self, request: RequestHead, stats: StreamStats) -> Recording:
         """At request time: the stream id (the client's ``ssekit-resume-key`` or a random
-        one), and the key header taken off what goes upstream. A bad key raises
-        :class:`BadRequest` 400: nothing goes upstream."""
+        one), claimed in the store so no other request takes it. A bad key raises
+        :class:`BadRequest` 400, a key naming a live or kept stream 409: nothing goes
+        upstream. A store that cannot answer leaves the stream unkept (it flows on)."""
         key = get_header(request.headers, RESUME_KEY_HEADER)
-        if key is None:
-            stream_id = new_stream_id(secrets.token_bytes(16))
-        else:
-            text = key.decode("latin-1")
-            if not valid_key(text):
-                raise BadRequest(
-                    400,
-                    f"ssekit-resume-key {text[:40]!r} is not 1 to 128 characters of "
-                    "A-Z a-z 0-9 . _ ~ -",
-                )
-            stream_id = text
-            upstream_headers[:] = [h for h in upstream_headers if h[0] != RESUME_KEY_HEADER]
         token = client_token(list(request.headers), self.config)
         method = request.method.decode("ascii", "replace")
-        return Recording(self, stream_id, scoped_key(stream_id, token), method, stats)
+        run = secrets.token_hex(8)
+        if key is None:  # 128 random bits: no other stream has it, nothing to claim
+            stream_id = new_stream_id(secrets.token_bytes(16))
+            return Recording(self, stream_id, scoped_key(stream_id, token), run, method, stats)
+        text = key.decode("latin-1")
+        if not valid_key(text):
+            raise BadRequest(
+                400,
+                f"ssekit-resume-key {text[:40]!r} is not 1 to 128 characters of "
+                "A-Z a-z 0-9 . _ ~ -",
+            )
+        recording = Recording(self, text, scoped_key(text, token), run, method, stats)
+        try:
+            recording.claimed = await self.store.claim(recording.key, run)
+        except StoreUnavailable:
+            recording.unkept = True  # not resumable; the stream itself flows on
+            return recording
+        if not recording.claimed:
+            raise BadRequest(
+                409,
+                f"ssekit-resume-key {text!r} is in use: it names a stream that is live or "
+                "still kept (--resume-ttl). Send a new key, or DELETE the stream first",
+            )
+        return recording
 
 
 class Recording:
     """One exchange's stream as it is recorded (armed once its head shows an event stream)."""
 
-    __slots__ = ("client", "key", "method", "resume", "stats", "stream_id", "writer")
+    __slots__ = (
+        "claimed",
+        "client",
+        "key",
+        "method",
+        "resume",
+        "run",
+        "stats",
+        "stream_id",
+        "unkept",
+        "writer",
+    )
 
     def __init__(
-        self, resume: Resume, stream_id: str, key: str, method: str, stats: StreamStats
+        self, resume: Resume, stream_id: str, key: str, run: str, method: str, stats: StreamStats
     ) -> None:
         self.resume = resume
         self.stats = stats
         self.stream_id = stream_id
         self.key = key
+        self.run = run
         self.method = method
+        self.claimed = False  # the key is reserved for this exchange (a client's own key)
+        self.unkept = False  # the store could not take the stream: it is not resumable
         self.writer: Writer | None = None
         self.client: Detachable | None = None
+
+    @staticmethod
+    def strip(upstream_headers: list[tuple[bytes, bytes]]) -> None:
+        """Take ``ssekit-resume-key`` off what goes upstream: it is the proxy's."""
+        upstream_headers[:] = [h for h in upstream_headers if h[0] != RESUME_KEY_HEADER]
+
+    async def close(self) -> None:
+        """The exchange is over: a key claimed for an answer that was not kept is free
+        again (at once, even when the exchange was cancelled)."""
+        if self.claimed and self.writer is None:
+            self.claimed = False
+            with anyio.CancelScope(shield=True), anyio.move_on_after(KEPT_WITHIN):
+                await self.resume.store.release(self.key, self.run)
 
     def wrap(self, client: Downstream) -> Downstream:
         """The client the exchange forwards to from now on."""
@@ -111,7 +145,9 @@ class Recording:
         """
         if status != 200 or self.method == "HEAD" or not is_event_stream(content_type):
             return
-        writer = self.resume.store.open(self.key, secrets.token_hex(8))
+        if self.unkept:
+            return
+        writer = self.resume.store.open(self.key, self.run)
         if writer is None:
             return  # the store is down: this stream flows on, not resumable
         with anyio.move_on_after(KEPT_WITHIN):

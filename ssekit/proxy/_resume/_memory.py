@@ -83,6 +83,7 @@ class MemoryStore:
         self.total = 0  # bytes held for events (see held()), all streams
         self._streams: dict[str, _Record] = {}
         self._finished: OrderedDict[str, _Record] = OrderedDict()  # by end time, by run
+        self._claims: dict[str, str] = {}  # key -> run, claimed by a request not yet opened
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         task_status.started()
@@ -93,10 +94,27 @@ class MemoryStore:
     async def aclose(self) -> None:
         self._streams.clear()
         self._finished.clear()
+        self._claims.clear()
         self.total = 0
+
+    async def claim(self, key: str, run: str) -> bool:
+        self._sweep()
+        if key in self._streams or key in self._claims:
+            return False
+        self._claims[key] = run
+        return True
+
+    async def release(self, key: str, run: str) -> None:
+        if self._claims.get(key) == run:
+            del self._claims[key]
+        record = self._streams.get(key)
+        if record is not None and record.run == run:
+            self._forget(record, "not kept")
 
     def open(self, key: str, run: str) -> Writer:
         self._sweep()
+        if self._claims.get(key) == run:
+            del self._claims[key]  # the claim becomes the stream
         old = self._streams.get(key)
         if old is not None:
             self._forget(old, "replaced by a newer stream with the same key")

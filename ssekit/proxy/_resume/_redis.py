@@ -67,6 +67,11 @@ READ_COUNT: Final = 1000
 
 _ERRORS: Final = (redis.exceptions.RedisError, OSError)
 
+#: Delete a claim (KEYS[1] = P k:<key>) only while it is still the run's (ARGV[1]).
+_RELEASE: Final = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+
 
 def _k(key: str) -> str:
     return f"{PREFIX}k:{key}"
@@ -400,6 +405,24 @@ class RedisStore:
         if state is not State.LIVE:
             return state
         return State.CUT if owner_lost(state=state, owner_alive=bool(owner_alive)) else None
+
+    async def claim(self, key: str, run: str) -> bool:
+        if not self.available:
+            raise StoreUnavailable("the store failed; new streams are not kept until it answers")
+        try:
+            self.commands += 1
+            # The claim lives as long as a live stream's keys; open() renews it.
+            return bool(await self._redis.set(_k(key), run, nx=True, px=self.live_ms))
+        except _ERRORS as exc:
+            self.metrics.resume_store_errors += 1
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def release(self, key: str, run: str) -> None:
+        try:
+            self.commands += 1
+            await self._redis.eval(_RELEASE, 1, _k(key), run)
+        except _ERRORS:
+            self.metrics.resume_store_errors += 1  # the claim expires with a live stream's keys
 
     async def cancel(self, key: str) -> bool:
         try:

@@ -138,9 +138,20 @@ class Store(Protocol):
     async def aclose(self) -> None:
         """Release connections; the store is not used after this."""
 
+    async def claim(self, key: str, run: str) -> bool:
+        """Reserve ``key`` for the stream ``run`` a request will open: False when a stream
+        under it is live or still kept, or another request holds it (never replaced).
+        Raises :class:`StoreUnavailable`."""
+
+    async def release(self, key: str, run: str) -> None:
+        """``key`` no longer names ``run``: its answer was not kept (no id was handed
+        out), so the key is free again; nothing when another run holds it. Errors are
+        the claim's expiry's to mend."""
+
     def open(self, key: str, run: str) -> Writer | None:
-        """Start keeping a new stream under ``key`` (replacing an older one), or None when
-        the store cannot take it now (then the stream is simply not resumable)."""
+        """Start keeping a new stream under ``key`` (replacing an older one: the caller
+        claimed the key, or made a random one), or None when the store cannot take it
+        now (then the stream is simply not resumable)."""
 
     async def lookup(self, key: str) -> StreamInfo | None:
         """The stream under ``key`` now, or None; raises :class:`StoreUnavailable`."""
