@@ -197,12 +197,25 @@ async def test_two_readers_at_once_each_get_every_event() -> None:
         assert [e.id for e in results[0].events] == [str(n) for n in range(1, 16)]
 
 
-async def test_grace_expiry_closes_the_upstream_and_the_stream_reads_as_cut() -> None:
+def cuts(caplog: pytest.LogCaptureFixture, stream_id: str) -> tuple[object, object]:
+    """The ``cut`` fields of a stream's log lines: its own exchange's, and its reader's."""
+    lines = access_log(caplog)
+    (owner,) = [line for line in lines if line.get("stream_id") == stream_id]
+    path = f"/_ssekit/streams/{stream_id}"
+    reader = [line for line in lines if line["path"] == path and line["method"] == "GET"]
+    return owner.get("cut"), reader[0].get("cut")
+
+
+async def test_grace_expiry_closes_the_upstream_and_the_stream_reads_as_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "ssekit.proxy")
     async with deadline(30) as tg:
         upstream, seen = await start_upstream(tg, slow_upstream(numbered(3), 0.01, hold=True))
         base = await start_proxy(
-            tg, upstream, resume_store="memory", resume_grace=0.5, error_event=True
-        )
+            tg, upstream, resume_store="memory", resume_grace=0.5, error_event=True,
+            log_format="json",
+        )  # fmt: skip
         stream_id = await drop_after(base, 3)
         dropped = time.monotonic()
         await wait_for(lambda: seen.closed_at, within=5)
@@ -212,6 +225,30 @@ async def test_grace_expiry_closes_the_upstream_and_the_stream_reads_as_cut() ->
         assert [e.data for e in resumed.events[:3]] == [f"event {n} 你好" for n in (1, 2, 3)]
         assert resumed.events[3].event == "error"  # --error-event applies
         assert json.loads(resumed.events[3].data)["error"]["type"] == "proxy_error"
+    # Both log lines say which cut it was (issue 19.2).
+    assert cuts(caplog, stream_id) == ("grace_expired", "grace_expired")
+
+
+async def test_an_upstream_failure_is_the_cut_both_log_lines_name(
+    caplog: pytest.LogCaptureFixture, store: str
+) -> None:
+    async def cut_short(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD + chunk(b"data: one\n\n") + chunk(b"data: two\n\n"))
+        await anyio.sleep(0.2)  # then the connection drops without the last chunk
+
+    caplog.set_level(logging.INFO, "ssekit.proxy")
+    async with deadline(30) as tg:
+        upstream, _ = await start_upstream(tg, cut_short)
+        base = await start_proxy(tg, upstream, resume_store=store, log_format="json")
+        async with httpx.AsyncClient(timeout=10) as client:
+            async with client.stream("GET", base + "/stream") as response:
+                stream_id = response.headers["ssekit-stream-id"]
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await response.aread()
+        resumed = await resume(base, stream_id)
+    assert not resumed.complete
+    assert [e.data for e in resumed.events] == ["one", "two"]
+    assert cuts(caplog, stream_id) == ("upstream_failure", "upstream_failure")
 
 
 async def test_an_attached_reader_keeps_the_upstream_going_past_the_grace() -> None:
@@ -225,10 +262,15 @@ async def test_an_attached_reader_keeps_the_upstream_going_past_the_grace() -> N
         assert seen.sent == 30
 
 
-async def test_delete_stops_the_upstream_now_and_cuts_the_stream() -> None:
+async def test_delete_stops_the_upstream_now_and_cuts_the_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "ssekit.proxy")
     async with deadline(30) as tg:
         upstream, seen = await start_upstream(tg, slow_upstream(numbered(2), 0.01, hold=True))
-        base = await start_proxy(tg, upstream, resume_store="memory", resume_grace=60)
+        base = await start_proxy(
+            tg, upstream, resume_store="memory", resume_grace=60, log_format="json"
+        )
         async with httpx.AsyncClient(timeout=10) as client:
             # The original client is still reading: DELETE is a stop button all the same.
             async with client.stream("GET", base + "/stream") as response:
@@ -244,6 +286,7 @@ async def test_delete_stops_the_upstream_now_and_cuts_the_stream() -> None:
             resumed = await resume(base, stream_id)
             assert not resumed.complete
             assert len(resumed.events) == 2
+            assert cuts(caplog, stream_id) == ("deleted", "deleted")
             # DELETE again removes the ended stream; then it is unknown.
             assert (await client.delete(f"{base}/_ssekit/streams/{stream_id}")).status_code == 204
             gone = await resume(base, stream_id)

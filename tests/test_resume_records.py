@@ -8,7 +8,11 @@ from hypothesis import example, given
 
 import ssekit
 from ssekit.proxy._resume._records import (
+    PROBE_FIRST,
+    PROBE_MAX,
+    STEADY,
     CatchUp,
+    Outage,
     Refusal,
     Replay,
     State,
@@ -20,6 +24,7 @@ from ssekit.proxy._resume._records import (
     owner_lost,
     pieces,
     plan_resume,
+    redacted,
     scoped_key,
     start_position,
     valid_key,
@@ -190,3 +195,42 @@ def test_grace_and_owner_rules() -> None:
     assert owner_lost(state=State.LIVE, owner_alive=False)
     assert not owner_lost(state=State.LIVE, owner_alive=True)
     assert not owner_lost(state=State.DONE, owner_alive=False)
+
+
+# -- the store's health ----------------------------------------------------------------
+
+
+def test_an_outage_is_said_once_and_probed_with_backoff_however_the_store_flaps() -> None:
+    outage = Outage()
+    assert outage.up
+    assert outage.failed(now=100.0)  # an outage begins: say so
+    assert not outage.up
+    waits = []
+    now = 100.0
+    for _ in range(6):  # each failed probe doubles the wait, up to PROBE_MAX
+        waits.append(outage.probe_at - now)
+        assert not outage.probe_due(outage.probe_at - 0.01)
+        now = outage.probe_at
+        assert outage.probe_due(now)
+        assert not outage.failed(now)  # the same outage: nothing more to say
+    assert waits == [PROBE_FIRST, 2 * PROBE_FIRST, 4 * PROBE_FIRST, 8 * PROBE_FIRST,
+                     PROBE_MAX, PROBE_MAX]  # fmt: skip
+    # It answers, then fails again before it held STEADY: the same outage, a longer wait.
+    outage.answered(now)
+    assert outage.up
+    assert not outage.over(now + STEADY / 2)
+    assert not outage.failed(now + STEADY / 2)
+    assert outage.probe_at - (now + STEADY / 2) == PROBE_MAX
+    # It answers and holds: the outage is over, said once; the next failure is a new one.
+    outage.answered(now + 20)
+    assert not outage.over(now + 20 + STEADY - 0.01)
+    assert outage.over(now + 20 + STEADY)
+    assert not outage.over(now + 30 + STEADY)
+    assert outage.failed(now + 100)
+    assert outage.probe_at == now + 100 + PROBE_FIRST
+
+
+def test_a_store_address_loses_its_password_in_logs() -> None:
+    assert redacted("redis://:pw@10.0.0.1:6379/0") == "redis://:***@10.0.0.1:6379/0"
+    assert redacted("redis://me:pw@host/1") == "redis://me:***@host/1"
+    assert redacted("redis://host:6379/0") == "redis://host:6379/0"

@@ -15,7 +15,7 @@ from _resume_helpers import RedisServer, redis_server, wait_for
 
 from ssekit.proxy._resume import MemoryStore, Store
 from ssekit.proxy._resume._memory import held
-from ssekit.proxy._resume._records import State, StreamInfo
+from ssekit.proxy._resume._records import Cut, End, State, StreamInfo
 from ssekit.proxy._resume._redis import RedisStore
 
 pytestmark = pytest.mark.anyio
@@ -51,13 +51,18 @@ async def settled(store: Store) -> None:
         await anyio.sleep(0.05)
 
 
-async def read_all(store: Store, info: StreamInfo, after: int = 0) -> tuple[list[int], State]:
+async def read_to_end(store: Store, info: StreamInfo, after: int = 0) -> tuple[list[int], End]:
     positions: list[int] = []
     async for batch in store.read(info, after):
-        if isinstance(batch, State):
+        if isinstance(batch, End):
             return positions, batch
         positions += [position for position, _ in batch]
-    raise AssertionError("a read must end with the stream's state")
+    raise AssertionError("a read must end with how the stream ended")
+
+
+async def read_all(store: Store, info: StreamInfo, after: int = 0) -> tuple[list[int], State]:
+    positions, end = await read_to_end(store, info, after)
+    return positions, end.state
 
 
 def new_key() -> str:
@@ -77,7 +82,7 @@ async def test_events_come_back_from_any_position_then_the_end_state(store: Stor
     assert (info.state, info.count, info.resumable) == (State.DONE, 7, True)
     for after in range(8):
         assert await read_all(store, info, after) == (list(range(after + 1, 8)), State.DONE)
-    bodies = [body async for batch in store.read(info, 5) if not isinstance(batch, State)
+    bodies = [body async for batch in store.read(info, 5) if not isinstance(batch, End)
               for _, body in batch]  # fmt: skip
     assert bodies == [b"data: 6\n", b"data: 7\n"]
 
@@ -112,6 +117,19 @@ async def test_a_reader_gets_the_live_tail_then_the_cut(store: Store) -> None:
         writer.end(State.CUT)
     assert got == [([1, 2, 3, 4, 5], State.CUT)] * 2
     assert (await store.lookup(key)).state is State.CUT  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("cut", [Cut.UPSTREAM, Cut.GRACE, Cut.OWNER_GONE])
+async def test_a_cut_stream_says_why_to_its_readers(store: Store, cut: Cut) -> None:
+    key = new_key()
+    writer = store.open(key, "run-" + key[2:])
+    assert writer is not None
+    writer.append(b"data: 1\n")
+    writer.end(State.CUT, cut)
+    await settled(store)
+    info = await store.lookup(key)
+    assert info is not None
+    assert await read_to_end(store, info) == ([1], End(State.CUT, cut))
 
 
 async def test_attached_readers_are_seen_by_the_owner(store: Store) -> None:
@@ -150,6 +168,7 @@ async def test_past_max_bytes_the_stream_is_no_longer_resumable(store: Store) ->
         assert not writer.resumable
         assert writer.count == 1  # the event past the bound was not kept
     assert got == [([1], State.CUT)]
+    assert await read_to_end(store, info) == ([], End(State.CUT, Cut.NOT_KEPT))
     await settled(store)
     after = await store.lookup(key)
     assert after is not None
@@ -169,7 +188,7 @@ async def test_cancel_tells_the_owner_and_cuts_readers_and_removes_an_ended_stre
     assert info is not None
     assert await store.cancel(key)
     await wait_for(lambda: writer.cancelled, within=3)
-    assert await read_all(store, info) == ([1], State.CUT)
+    assert await read_to_end(store, info) == ([1], End(State.CUT, Cut.DELETED))
     writer.end(State.CUT)
     await settled(store)
     assert await store.cancel(key)  # ended: DELETE removes it

@@ -251,8 +251,10 @@ async def _serve(
         if decision.name == "metrics":
             body = shared.render_metrics()
             await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
-        else:
-            await client.answer(200, b'{"status":"ok"}')
+        else:  # health: forwarding is up; with the resume store, its state beside it
+            health = {} if shared.resume is None else shared.resume.health()
+            body = json.dumps({"status": "ok", **health}, separators=(",", ":")).encode()
+            await client.answer(200, body)
         stats.status = 200
         relay.on(Input.LOCAL)
         return True
@@ -409,7 +411,7 @@ async def _answer(
             relay.on(Input.CLIENT_GONE)
     finally:
         if recording is not None:  # resume hook: the stored stream ends as this one did
-            recording.end(relay.phase is Phase.DONE)
+            recording.end(relay.phase is Phase.DONE, shutdown=shared.cutting)
     return failure, done
 
 

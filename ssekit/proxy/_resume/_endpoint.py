@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from typing import Final
 
 import anyio
 
@@ -24,6 +25,8 @@ from ._hook import STREAM_ID_HEADER, Resume, client_token
 from ._records import (
     CATCH_UP,
     CatchUp,
+    Cut,
+    End,
     Refusal,
     Replay,
     State,
@@ -77,8 +80,8 @@ async def serve_streams(
         plan, info = await _plan(
             resume, key, stream_id, get_header(headers, b"last-event-id"), target
         )
-    except StoreUnavailable as exc:
-        return await _refuse(client, relay, stats, Refusal(503, f"the resume store: {exc}"))
+    except StoreUnavailable:  # its address and error are in the store's log, not here
+        return await _refuse(client, relay, stats, UNAVAILABLE)
     if isinstance(plan, Refusal):
         return await _refuse(client, relay, stats, plan)
     assert info is not None
@@ -95,7 +98,7 @@ async def serve_streams(
         ],
     )
     relay.on(Input.HEAD)
-    end = State.CUT
+    end = End(State.CUT, Cut.NOT_KEPT)
     error = ""
     try:
         async with anyio.create_task_group() as tg:
@@ -103,7 +106,7 @@ async def serve_streams(
             try:
                 async with contextlib.aclosing(resume.store.read(info, plan.after)) as batches:
                     async for batch in batches:
-                        if isinstance(batch, State):
+                        if isinstance(batch, End):
                             end = batch
                             break
                         # In pieces, each written (and waited for) before the next is
@@ -112,26 +115,41 @@ async def serve_streams(
                             await client.send_data(piece)
                             stats.body_bytes += len(piece)
                         stats.events += len(batch)
-            except StoreUnavailable as exc:
-                error = f"the resume store failed mid-stream: {exc}"
+            except StoreUnavailable:  # logged by the store (its address, its error)
+                error = "the resume store is unavailable: the stream was cut; try again shortly"
             tg.cancel_scope.cancel()
     except* ClientGone:
         if relay.open:
             relay.on(Input.CLIENT_GONE)
     if not relay.open:
         return False
-    if end is State.DONE:
+    if end.state is State.DONE:
         await client.send_end()
         relay.on(Input.END)
         return True
     # Cut: the reader must be able to tell (no last chunk), as on the original response.
-    stats.error = error or "the stream was cut (upstream failure, grace, DELETE, owner gone)"
+    cut = end.cut or Cut.UPSTREAM
+    stats.cut = cut.value
+    stats.error = error or f"the stream was cut: {CUT_SAID[cut]}"
     relay.on(Input.UPSTREAM_FAILED)
     if config.error_event:
         message = json.dumps({"error": {"message": stats.error, "type": "proxy_error"}})
         with contextlib.suppress(ClientGone):
             await client.send_data(encode(Event(event="error", data=message)))
     return False
+
+
+#: What a reader is told of a store that does not answer: never its address or its error.
+UNAVAILABLE: Final = Refusal(503, "the resume store is unavailable; try again shortly")
+
+#: Each cut, as the reader's error (and --error-event) says it.
+CUT_SAID: Final = {
+    Cut.UPSTREAM: "the upstream failed",
+    Cut.GRACE: "no reader came back within --resume-grace",
+    Cut.DELETED: "it was stopped (DELETE)",
+    Cut.OWNER_GONE: "the instance forwarding it went away",
+    Cut.NOT_KEPT: "the store no longer keeps it",
+}
 
 
 async def _plan(

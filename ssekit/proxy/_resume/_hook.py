@@ -24,15 +24,34 @@ from ..._http import BadRequest, ClientGone, Downstream, RequestHead, get_header
 from .._config import ProxyConfig
 from .._relay import bearer_token
 from .._stats import Metrics, StreamStats
-from ._records import State, event_body, grace_expired, new_stream_id, scoped_key, valid_key
+from ._records import (
+    Cut,
+    State,
+    Unkept,
+    event_body,
+    grace_expired,
+    new_stream_id,
+    redacted,
+    scoped_key,
+    valid_key,
+)
 from ._store import Store, StoreUnavailable, Writer
 
-__all__ = ("STREAM_ID_HEADER", "Detachable", "Recording", "Resume", "client_token")
+__all__ = (
+    "NOT_RESUMABLE_HEADER",
+    "STREAM_ID_HEADER",
+    "Detachable",
+    "Recording",
+    "Resume",
+    "client_token",
+)
 
 log = logging.getLogger("ssekit.proxy")
 
 STREAM_ID_HEADER = b"ssekit-stream-id"
 RESUME_KEY_HEADER = b"ssekit-resume-key"
+#: On an event stream the store is on for but could not keep: why (``Unkept``).
+NOT_RESUMABLE_HEADER = b"ssekit-not-resumable"
 #: The longest a response head waits for the store to have its stream (seconds); past it
 #: the stream flows on without an id, not resumable.
 KEPT_WITHIN: Final = 1.0
@@ -51,6 +70,21 @@ class Resume:
         self.store = store
         self.metrics = metrics
         metrics.resume_on = True
+
+    def health(self) -> dict[str, str]:
+        """The store's state for the health endpoint: ``resume_store`` up or down (the
+        proxy forwards either way; only resumption waits for the store)."""
+        return {"resume_store": "up" if self.store.available else "down"}
+
+    def describe(self) -> str:
+        """The store and its state, for the start-up banner (no password)."""
+        store = self.config.resume_store or ""
+        if store == "memory":
+            return "resume store: memory (this process)"
+        where = f"resume store: {redacted(store)}"
+        if self.store.available:
+            return where
+        return f"{where} (DOWN: streams are not resumable until it answers; see the log)"
 
     async def begin(self, request: RequestHead, stats: StreamStats) -> Recording:
         """At request time: the stream id (the client's ``ssekit-resume-key`` or a random
@@ -75,7 +109,7 @@ class Resume:
         try:
             recording.claimed = await self.store.claim(recording.key, run)
         except StoreUnavailable:
-            recording.unkept = True  # not resumable; the stream itself flows on
+            recording.unkept = Unkept.STORE_DOWN  # not resumable; the stream flows on
             return recording
         if not recording.claimed:
             raise BadRequest(
@@ -112,7 +146,7 @@ class Recording:
         self.run = run
         self.method = method
         self.claimed = False  # the key is reserved for this exchange (a client's own key)
-        self.unkept = False  # the store could not take the stream: it is not resumable
+        self.unkept: Unkept | None = None  # the store could not take the stream: why
         self.writer: Writer | None = None
         self.client: Detachable | None = None
 
@@ -145,16 +179,21 @@ class Recording:
         """
         if status != 200 or self.method == "HEAD" or not is_event_stream(content_type):
             return
-        if self.unkept:
-            return
-        writer = self.resume.store.open(self.key, self.run)
+        writer = None if self.unkept else self.resume.store.open(self.key, self.run)
+        if writer is not None:
+            with anyio.move_on_after(KEPT_WITHIN):
+                await writer.kept()
+            if not writer.stored or not writer.resumable:
+                writer.give_up(f"the store did not take the stream within {KEPT_WITHIN:g}s")
+                writer.end(State.CUT)
+                self.unkept = self.unkept or Unkept.STORE_SLOW
+                writer = None
         if writer is None:
-            return  # the store is down: this stream flows on, not resumable
-        with anyio.move_on_after(KEPT_WITHIN):
-            await writer.kept()
-        if not writer.stored or not writer.resumable:
-            writer.give_up(f"the store did not take the stream within {KEPT_WITHIN:g}s")
-            writer.end(State.CUT)
+            # This stream flows on, not resumable: say so, and why (the log line too).
+            down = not self.resume.store.available
+            why = Unkept.STORE_DOWN if down else self.unkept or Unkept.STORE_SLOW
+            self.stats.not_resumable = why.value
+            headers.append((NOT_RESUMABLE_HEADER, why.value.encode()))
             return
         self.writer = writer
         self.resume.metrics.resume_recorded += 1
@@ -187,10 +226,26 @@ class Recording:
             writer.reason,
         )
 
-    def end(self, done: bool) -> None:
-        """The exchange is over: the stream ended cleanly, or was cut."""
-        if self.writer is not None:
-            self.writer.end(State.DONE if done else State.CUT)
+    def end(self, done: bool, *, shutdown: bool = False) -> None:
+        """The exchange is over: the stream ended cleanly, or was cut (by a DELETE, the
+        grace running out, the proxy shutting down, else the upstream failing)."""
+        writer = self.writer
+        if writer is None:
+            return
+        if done:
+            writer.end(State.DONE)
+            return
+        if writer.cancelled:
+            cut = Cut.DELETED
+        elif self.client is not None and self.client.expired:
+            cut = Cut.GRACE
+        elif shutdown:
+            cut = Cut.OWNER_GONE
+        else:
+            cut = Cut.UPSTREAM
+        writer.end(State.CUT, cut)
+        if writer.resumable:
+            self.stats.cut = (writer.cut or cut).value
 
 
 class Detachable(Downstream):
@@ -205,7 +260,7 @@ class Detachable(Downstream):
     closes its upstream exactly as for a client leaving.
     """
 
-    __slots__ = ("armed", "gone", "recording")
+    __slots__ = ("armed", "expired", "gone", "recording")
 
     def __init__(self, client: Downstream, recording: Recording) -> None:
         # Share the real connection's socket and HTTP state; only the two methods differ.
@@ -218,6 +273,7 @@ class Detachable(Downstream):
         self.recording = recording
         self.armed = anyio.Event()
         self.gone = False
+        self.expired = False  # the grace ran out with no reader: the upstream is let go
 
     def _keeps(self) -> bool:
         writer = self.recording.writer
@@ -274,6 +330,7 @@ class Detachable(Downstream):
             now = time.monotonic()
             since = now if since is None else since
             if grace_expired(now=now, unattached_since=since, grace=grace):
+                self.expired = True
                 return
             with anyio.move_on_after(since + grace - now):
                 await writer.control_changed()

@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Callable
 import anyio
 import anyio.abc
 
-from ._records import PIECE, State, StreamInfo
+from ._records import PIECE, Cut, End, State, StreamInfo
 from ._store import Batch, Writer
 
 __all__ = ("MemoryStore", "held")
@@ -80,6 +80,7 @@ class MemoryStore:
         self.owner = owner
         self.now = clock
         self.commands = 0
+        self.available = True  # memory does not fail
         self.total = 0  # bytes held for events (see held()), all streams
         self._streams: dict[str, _Record] = {}
         self._finished: OrderedDict[str, _Record] = OrderedDict()  # by end time, by run
@@ -131,7 +132,7 @@ class MemoryStore:
     async def read(self, info: StreamInfo, after: int) -> AsyncGenerator[Batch, None]:
         record = self._streams.get(info.key)
         if record is None or record.run != info.run:
-            yield State.CUT
+            yield End(State.CUT, Cut.NOT_KEPT)
             return
         record.readers += 1
         record.attached = True
@@ -140,7 +141,7 @@ class MemoryStore:
             position = after
             while True:
                 if not record.resumable:
-                    yield State.CUT
+                    yield End(State.CUT, Cut.NOT_KEPT)
                     return
                 if position < record.count:
                     # About PIECE bytes at a time: the endpoint writes each batch before it
@@ -154,7 +155,7 @@ class MemoryStore:
                         size += len(body)
                     yield batch
                 elif record.state is not State.LIVE:
-                    yield record.state
+                    yield End(record.state, record.cut)
                     return
                 else:
                     await record.changed()
@@ -170,7 +171,7 @@ class MemoryStore:
             return False
         if record.state is State.LIVE:
             record.cancelled = True
-            record.end(State.CUT)  # readers see the cut now; the owner closes its upstream
+            record.end(State.CUT, Cut.DELETED)  # readers see it now; the owner closes upstream
         else:
             self._forget(record, "deleted")  # an ended stream: DELETE removes it
         return True

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from ..._encoder import encode
 from ..._event import Event
@@ -28,12 +28,19 @@ __all__ = (
     "KEY_PATTERN",
     "MAX_DIGITS",
     "PIECE",
+    "PROBE_FIRST",
+    "PROBE_MAX",
+    "STEADY",
     "Asked",
     "CatchUp",
+    "Cut",
+    "End",
+    "Outage",
     "Refusal",
     "Replay",
     "State",
     "StreamInfo",
+    "Unkept",
     "asked_position",
     "event_body",
     "frame",
@@ -42,6 +49,7 @@ __all__ = (
     "owner_lost",
     "pieces",
     "plan_resume",
+    "redacted",
     "scoped_key",
     "start_position",
     "valid_key",
@@ -62,6 +70,91 @@ class State(enum.Enum):
     LIVE = "live"
     DONE = "done"
     CUT = "cut"
+
+
+class Cut(enum.Enum):
+    """Why a stored stream was cut: the ``cut`` field of the log lines that serve it."""
+
+    UPSTREAM = "upstream_failure"  # the upstream failed, timed out, or cut its answer
+    GRACE = "grace_expired"  # no reader came back within --resume-grace
+    DELETED = "deleted"  # DELETE .../streams/<id>
+    OWNER_GONE = "owner_gone"  # the instance forwarding it died or shut down
+    NOT_KEPT = "not_kept"  # the store let it go: --resume-max-bytes, full, failed, evicted
+
+
+class Unkept(enum.Enum):
+    """Why an event stream is not resumable from its head on, though the store is on: the
+    ``ssekit-not-resumable`` response header and the ``not_resumable`` log field."""
+
+    STORE_DOWN = "store-unavailable"  # the store does not answer (logged once, 503 to readers)
+    STORE_SLOW = "store-too-slow"  # it did not take the stream in time
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """How a read of a stored stream ends: DONE, or CUT and why (``cut``)."""
+
+    state: State
+    cut: Cut | None = None
+
+
+#: After a store error the store is probed after PROBE_FIRST seconds, the wait doubling
+#: with each failure up to PROBE_MAX: a store in trouble is not hammered, and a store that
+#: fails and recovers in turn (Redis at maxmemory) is tried less and less often.
+PROBE_FIRST: Final = 1.0
+PROBE_MAX: Final = 10.0
+#: An outage ends once the store has answered this long (seconds): failures within it are
+#: the same outage (logged once at its start, once at its end, never per flap).
+STEADY: Final = 5.0
+
+
+class Outage:
+    """A store's health as its errors and answers show it; time comes in as ``now``.
+
+    Up until an operation fails; then down (new streams are not kept) and probed
+    with backoff (:meth:`probe_due`); a probe that answers brings it up again
+    (:meth:`answered`), and :meth:`over` says once when it has held ``STEADY``
+    seconds. :meth:`failed` says whether a failure began an outage. So one outage
+    is two log lines, however often the store flapped within it.
+    """
+
+    __slots__ = ("back_at", "failures", "probe_at", "since", "up")
+
+    def __init__(self) -> None:
+        self.up = True
+        self.since: float | None = None  # when the current outage began; None: none
+        self.failures = 0  # in the current outage
+        self.probe_at = 0.0
+        self.back_at: float | None = None  # when the store answered again
+
+    def failed(self, now: float) -> bool:
+        """An operation failed: down, next probe later; True when an outage begins."""
+        began = self.since is None
+        if began:
+            self.since = now
+        self.up = False
+        self.back_at = None
+        self.failures += 1
+        self.probe_at = now + min(PROBE_MAX, PROBE_FIRST * 2.0 ** min(self.failures - 1, 16))
+        return began
+
+    def probe_due(self, now: float) -> bool:
+        """Down, and the backoff since the last failure has passed."""
+        return not self.up and now >= self.probe_at
+
+    def answered(self, now: float) -> None:
+        """A probe succeeded: up again (the outage is over once it holds, see :meth:`over`)."""
+        if not self.up:
+            self.up = True
+            self.back_at = now
+
+    def over(self, now: float) -> bool:
+        """True once, when the store has answered ``STEADY`` seconds after an outage."""
+        if self.up and self.back_at is not None and now - self.back_at >= STEADY:
+            self.since = self.back_at = None
+            self.failures = 0
+            return True
+        return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +197,15 @@ class Refusal:
 
     status: int
     message: str
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (``redis://user:***@host...``), for logs and banners."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def valid_key(key: str) -> bool:

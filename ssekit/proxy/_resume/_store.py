@@ -11,18 +11,29 @@ shared test suite checks them.
 from __future__ import annotations
 
 import abc
+import json
+import logging
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
 import anyio
 import anyio.abc
 
-from ._records import State, StreamInfo
+from ._records import Cut, End, State, StreamInfo
 
-__all__ = ("Batch", "Store", "StoreUnavailable", "Writer")
+__all__ = ("Batch", "Store", "StoreUnavailable", "Writer", "report")
 
-#: What a read yields: events as ``(position, body)`` pairs, or the stream's end state last.
-Batch = list[tuple[int, bytes]] | State
+log = logging.getLogger("ssekit.proxy")
+
+#: What a read yields: events as ``(position, body)`` pairs, or how the stream ended, last.
+Batch = list[tuple[int, bytes]] | End
+
+
+def report(level: int, text: str, fields: dict[str, object], *, as_json: bool) -> None:
+    """Log what resumption has to say: ``text`` for people (one JSON object with ``fields``
+    and ``message`` under ``--log-format json``), ``fields`` on the record as ``ssekit``."""
+    message = json.dumps({**fields, "message": text}, ensure_ascii=False) if as_json else text
+    log.log(level, message, extra={"ssekit": fields})
 
 
 class StoreUnavailable(Exception):
@@ -46,6 +57,7 @@ class Writer(abc.ABC):
         self.owner = owner
         self.max_bytes = max_bytes
         self.state = State.LIVE
+        self.cut: Cut | None = None
         self.count = 0
         self.size = 0
         self.resumable = True
@@ -74,11 +86,14 @@ class Writer(abc.ABC):
         self.size += len(body)
         self._store_event(self.count, body)
 
-    def end(self, state: State) -> None:
-        """The upstream's response ended (DONE) or was cut (CUT); later calls are ignored."""
+    def end(self, state: State, cut: Cut | None = None) -> None:
+        """The upstream's response ended (DONE) or was cut (CUT, and why: ``cut``, else an
+        upstream failure); later calls are ignored."""
         if self.state is not State.LIVE:
             return
         self.state = state
+        if state is State.CUT:
+            self.cut = cut or Cut.UPSTREAM
         self._store_end(state)
         self.signal()
 
@@ -119,7 +134,7 @@ class Writer(abc.ABC):
 
     @abc.abstractmethod
     def _store_end(self, state: State) -> None:
-        """Record that the stream ended as ``state``."""
+        """Record that the stream ended as ``state`` (and ``self.cut`` when CUT)."""
 
     @abc.abstractmethod
     def _store_give_up(self, reason: str) -> None:
@@ -132,8 +147,14 @@ class Store(Protocol):
     #: Commands sent to the store so far (0 for memory), for the benchmarks.
     commands: int
 
+    @property
+    def available(self) -> bool:
+        """False while the store is in an outage (logged once): new streams are not kept,
+        ``claim`` raises :class:`StoreUnavailable`."""
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Background work (writing, liveness) until cancelled; ``started()`` once ready."""
+        """Background work (writing, liveness, probing) until cancelled; ``started()`` once
+        the store was checked (an unreachable store is logged, counted, and unavailable)."""
 
     async def aclose(self) -> None:
         """Release connections; the store is not used after this."""
@@ -157,12 +178,13 @@ class Store(Protocol):
         """The stream under ``key`` now, or None; raises :class:`StoreUnavailable`."""
 
     def read(self, info: StreamInfo, after: int) -> AsyncGenerator[Batch, None]:
-        """Events after position ``after``, live as they come, then the end state (DONE or
-        CUT, CUT also when the owner died or the stream was replaced); a reader is
+        """Events after position ``after``, live as they come, then how it ended (DONE, or
+        CUT and why: also when the owner died or the store let it go); a reader is
         attached while this runs. Raises :class:`StoreUnavailable`."""
 
     async def cancel(self, key: str) -> bool:
-        """DELETE: mark the stream cut and tell its owner to close its upstream now.
+        """DELETE: mark the stream cut (``Cut.DELETED``) and tell its owner to close its
+        upstream now.
         False when there is no such stream; raises :class:`StoreUnavailable`."""
 
     def now(self) -> float:
