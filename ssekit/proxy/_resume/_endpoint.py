@@ -1,9 +1,13 @@
 """``GET`` and ``DELETE {admin prefix}/streams/<id>``: read a stored stream, or stop it.
 
-The decisions (which status, from which position) are :func:`plan_resume`'s;
-this moves the bytes: the replay and the live tail, each event framed with
+The decisions (which status, from which position, whether to look again for a
+position the store has not caught up with) are :func:`plan_resume`'s; this
+moves the bytes: the replay and the live tail in pieces of about ``PIECE``
+bytes, each written before the next is read, each event framed with
 ``id: <position>``, ended cleanly only after a clean upstream end, cut
-otherwise (with ``--error-event``, an ``event: error`` first).
+otherwise (with ``--error-event``, an ``event: error`` first; the log line's
+``cut`` says which). A store that does not answer is a 503 that names neither
+its address nor its error (the store logs those).
 """
 
 from __future__ import annotations

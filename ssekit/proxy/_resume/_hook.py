@@ -2,12 +2,16 @@
 :class:`Recording`, and the :class:`Detachable` client an exchange forwards to.
 
 With the store off none of this exists (``Shared.resume`` is None) and the
-exchange is exactly what it was. With it on, a ``200 text/event-stream``
-answer is recorded: each event the tap decodes goes to the store's writer
-(without waiting), the head carries ``ssekit-stream-id``, and the original
-client leaving no longer ends the exchange at once: :class:`Detachable`
-swallows its departure and holds the exchange open while a reader is
-attached, or for ``--resume-grace`` with none, or until a DELETE.
+exchange is exactly what it was. With it on, a client's own key is claimed
+before anything goes upstream (409 while a stream under it is live or kept),
+and a ``200 text/event-stream`` answer is recorded: its head waits for the
+store to have the stream, then carries ``ssekit-stream-id`` (or, when the store
+cannot keep it, ``ssekit-not-resumable`` and why); each event the tap decodes
+goes to the store's writer (without waiting); and the original client leaving
+no longer ends the exchange at once: :class:`Detachable` swallows its
+departure and holds the exchange open while a reader is attached, or for
+``--resume-grace`` with none, or until a DELETE. How a kept stream was cut
+(``Cut``) is stored with it and logged.
 """
 
 from __future__ import annotations
