@@ -259,7 +259,7 @@ async def test_a_store_down_at_start_up_is_said_counted_and_no_id_is_handed_out(
             metrics = (await client.get(base + "/_ssekit/metrics")).text
             response = await client.get(base + "/stream", headers={"ssekit-resume-key": "k1"})
     assert health == {"status": "ok", "resume_store": "down"}
-    assert re.search(r"^ssekit_resume_store_errors_total 1$", metrics, re.MULTILINE)
+    assert re.search(r"^ssekit_resume_store_errors_total [1-9]$", metrics, re.MULTILINE)
     assert response.status_code == 200
     assert "ssekit-stream-id" not in response.headers
     assert response.headers["ssekit-not-resumable"] == "store-unavailable"
@@ -463,7 +463,7 @@ async def test_a_stream_redis_evicted_is_told_from_one_that_never_existed(
         left = await admin.hgetall(f"ssekit:m:{run}")
         ttl = await admin.pttl(f"ssekit:m:{run}")
     await admin.aclose()
-    assert len(events) >= 35  # its client got the rest of its stream, untouched
+    assert len(events) == 40  # its client got its whole stream, untouched
     assert (gone.status, never.status) == (404, 404)
     assert re.search(r"^ssekit_resume_evicted_total 1$", metrics, re.MULTILINE)
     (evicted,) = store_records(caplog, "resume_evicted")
