@@ -330,11 +330,14 @@ def _run_proxy(args: argparse.Namespace) -> int:
     return _run_single(args, settings, loop)
 
 
-def _banner(base: str, upstream: str, admin_prefix: str, how: str) -> None:
-    """What runs where; ``how``: comma-separated facts, ``key: value`` (event loop, http)."""
+def _banner(base: str, upstream: str, admin_prefix: str, how: str, resume: str = "") -> None:
+    """What runs where; ``how``: comma-separated facts, ``key: value`` (event loop, http);
+    ``resume``: the store and whether it answers (a line of its own)."""
+    resume_line = f"{resume}\n" if resume else ""
     print(
         f"ssekit proxy listening on {base} -> {upstream} ({how})\n"
         f"metrics: {base}{admin_prefix}/metrics\n"
+        f"{resume_line}"
         f"try:\n  curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' "
         '-d \'{"model":"ssekit-mock","stream":true,'
         '"messages":[{"role":"user","content":"hi"}]}\'',
@@ -345,15 +348,20 @@ def _banner(base: str, upstream: str, admin_prefix: str, how: str) -> None:
 async def _serve_until_signal(
     config: ProxyConfig,
     *,
-    started: Callable[[tuple[str, int]], None] = lambda _: None,
+    started: Callable[[tuple[str, int], str], None] = lambda *_: None,
     reuse_port: bool = False,
     metrics_dir: str | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain (up to ``config.drain_timeout``)."""
+    """Serve until SIGTERM/SIGINT, then drain (up to ``config.drain_timeout``).
+
+    ``started`` gets the bound address and the resume store's state ("" when off).
+    """
     import anyio
     import anyio.abc
 
-    from .proxy import serve
+    from .proxy._listener import Proxy
+
+    proxy = Proxy(config, reuse_port=reuse_port, metrics_dir=metrics_dir)
 
     # Signals are caught from before the banner: a SIGTERM right after it drains.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -363,17 +371,12 @@ async def _serve_until_signal(
 
             async def run_proxy(*, task_status: anyio.abc.TaskStatus[tuple[str, int]]) -> None:
                 try:
-                    await serve(
-                        config,
-                        task_status=task_status,
-                        shutdown=shutdown,
-                        reuse_port=reuse_port,
-                        metrics_dir=metrics_dir,
-                    )
+                    await proxy.serve(task_status=task_status, shutdown=shutdown)
                 finally:
                     finished.set()
 
-            started(await tg.start(run_proxy))
+            bound = await tg.start(run_proxy)  # the resume store was checked by then
+            started(bound, "" if proxy.shared.resume is None else proxy.shared.resume.describe())
             await _first_signal(signals)
             if not reuse_port:  # workers: the supervisor says it once
                 print(
@@ -403,9 +406,10 @@ def _run_single(args: argparse.Namespace, settings: dict[str, Any], loop: tuple[
                 print(f"ssekit: no --upstream given; built-in mock upstream on {upstream}")
             config = ProxyConfig(upstream=upstream, **settings)
 
-            def started(bound: tuple[str, int]) -> None:
+            def started(bound: tuple[str, int], resume: str) -> None:
+                base = f"http://{bound[0]}:{bound[1]}"
                 how = f"event loop: {name}, http: {config.http}"
-                _banner(f"http://{bound[0]}:{bound[1]}", upstream, config.admin_prefix, how)
+                _banner(base, upstream, config.admin_prefix, how, resume)
 
             await _serve_until_signal(config, started=started)
             tg.cancel_scope.cancel()

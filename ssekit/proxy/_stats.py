@@ -44,6 +44,8 @@ class StreamStats:
     error: str = ""
     stream_id: str = ""  # kept for resumption (--resume-store) under this id
     detached: bool = False  # its client left while the stream was kept for resumption
+    cut: str = ""  # a resumable stream was cut: why (upstream_failure, grace_expired...)
+    not_resumable: str = ""  # an event stream the resume store could not keep: why
     dropped_headers: int = 0  # request fields with "_" in their name, not forwarded
 
     def as_log(self) -> dict[str, object]:
@@ -62,6 +64,8 @@ class StreamStats:
             **({"error": self.error} if self.error else {}),
             **({"stream_id": self.stream_id} if self.stream_id else {}),
             **({"detached": True} if self.detached else {}),
+            **({"cut": self.cut} if self.cut else {}),
+            **({"not_resumable": self.not_resumable} if self.not_resumable else {}),
             **({"dropped_headers": self.dropped_headers} if self.dropped_headers else {}),
         }
 
@@ -79,6 +83,7 @@ _SUMMED = (
     "resume_given_up",
     "resume_reads",
     "resume_store_errors",
+    "resume_evicted",
     "dropped_headers",
 )
 
@@ -110,6 +115,7 @@ class Metrics:
     resume_store_errors: int = 0
     #: The HTTP/1.1 engine serving both sides (``--http``), shown as an info gauge.
     engine: str = "ssekit"
+    resume_evicted: int = 0
 
     def snapshot(self) -> dict[str, object]:
         """The counters as JSON-able data, for another worker process to add up."""
@@ -209,5 +215,9 @@ class Metrics:
                 "# HELP ssekit_resume_store_errors_total Failed writes or reads of the store.",
                 "# TYPE ssekit_resume_store_errors_total counter",
                 f"ssekit_resume_store_errors_total {self.resume_store_errors}",
+                "# HELP ssekit_resume_evicted_total Streams this instance forwarded whose "
+                "keys the store dropped (an evicting Redis maxmemory-policy).",
+                "# TYPE ssekit_resume_evicted_total counter",
+                f"ssekit_resume_evicted_total {self.resume_evicted}",
             ]
         return ("\n".join(lines) + "\n").encode()
