@@ -676,7 +676,7 @@ def stricter_category(ours: Reading, why: str) -> str:
     """The STRICTER category of a refusal (or a closed connection, or a wait)."""
     if why == "closes":
         last = ours.messages[-1] if ours.messages else None
-        return "http/1.0-keep-alive" if last and last.start[-1] == b"1.0" else "closes"
+        return "http/1.0-keep-alive" if last and last.start[-1] == b"1.0" else "other"
     if why == "waits":
         return "line-break-between-messages"
     for name, category in STRICTER.items():
@@ -807,7 +807,8 @@ def judge(
                 Finding("reads differently", target, detail, sides, note, cause=detail)
             )
         elif relation == STRICT:
-            outcome.stricter.append((name, stricter_category(whole, what), whole.error))
+            error = whole.error or f"ssekit {what} where {name} reads on"
+            outcome.stricter.append((name, stricter_category(whole, what), error))
     return outcome
 
 

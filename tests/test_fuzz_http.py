@@ -152,3 +152,11 @@ def test_mutation_is_deterministic_for_a_seed() -> None:
     assert run(7) == run(7) != run(8)
     data = run(7)[-1]
     assert harness.cut_sets(data, False) == harness.cut_sets(data, False)
+
+
+def test_the_readme_table_shows_every_stricter_category() -> None:
+    readme = (FUZZ / "README.md").read_text()
+    table = readme.split("## Deliberate differences", 1)[1]
+    assert {f"| `{name}` |" for name in harness.STRICTER} <= {
+        line.split(" | ")[0] + " |" for line in table.splitlines() if line.startswith("| `")
+    }
