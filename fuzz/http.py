@@ -56,7 +56,7 @@ TARGETS: Final = ("request", "response")
 MAX_HEAD: Final = 64 * 1024
 #: The oracles' bounds sit far above ssekit's, so a head ssekit refuses for size is "stricter".
 ORACLE_MAX_HEAD: Final = 1 << 20
-MAX_INPUT: Final = 64 * 1024
+MAX_INPUT: Final = 72 * 1024  # past MAX_HEAD, so the head bounds are reached
 #: Inputs up to this size are replayed at every single cut (and byte by byte).
 EXHAUSTIVE: Final = 2048
 #: atheris's inputs (and seeds) stay under this: instrumented code runs many times slower.
@@ -95,6 +95,9 @@ KNOWN_BUGS: Final[frozenset[str]] = frozenset(
         # A blank line after a 1xx head: refused when it comes with the head, waited on
         # (then "closed mid-head") when it comes alone.
         "resp-1xx-then-stray-lf",
+        # A request head over --max-header-size on the wire but not by admit()'s estimate
+        # (head_size counts no OWS): accepted whole, a 431 when it arrives in pieces.
+        "req-head-ows-padding-over-limit",
     }
 )
 
