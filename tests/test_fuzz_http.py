@@ -128,14 +128,12 @@ def test_clean_corpus_files_replay_clean_at_every_cut(name: str) -> None:
     assert outcome.findings == []
 
 
-def test_a_known_bug_file_still_finds_its_bug() -> None:
-    # Row a of issue 18: a trailer ended by LF LF swallows the next request. Delete this
-    # test with the KNOWN_BUGS entry once the trailer reader is fixed.
-    path = harness.CORPUS / "req-a-trailer-lf-lf-desync"
-    if path.name not in harness.KNOWN_BUGS:
-        pytest.skip("fixed: the replay now holds it")
-    outcome = harness.check("request", path.read_bytes(), exhaustive=True)
-    assert "vs h11: message boundary" in {f.detail for f in outcome.findings}
+@pytest.mark.parametrize("name", sorted(harness.KNOWN_BUGS))
+def test_each_known_bug_file_still_finds_its_bug(name: str) -> None:
+    """A fixed bug must leave KNOWN_BUGS: a stale entry would hide its return."""
+    path = harness.CORPUS / name
+    outcome = harness.check(harness.target_of(path), path.read_bytes(), exhaustive=True)
+    assert outcome.findings, f"{name} finds nothing now: delete it from KNOWN_BUGS"
 
 
 def test_every_known_bug_names_a_corpus_file() -> None:
