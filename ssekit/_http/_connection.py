@@ -346,7 +346,9 @@ class OriginConnection:
         buffer: bytes | bytearray = self._buffer
         searched = -1  # how much of buffer holds no blank line (-1: not looked yet)
         while True:
-            if searched < 0 or has_blank_line(buffer, max(0, searched - 2)):
+            # A blank line first is refused by the parser at once, however it was cut.
+            blank = buffer[:1] == b"\n" or buffer[:2] == b"\r\n"
+            if searched < 0 or blank or has_blank_line(buffer, max(0, searched - 2)):
                 data = bytes(buffer)
                 h11 = self._h11
                 parsed = parse_response_head(data) if h11 is None else h11.parse_head(data)

@@ -265,6 +265,12 @@ class H11ServerConnection:
                 return Signal.NEED_DATA
             end = _head_end(head)
             assert end is not None
+            if end > self.max_head_size:  # arrived whole: measured on the wire all the same
+                raise RequestError(
+                    f"request head of {end} bytes, over the limit of {self.max_head_size} "
+                    "(--max-header-size)",
+                    431,
+                )
             self._screen_head(bytes(head[:end]))
         rest = bytes(head[self._in_h11 :])
         self._head, self._in_h11, self._searched = bytearray(), 0, 0
