@@ -384,16 +384,21 @@ async def measure(
     }
 
 
-def start_ssekit(up_port: int, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
-    """The proxy in its own process; its log goes to ``log`` (shown if a round fails)."""
+def start_ssekit(
+    up_port: int, log: Path, *extra: str, source: str | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The proxy in its own process; its log goes to ``log`` (shown if a round fails).
+    ``source``: run the ssekit package found there instead (a checkout of an earlier
+    commit, for a before/after comparison in one run: ``--baseline``)."""
     port = free_port()
+    env = None if source is None else {**os.environ, "PYTHONPATH": source}
     proxy = subprocess.Popen(
         [sys.executable, "-m", "ssekit", "proxy", "--upstream", f"http://127.0.0.1:{up_port}",
          "--listen", f"127.0.0.1:{port}", "--max-connections", "4096",
          "--no-access-log",  # as nginx's access_log off below: like for like
          "--pool-size", "64",  # as nginx's keepalive 64 below
          "--loop", os.environ.get("SSEKIT_BENCH_LOOP", "auto"), *extra],
-        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env,
     )  # fmt: skip
     wait_port(port)
     time.sleep(0.5)  # workers, if any, are up too
@@ -406,6 +411,16 @@ HTTP_CHOICES: dict[str, tuple[str, ...]] = {
     "ssekit": ("ssekit",),
     "h11": ("h11",),
 }
+
+
+def add_baseline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also a proxy run from the ssekit package in DIR (a checkout of an earlier "
+        "commit, e.g. made with git worktree add), on its default engine: before and after "
+        "in one run",
+    )
 
 
 def engine_path(engine: str) -> str:
@@ -423,6 +438,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         help="the proxy's HTTP/1.1 engine(s), side by side (default: both)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported")
+    add_baseline(parser)
     parser.add_argument("--workers", type=int, default=0, help="also ssekit --workers N (0: no)")
     parser.add_argument(
         "--resume", action="store_true", help="also ssekit with the memory and Redis resume stores"
@@ -442,6 +458,12 @@ def main(argv: list[str] | None = None) -> list[str]:
             proxy, proxy_port = start_ssekit(up_port, tmp / f"{engine}.log", "--http", engine)
             procs.append(proxy)
             paths[engine_path(engine)] = (proxy_port, [proxy.pid])
+        if args.baseline:
+            before, before_port = start_ssekit(
+                up_port, tmp / "baseline.log", source=args.baseline
+            )
+            procs.append(before)
+            paths["ssekit (baseline)"] = (before_port, [before.pid])
         first = ("--http", engines[0])  # workers and the resume stores run on this engine
         if args.workers:
             workers, workers_port = start_ssekit(

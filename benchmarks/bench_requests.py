@@ -28,6 +28,7 @@ from .bench_proxy import (
     HTTP_CHOICES,
     NGINX_CONF,
     UPSTREAM,
+    add_baseline,
     engine_path,
     first_bytes,
     free_port,
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         default="both",
         help="the proxy's HTTP/1.1 engine(s), side by side (default: both)",
     )
+    add_baseline(parser)
     args = parser.parse_args(argv)
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="ssekit-requests-") as tmp_name:
@@ -83,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
                 proxy, port = start_ssekit(up, tmp / f"{engine}.log", "--http", engine)
                 procs.append(proxy)
                 paths[engine_path(engine)] = (port, proxy.pid)
+            if args.baseline:
+                before, port = start_ssekit(up, tmp / "baseline.log", source=args.baseline)
+                procs.append(before)
+                paths["ssekit (baseline)"] = (port, before.pid)
             port = free_port()
             floor = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.floor_proxy", str(up), str(port)]
