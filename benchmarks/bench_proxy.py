@@ -1,10 +1,11 @@
 """The proxy side by side with nginx (as an SSE reverse proxy) and a direct connection.
 
     pip install -e '.[bench]'                  # once, from the repository root
-    python -m benchmarks.bench_proxy [--quick]   # --quick: a smoke run, indicative only
+    python -m benchmarks.bench_proxy [--quick] [--http both|ssekit|h11]   # --quick: indicative
 
 One purpose-built upstream (a separate process) streams timestamped SSE events.
-The client here measures, per path (direct, ssekit, nginx when installed):
+The client here measures, per path (direct, ssekit on each HTTP/1.1 engine chosen:
+``ssekit`` its own, ``ssekit --http h11`` on h11; nginx when installed):
 added latency per event (p50/p99) for sequential streams and for 100 concurrent
 streams, one fast 100 MB stream's throughput, how long until the upstream sees
 the client's disconnect, and the proxy's memory growth under a 1 KB/s client.
@@ -503,20 +504,48 @@ async def measure(
     }
 
 
-def start_ssekit(up_port: int, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
-    """The proxy in its own process; its log goes to ``log`` (shown if a round fails)."""
+def start_ssekit(
+    up_port: int, log: Path, *extra: str, source: str | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The proxy in its own process; its log goes to ``log`` (shown if a round fails).
+    ``source``: run the ssekit package found there instead (a checkout of an earlier
+    commit, for a before/after comparison in one run: ``--baseline``)."""
     port = free_port()
+    env = None if source is None else {**os.environ, "PYTHONPATH": source}
     proxy = subprocess.Popen(
         [sys.executable, "-m", "ssekit", "proxy", "--upstream", f"http://127.0.0.1:{up_port}",
          "--listen", f"127.0.0.1:{port}", "--max-connections", "4096",
          "--no-access-log",  # as nginx's access_log off below: like for like
          "--pool-size", "64",  # as nginx's keepalive 64 below
          "--loop", os.environ.get("SSEKIT_BENCH_LOOP", "auto"), *extra],
-        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env,
     )  # fmt: skip
     wait_port(port)
     time.sleep(0.5)  # workers, if any, are up too
     return proxy, port
+
+
+#: ``--http`` choices: the engines each choice runs, the first also for workers and resume.
+HTTP_CHOICES: dict[str, tuple[str, ...]] = {
+    "both": ("ssekit", "h11"),
+    "ssekit": ("ssekit",),
+    "h11": ("h11",),
+}
+
+
+def add_baseline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also a proxy run from the ssekit package in DIR (a checkout of an earlier "
+        "commit, e.g. made with git worktree add), on its default engine: before and after "
+        "in one run",
+    )
+
+
+def engine_path(engine: str) -> str:
+    """A path's name for the proxy on ``engine``: ``ssekit``, ``ssekit --http h11``."""
+    return "ssekit" if engine == "ssekit" else f"ssekit --http {engine}"
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -530,7 +559,14 @@ def main(argv: list[str] | None = None) -> list[str]:
         action="store_true",
         help="fewer events, 20 MB, 3 s slow client, one round: indicative figures",
     )
+    parser.add_argument(
+        "--http",
+        choices=tuple(HTTP_CHOICES),
+        default="both",
+        help="the proxy's HTTP/1.1 engine(s), side by side (default: both)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported")
+    add_baseline(parser)
     parser.add_argument("--workers", type=int, default=0, help="also ssekit --workers N (0: no)")
     parser.add_argument(
         "--resume", action="store_true", help="also ssekit with the memory and Redis resume stores"
@@ -546,12 +582,19 @@ def main(argv: list[str] | None = None) -> list[str]:
         wait_port(up_port)
         paths: dict[str, tuple[int, list[int]]] = {"direct": (up_port, [])}
 
-        proxy, proxy_port = start_ssekit(up_port, tmp / "ssekit.log")
-        procs.append(proxy)
-        paths["ssekit"] = (proxy_port, [proxy.pid])
+        engines = HTTP_CHOICES[args.http]
+        for engine in engines:
+            proxy, proxy_port = start_ssekit(up_port, tmp / f"{engine}.log", "--http", engine)
+            procs.append(proxy)
+            paths[engine_path(engine)] = (proxy_port, [proxy.pid])
+        if args.baseline:
+            before, before_port = start_ssekit(up_port, tmp / "baseline.log", source=args.baseline)
+            procs.append(before)
+            paths["ssekit (baseline)"] = (before_port, [before.pid])
+        first = ("--http", engines[0])  # workers and the resume stores run on this engine
         if args.workers:
             workers, workers_port = start_ssekit(
-                up_port, tmp / "workers.log", "--workers", str(args.workers)
+                up_port, tmp / "workers.log", "--workers", str(args.workers), *first
             )
             procs.append(workers)
             paths[f"ssekit --workers {args.workers}"] = (workers_port, [workers.pid])
@@ -559,7 +602,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         resume_paths: dict[str, int | None] = {}  # name -> the Redis port (None: memory)
         if args.resume:
             memory, memory_port = start_ssekit(
-                up_port, tmp / "memory.log", "--resume-store", "memory"
+                up_port, tmp / "memory.log", "--resume-store", "memory", *first
             )
             procs.append(memory)
             paths["ssekit, memory store"] = (memory_port, [memory.pid])
@@ -569,7 +612,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 procs.append(redis[0])
                 url = f"redis://127.0.0.1:{redis[1]}/0"
                 remote, remote_port = start_ssekit(
-                    up_port, tmp / "redis.log", "--resume-store", url
+                    up_port, tmp / "redis.log", "--resume-store", url, *first
                 )
                 procs.append(remote)
                 paths["ssekit, redis store"] = (remote_port, [remote.pid])
@@ -625,9 +668,10 @@ def main(argv: list[str] | None = None) -> list[str]:
         for name, runs in rounds.items()
     }
     resumed = {name: results.pop(name) for name in resume_paths}
-    out = report(results, len(rounds["direct"]), quick=args.quick)
+    main_path = engine_path(HTTP_CHOICES[args.http][0])
+    out = report(results, len(rounds["direct"]), main_path, quick=args.quick)
     if resumed:
-        out += report_resume(results, resumed, quick=args.quick)
+        out += report_resume(results, resumed, main_path, quick=args.quick)
     return out
 
 
@@ -648,10 +692,14 @@ def footnotes(lines: list[str]) -> list[str]:
 
 
 def report_resume(
-    results: dict[str, dict[str, float]], resumed: dict[str, dict[str, float]], *, quick: bool
+    results: dict[str, dict[str, float]],
+    resumed: dict[str, dict[str, float]],
+    main_path: str,
+    *,
+    quick: bool,
 ) -> list[str]:
-    """The resume stores beside the store off (the ssekit row), same rounds."""
-    off = results["ssekit"]
+    """The resume stores beside the store off (the ``main_path`` row), same rounds."""
+    off = results[main_path]
     out = [
         "",
         "## Proxy: resumable streams",
@@ -694,7 +742,11 @@ def report_resume(
     return out
 
 
-def report(results: dict[str, dict[str, float]], rounds: int, *, quick: bool) -> list[str]:
+def report(
+    results: dict[str, dict[str, float]], rounds: int, main_path: str, *, quick: bool
+) -> list[str]:
+    """The table, then the targets, held by the ``main_path`` row (ssekit's own engine, unless
+    only h11 ran); h11's engine beside it when both ran."""
     out = [
         "## Proxy",
         "",
@@ -718,7 +770,7 @@ def report(results: dict[str, dict[str, float]], rounds: int, *, quick: bool) ->
             f"{r['disconnect']:.1f} | {growth} |"
         )
     out += footnotes(out)
-    s = results["ssekit"]
+    s = results[main_path]
     checks = [
         ("added p50 <= 0.15 ms (sequential)", s["p50"] <= 0.15),
         ("added p99 <= 1 ms (sequential)", s["p99"] <= 1),
@@ -739,8 +791,18 @@ def report(results: dict[str, dict[str, float]], rounds: int, *, quick: bool) ->
             (f"CPU per MB <= 3x nginx ({mb_ratio:.1f}x)", mb_ratio <= 3),
             (f"TTFB p50, 100 at once <= 1.5x nginx ({ttfb_ratio:.2f}x)", ttfb_ratio <= 1.5),
         ]
-    out += ["", "### Targets", "", *([QUICK_NOTE, ""] if quick else [])]
+    out += ["", f"### Targets ({main_path})", "", *([QUICK_NOTE, ""] if quick else [])]
     out += [f"- {label}: {judgement(ok, quick=quick)}" for label, ok in checks]
+    h11 = results.get(engine_path("h11"))
+    if h11 is not None and main_path != engine_path("h11"):
+        out += ["", "### h11's engine beside ssekit's own (ratios, h11 / ssekit)", ""]
+        for key, label in (
+            ("cpu_event_us", "CPU per event"),
+            ("cpu_mb_ms", "CPU per MB"),
+            ("ttfb50", "TTFB p50, 100 at once"),
+            ("mbps", "1-stream MB/s"),
+        ):
+            out.append(f"- {label}: {h11[key] / max(s[key], 1e-9):.2f}x")  # fmt: skip
     print("\n".join(out), flush=True)
     return out
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from ._errors import ConfigError
+from ._http import ENGINES
 from .proxy._config import Group, ProxyConfig
 
 __all__ = ("main",)
@@ -40,6 +41,8 @@ examples:
       keep the key on the server; clients send no key (or --client-token-env tokens)
   ssekit proxy --upstream http://10.0.0.5:8000/v1-prefix --listen 0.0.0.0:8080 --heartbeat 15
       bind all interfaces (an explicit choice) and keep idle load balancers from cutting streams
+  ssekit proxy --http h11
+      both sides of the proxy (and the built-in mock) on h11, the reference HTTP/1.1
   ssekit proxy --upstream https://api.openai.com --api-key-env OPENAI_API_KEY \\
       --workers auto --resume-store redis://127.0.0.1:6379/0
       one process per core; an answer survives a dropped connection, resumed on any
@@ -93,6 +96,10 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
         return super()._get_help_string(action)
 
 
+#: ProxyConfig fields that take one of a few names, and those names.
+_CHOICES: dict[str, tuple[str, ...]] = {"log_format": ("text", "json"), "http": ENGINES}
+
+
 def group_of(option: Field[Any]) -> Group:
     """The ``--help`` section of a ProxyConfig field (``DEFAULT_GROUP`` when it names none)."""
     group = option.metadata.get("group", DEFAULT_GROUP)
@@ -106,8 +113,8 @@ def _add_config_option(parser: argparse._ActionsContainer, option: Field[Any]) -
     default, help = option.default, option.metadata["help"]
     if isinstance(default, bool):
         parser.add_argument(name, action="store_true", help=help)
-    elif isinstance(default, str) and option.name == "log_format":
-        parser.add_argument(name, choices=("text", "json"), default=default, help=help)
+    elif option.name in _CHOICES:
+        parser.add_argument(name, choices=_CHOICES[option.name], default=default, help=help)
     else:
         kind: Callable[[str], object] = str
         if option.name in ("drain_timeout", "resume_grace"):  # 0 is meaningful
@@ -225,6 +232,12 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument(
         "--delay", type=float, default=0.05, metavar="S", help="seconds between chunk events"
     )
+    mock.add_argument(
+        "--http",
+        choices=ENGINES,
+        default=_default("http"),
+        help="HTTP/1.1 engine: ssekit's own (fast), or h11, the reference it is held to",
+    )
     return parser  # fmt: skip
 
 
@@ -308,13 +321,19 @@ def _run_mock(args: argparse.Namespace) -> int:
     from .proxy import MockConfig, serve_mock
 
     host, port = args.listen
-    config = MockConfig(listen_host=host, listen_port=port, tokens=args.tokens, delay=args.delay)
+    config = MockConfig(
+        listen_host=host, listen_port=port, tokens=args.tokens, delay=args.delay, http=args.http
+    )
 
     async def run() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as tg:
                 bound = await tg.start(serve_mock, config)
-                print(f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]}", flush=True)
+                print(
+                    f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]} "
+                    f"(http: {config.http})",
+                    flush=True,
+                )
                 await _first_signal(signals)
                 tg.cancel_scope.cancel()
 
@@ -372,10 +391,14 @@ def _notifier(log_format: str) -> Callable[..., None]:
     return notice
 
 
-def _banner(base: str, upstream: str, admin_prefix: str, how: str) -> None:
+def _banner(base: str, upstream: str, admin_prefix: str, how: str, resume: str = "") -> None:
+    """What runs where; ``how``: comma-separated facts, ``key: value`` (event loop, http);
+    ``resume``: the store and whether it answers (a line of its own)."""
+    resume_line = f"{resume}\n" if resume else ""
     print(
         f"ssekit proxy listening on {base} -> {upstream} ({how})\n"
         f"metrics: {base}{admin_prefix}/metrics\n"
+        f"{resume_line}"
         f"try:\n  curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' "
         '-d \'{"model":"ssekit-mock","stream":true,'
         '"messages":[{"role":"user","content":"hi"}]}\'',
@@ -386,15 +409,20 @@ def _banner(base: str, upstream: str, admin_prefix: str, how: str) -> None:
 async def _serve_until_signal(
     config: ProxyConfig,
     *,
-    started: Callable[[tuple[str, int]], None] = lambda _: None,
+    started: Callable[[tuple[str, int], str], None] = lambda *_: None,
     reuse_port: bool = False,
     metrics_dir: str | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain (up to ``config.drain_timeout``)."""
+    """Serve until SIGTERM/SIGINT, then drain (up to ``config.drain_timeout``).
+
+    ``started`` gets the bound address and the resume store's state ("" when off).
+    """
     import anyio
     import anyio.abc
 
-    from .proxy import serve
+    from .proxy._listener import Proxy
+
+    proxy = Proxy(config, reuse_port=reuse_port, metrics_dir=metrics_dir)
 
     # Signals are caught from before the banner: a SIGTERM right after it drains.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -404,17 +432,12 @@ async def _serve_until_signal(
 
             async def run_proxy(*, task_status: anyio.abc.TaskStatus[tuple[str, int]]) -> None:
                 try:
-                    await serve(
-                        config,
-                        task_status=task_status,
-                        shutdown=shutdown,
-                        reuse_port=reuse_port,
-                        metrics_dir=metrics_dir,
-                    )
+                    await proxy.serve(task_status=task_status, shutdown=shutdown)
                 finally:
                     finished.set()
 
-            started(await tg.start(run_proxy))
+            bound = await tg.start(run_proxy)  # the resume store was checked by then
+            started(bound, "" if proxy.shared.resume is None else proxy.shared.resume.describe())
             await _first_signal(signals)
             if not reuse_port:  # workers: the supervisor says it once
                 _notifier(config.log_format)(
@@ -438,14 +461,16 @@ def _run_single(args: argparse.Namespace, settings: dict[str, Any], loop: tuple[
         async with anyio.create_task_group() as tg:
             upstream = args.upstream
             if upstream is None:
-                mock_host, mock_port = await tg.start(serve_mock, MockConfig(listen_port=0))
+                mock = MockConfig(listen_port=0, http=settings["http"])
+                mock_host, mock_port = await tg.start(serve_mock, mock)
                 upstream = f"http://{mock_host}:{mock_port}"
                 print(f"ssekit: no --upstream given; built-in mock upstream on {upstream}")
             config = ProxyConfig(upstream=upstream, **settings)
 
-            def started(bound: tuple[str, int]) -> None:
+            def started(bound: tuple[str, int], resume: str) -> None:
                 base = f"http://{bound[0]}:{bound[1]}"
-                _banner(base, upstream, config.admin_prefix, f"event loop: {name}")
+                how = f"event loop: {name}, http: {config.http}"
+                _banner(base, upstream, config.admin_prefix, how, resume)
 
             await _serve_until_signal(config, started=started)
             tg.cancel_scope.cancel()
@@ -487,7 +512,8 @@ def _run_workers(args: argparse.Namespace, settings: dict[str, Any], loop: tuple
             def run_mock() -> int:
                 async def main() -> None:
                     async with anyio.create_task_group() as tg:
-                        _, bound = await tg.start(serve_mock, MockConfig(listen_port=0))
+                        mock = MockConfig(listen_port=0, http=settings["http"])
+                        _, bound = await tg.start(serve_mock, mock)
                         os.write(write_end, b"%d\n" % bound)
 
                 anyio.run(main, backend_options=backend_options)
@@ -535,7 +561,7 @@ def _run_workers(args: argparse.Namespace, settings: dict[str, Any], loop: tuple
                 f"http://{host}:{port}",
                 upstream,
                 config.admin_prefix,
-                f"{args.workers} workers, event loop: {name}",
+                f"{args.workers} workers, event loop: {name}, http: {config.http}",
             )
         return supervisor.run()
     finally:

@@ -1,4 +1,4 @@
-"""Shared test set-up: hypothesis profiles and the anyio backend.
+"""Shared test set-up: hypothesis profiles, the anyio backend, the HTTP/1.1 engine.
 
 Profiles: ``ci`` (bounded, derandomised, no deadline or database; hypothesis
 loads a profile named ``ci`` by itself when ``CI`` is set, so we own it),
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 
+import _servers
 import pytest
 from hypothesis import HealthCheck, settings
+
+from ssekit._http._engine import ENGINES
 
 settings.register_profile(
     "ci",
@@ -33,3 +36,16 @@ settings.load_profile(
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(params=ENGINES)
+def http_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each HTTP/1.1 engine in turn (``--http``): a test that asks for this runs under both,
+    and so does every test of a module marked ``pytest.mark.usefixtures("http_engine")``.
+
+    The proxy and mock that ``_servers`` starts (``start_proxy``, ``start_mock``,
+    ``proxy_config``, ``mock_config``) run on it, both sides of the proxy included.
+    """
+    engine: str = request.param
+    monkeypatch.setattr(_servers, "HTTP_ENGINE", engine)
+    return engine

@@ -97,16 +97,18 @@ def proxy_results(added: float) -> dict[str, dict[str, float]]:
 
 
 def test_the_proxy_report_never_shows_a_negative_added_latency() -> None:
-    lines = bench_proxy.report(proxy_results(-0.023), 1, quick=False)
+    lines = bench_proxy.report(proxy_results(-0.023), 1, "ssekit", quick=False)
     [row] = [line for line in lines if line.startswith("| ssekit |")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[1:5] == ["0.000*"] * 4
     assert bench_proxy.NOISE_NOTE in lines
-    assert bench_proxy.NOISE_NOTE not in bench_proxy.report(proxy_results(0.05), 1, quick=False)
+    assert bench_proxy.NOISE_NOTE not in bench_proxy.report(
+        proxy_results(0.05), 1, "ssekit", quick=False
+    )
 
 
 def test_the_proxy_report_labels_a_quick_run_indicative() -> None:
-    lines = bench_proxy.report(proxy_results(0.05), 1, quick=True)
+    lines = bench_proxy.report(proxy_results(0.05), 1, "ssekit", quick=True)
     assert targets.QUICK_NOTE in lines
     verdicts = [line for line in lines if line.startswith("- ")]
     assert verdicts

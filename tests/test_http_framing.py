@@ -25,7 +25,8 @@ import anyio.abc
 import pytest
 from _servers import deadline, start_proxy
 
-pytestmark = pytest.mark.anyio
+# Every case on both HTTP/1.1 engines (--http ssekit|h11): _servers starts the proxy on it.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_engine")]
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
@@ -229,18 +230,24 @@ async def metric(base: str, name: str) -> float:
 # -- a. a trailer section ended by a bare LF ends the body; the next request is read -------
 
 
-async def test_a_bare_lf_trailer_ends_the_body_and_the_next_request_is_answered_in_order() -> None:
+@pytest.mark.parametrize("request_buffer", [1 << 20, 0], ids=["buffered", "streamed"])
+async def test_a_bare_lf_trailer_ends_the_body_and_the_next_request_is_answered_in_order(
+    request_buffer: int,
+) -> None:
     post = b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     post += b"5\r\nhello\r\n0\r\nX: y\n\n"
     hidden = b"GET /hidden HTTP/1.1\r\nHost: a\r\n\r\n"
     async with deadline(10) as tg:
         upstream = await start_recording_upstream(tg)
-        base = await start_proxy(tg, upstream.url)
+        base = await start_proxy(tg, upstream.url, request_buffer=request_buffer)
         data = await send(base, post + hidden, count=2)
     assert statuses(data) == [200, 200]
-    chunked = [*forwarded_fields(), b"transfer-encoding: chunked"]
+    if request_buffer:  # read whole before connecting: sent with its length
+        framing, body = b"content-length: 5", b"hello"
+    else:  # streamed: chunked on our own hop too
+        framing, body = b"transfer-encoding: chunked", b"5\r\nhello\r\n0\r\n\r\n"
     assert upstream.received == [
-        upstream.forwarded(b"POST", b"/a", chunked, b"5\r\nhello\r\n0\r\n\r\n")
+        upstream.forwarded(b"POST", b"/a", [*forwarded_fields(), framing], body)
         + upstream.forwarded(b"GET", b"/hidden", forwarded_fields(), b"")
     ]
 
@@ -248,22 +255,26 @@ async def test_a_bare_lf_trailer_ends_the_body_and_the_next_request_is_answered_
 # -- b. a trailer line that is no valid field, or a framing field, is a 400 ---------------
 
 
+@pytest.mark.parametrize("request_buffer", [1 << 20, 0], ids=["buffered", "streamed"])
 @pytest.mark.parametrize("trailer", [b"Transfer-Encoding: x", b"junk\x00", b"Content-Length: 5"])
 async def test_a_bad_trailer_line_is_a_400_and_no_complete_request_goes_upstream(
-    trailer: bytes,
+    trailer: bytes, request_buffer: int
 ) -> None:
     head = b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     body = b"5\r\nhello\r\n0\r\n" + trailer + b"\r\n\r\n"
     after = b"GET /hidden HTTP/1.1\r\nHost: a\r\n\r\n"
     async with deadline(10) as tg:
         upstream = await start_recording_upstream(tg)
-        base = await start_proxy(tg, upstream.url)
+        base = await start_proxy(tg, upstream.url, request_buffer=request_buffer)
         data = await send(base, head + body + after, count=2)
         await wait_for(lambda: upstream.closed == len(upstream.received))
     assert statuses(data) == [400]  # and the connection closed: /hidden never read
     assert upstream.requests == []
-    # The head may have gone (the body streams); never the end of the body, and the
-    # upstream connection was closed.
+    if request_buffer:  # the body was refused before any connection was opened
+        assert upstream.received == []
+        return
+    # Streamed: the head may have gone; never the end of the body, and the upstream
+    # connection was closed.
     (received,) = upstream.received
     expected = upstream.forwarded(
         b"POST", b"/a", [*forwarded_fields(), b"transfer-encoding: chunked"], b""
@@ -371,15 +382,23 @@ async def test_a_declared_length_past_the_body_limit_is_a_413_at_once_and_nothin
     ]
 
 
-async def test_a_chunked_body_passing_the_body_limit_is_a_413_and_its_upstream_closed() -> None:
+@pytest.mark.parametrize("request_buffer", [1 << 20, 0], ids=["buffered", "streamed"])
+async def test_a_chunked_body_passing_the_body_limit_is_a_413_and_its_upstream_closed(
+    request_buffer: int,
+) -> None:
     head = b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     async with deadline(10) as tg:
         upstream = await start_recording_upstream(tg)
-        base = await start_proxy(tg, upstream.url, max_body_size=1000)
+        base = await start_proxy(
+            tg, upstream.url, max_body_size=1000, request_buffer=request_buffer
+        )
         data = await send(base, head + b"200\r\n" + b"x" * 512 + b"\r\n", b"200\r\n" + b"y" * 512)
-        await wait_for(lambda: upstream.closed == len(upstream.received) == 1)
+        await wait_for(lambda: upstream.closed == len(upstream.received))
     assert statuses(data) == [413]
     assert upstream.requests == []
+    if request_buffer:  # refused while buffering: no connection was opened
+        assert upstream.received == []
+        return
     assert upstream.closed == 1
     (received,) = upstream.received
     assert b"y" not in received  # the piece past the limit never went
@@ -550,8 +569,10 @@ async def test_a_head_with_too_many_header_lines_is_a_431_and_nothing_goes_upstr
 
 @pytest.mark.parametrize("split", [None, 20, 5000, 10_000])
 async def test_a_long_chunk_extension_gets_one_verdict_however_the_reads_split_it(
-    split: int | None,
+    split: int | None, http_engine: str
 ) -> None:
+    """ssekit's engine bounds a chunk-size line at 4 KiB (400); h11 reads any up to its
+    head limit (the body is forwarded). Each engine gives every split one verdict."""
     head = b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
     body = b"5;ext=" + b"e" * 10_000 + b"\r\nhello\r\n0\r\n\r\n"
     pieces = [head + body] if split is None else [head + body[:split], body[split:]]
@@ -559,5 +580,59 @@ async def test_a_long_chunk_extension_gets_one_verdict_however_the_reads_split_i
         upstream = await start_recording_upstream(tg)
         base = await start_proxy(tg, upstream.url)
         data = await send(base, *pieces)
-    assert statuses(data) == [400]
-    assert upstream.requests == []
+    if http_engine == "h11":
+        assert statuses(data) == [200]
+        assert upstream.requests[0].endswith(b"\r\n\r\nhello")
+    else:
+        assert statuses(data) == [400]
+        assert upstream.requests == []
+
+
+# -- issue 20, 9: a slow request body holds no upstream connection ------------------------
+
+
+async def test_a_request_body_sent_slowly_opens_no_upstream_connection_until_it_is_whole() -> None:
+    head = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n"
+    async with deadline(10) as tg:
+        upstream = await start_recording_upstream(tg)
+        base = await start_proxy(tg, upstream.url)
+        stream = await anyio.connect_tcp("127.0.0.1", port_of(base))
+        async with stream:
+            await stream.send(head + b"01234")
+            await anyio.sleep(0.3)
+            while_dripping = len(upstream.received)
+            await stream.send(b"56789")
+            data = b""
+            with anyio.move_on_after(3):
+                while not read_responses(data):
+                    data += await stream.receive()
+    assert while_dripping == 0
+    assert statuses(data) == [200]
+    assert upstream.received == [
+        upstream.forwarded(
+            b"POST", b"/a", [b"content-length: 10", *forwarded_fields()], b"0123456789"
+        )
+    ]
+
+
+async def test_a_body_larger_than_the_request_buffer_streams_on_from_the_buffer() -> None:
+    head = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3000\r\n\r\n"
+    async with deadline(10) as tg:
+        upstream = await start_recording_upstream(tg)
+        base = await start_proxy(tg, upstream.url, request_buffer=1000)
+        stream = await anyio.connect_tcp("127.0.0.1", port_of(base))
+        async with stream:
+            await stream.send(head + b"a" * 2000)
+            await wait_for(lambda: len(upstream.received) == 1 and len(upstream.received[0]) > 2000)
+            connected_early = list(upstream.received)
+            await stream.send(b"b" * 1000)
+            data = b""
+            with anyio.move_on_after(3):
+                while not read_responses(data):
+                    data += await stream.receive()
+    expected_head = upstream.forwarded(
+        b"POST", b"/a", [b"content-length: 3000", *forwarded_fields()], b""
+    )
+    assert connected_early == [expected_head + b"a" * 2000]  # streaming before the end
+    assert statuses(data) == [200]
+    assert upstream.received == [expected_head + b"a" * 2000 + b"b" * 1000]

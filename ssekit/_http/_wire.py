@@ -29,6 +29,7 @@ __all__ = (
     "check_request",
     "check_request_lines",
     "check_trailer_line",
+    "check_trailer_name",
     "checked_fields",
     "declared_framing",
     "framing_checked",
@@ -273,9 +274,14 @@ def check_trailer_line(line: bytes) -> None:
     a trailer must not say how the message is framed). Raises :class:`WireError`."""
     if line[:1] in (b" ", b"\t"):
         raise WireError(f"obsolete line folding in a trailer section at {line[:40]!r}")
-    name, _ = _field(line)
-    if name in _FRAMING_NAMES:
-        raise WireError(f"a {name.decode()} field in a trailer section")
+    check_trailer_name(_field(line)[0])
+
+
+def check_trailer_name(name: bytes) -> None:
+    """Refuse a framing field in a trailer section (:class:`WireError`): it would say
+    after the fact how the message was framed, and a hop that merged it would disagree."""
+    if name.lower() in _FRAMING_NAMES:
+        raise WireError(f"a {name.decode('ascii', 'replace')} field in a trailer section")
 
 
 def has_blank_line(data: bytes | bytearray, start: int = 0) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._errors import ConfigError
-from .._http import Origin
+from .._http import Origin, check_engine
 
 __all__ = ("Group", "Origin", "ProxyConfig")
 
@@ -144,6 +144,13 @@ class ProxyConfig:
         "BYTES",
         group=Group.LIMITS,
     )
+    request_buffer: int = _option(
+        1024 * 1024,
+        "read request bodies up to this before connecting upstream (a slow client then "
+        "holds no upstream connection; a body read whole goes with its Content-Length); "
+        "larger bodies stream on from there; 0: stream every body at once",
+        "BYTES",
+    )
     underscores_in_headers: bool = _option(
         False,
         "forward request header names containing '_' (default: dropped and counted, as "
@@ -159,6 +166,11 @@ class ProxyConfig:
     )
     log_format: Literal["text", "json"] = _option(
         "text", "one line per request on stderr", group=Group.OPERATIONS
+    )
+    http: Literal["ssekit", "h11"] = _option(
+        "ssekit",
+        "HTTP/1.1 engine for both sides, the clients' connections and the upstream's (and "
+        "the built-in mock): ssekit's own (fast), or h11, the reference it is held to",
     )
     no_access_log: bool = _option(
         False,
@@ -228,8 +240,10 @@ class ProxyConfig:
             raise ConfigError(f"listen port {self.listen_port} is not in 0-65535")
         if self.max_header_size < 1024 or self.pool_size < 0 or self.max_connections < 1:
             raise ConfigError("max_header_size >= 1024, pool_size >= 0, max_connections >= 1")
-        if self.max_header_count < 1 or self.max_body_size < 0:
-            raise ConfigError("max_header_count must be >= 1 and max_body_size >= 0 (0: none)")
+        if self.max_header_count < 1 or self.max_body_size < 0 or self.request_buffer < 0:
+            raise ConfigError(
+                "max_header_count must be >= 1, max_body_size and request_buffer >= 0 (0: none)"
+            )
         if not self.admin_prefix.startswith("/") or self.admin_prefix.endswith("/"):
             raise ConfigError(
                 f"admin prefix {self.admin_prefix!r} must start with / and not end with /"
@@ -242,6 +256,7 @@ class ProxyConfig:
                     "surrounding spaces"
                 )
         self._check_resume()
+        check_engine(self.http)
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log format {self.log_format!r} is not text or json")
 

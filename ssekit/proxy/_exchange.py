@@ -60,7 +60,8 @@ __all__ = ("Shared", "serve_exchange")
 log = logging.getLogger("ssekit.proxy")
 
 #: Request body bytes kept so the request can be sent again on a fresh
-#: connection when a kept-alive one turns out closed; a larger body is not replayed.
+#: connection when a kept-alive one turns out closed (at least; a body read whole
+#: before connecting, up to --request-buffer, is kept whole).
 REPLAY_LIMIT: Final = 256 * 1024
 
 
@@ -73,7 +74,7 @@ class Shared:
 
     def __init__(self, config: ProxyConfig, metrics_dir: str | None = None) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(engine=config.http)
         #: Where sibling worker processes leave their counters (None: one process).
         self.metrics_dir = None if metrics_dir is None else Path(metrics_dir)
         ssl_context = (
@@ -86,6 +87,7 @@ class Shared:
             ssl_context=ssl_context,
             proxy=config.proxy_origin,
             max_head_size=config.max_header_size,
+            engine=config.http,
         )
         self.cutting = False
         self._key = 0
@@ -146,34 +148,53 @@ _QUIET: Final = frozenset({Outcome.COMPLETE, Outcome.LOCAL})
 class RequestBody:
     """The client's request body as it arrives, kept while small so it can be sent again.
 
-    Iterating yields what was kept first, then reads on from the client (each
-    read bounded by ``timeout``). ``replayable`` stays true while every byte
-    read so far is kept.
+    Iterating yields what was read so far first, then reads on from the client
+    (each read bounded by ``timeout``). ``replayable`` stays true while every
+    byte read so far is kept (``keep`` bytes, or what :meth:`prefetch` held).
     """
 
-    def __init__(self, client: Downstream, timeout: float) -> None:
+    def __init__(self, client: Downstream, timeout: float, keep: int = REPLAY_LIMIT) -> None:
         self._client = client
         self._timeout = timeout
+        self._keep = keep
         self._kept: list[bytes] = []
         self._kept_size = 0
+        self._prefetching = False
+        self._reader = self._read()
         self.replayable = True
         self.complete = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece in self._kept:
-            yield piece
-        if self.complete:
-            return
+    async def _read(self) -> AsyncIterator[bytes]:
         async for piece in self._client.body(self._timeout):
             if self.replayable:
+                self._kept.append(piece)
                 self._kept_size += len(piece)
-                if self._kept_size <= REPLAY_LIMIT:
-                    self._kept.append(piece)
-                else:
+                if self._kept_size > self._keep and not self._prefetching:
                     self._kept.clear()
                     self.replayable = False
             yield piece
         self.complete = True
+
+    async def prefetch(self, limit: int) -> bytes | None:
+        """Read the body until it ends or passes ``limit`` bytes, before any upstream
+        connection is opened: a client sending its body slowly costs the provider
+        nothing meanwhile. Returns the whole body when it ended within the limit,
+        else None (what was read is held, and iterated first)."""
+        self._prefetching = True
+        try:
+            async for _ in self._reader:
+                if self._kept_size > limit:
+                    return None
+        finally:
+            self._prefetching = False
+        return b"".join(self._kept)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in list(self._kept):  # read before this pass (kept, or prefetched)
+            yield piece
+        if not self.complete:
+            async for piece in self._reader:
+                yield piece
 
 
 async def discard_body(client: Downstream, read_timeout: float) -> None:
@@ -252,12 +273,21 @@ async def _serve(
         if decision.name == "metrics":
             body = shared.render_metrics()
             await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
-        else:
-            await client.answer(200, b'{"status":"ok"}')
+        else:  # health: forwarding is up; with the resume store, its state beside it
+            health = {} if shared.resume is None else shared.resume.health()
+            body = json.dumps({"status": "ok", **health}, separators=(",", ":")).encode()
+            await client.answer(200, body)
         stats.status = 200
         relay.on(Input.LOCAL)
         return True
-    return await _forward(shared, client, request, decision, relay, stats, started)
+    if shared.resume is None:
+        return await _forward(shared, client, request, decision, relay, stats, started)
+    # Resume hook: the stream id, claimed (a bad or taken ssekit-resume-key: 4xx, nothing sent).
+    recording = await shared.resume.begin(request, stats)
+    try:
+        return await _forward(shared, client, request, decision, relay, stats, started, recording)
+    finally:
+        await recording.close()
 
 
 async def _forward(
@@ -268,6 +298,7 @@ async def _forward(
     relay: Relay,
     stats: StreamStats,
     started: float,
+    recording: Recording | None = None,
 ) -> bool:
     cfg = shared.config
     headers = request_headers(
@@ -280,13 +311,19 @@ async def _forward(
     )
     if not cfg.underscores_in_headers:
         stats.dropped_headers = underscored(request.headers)
-    # Resume hook: the stream id (a bad ssekit-resume-key is a 400 here, nothing sent).
-    recording = None if shared.resume is None else shared.resume.begin(request, headers, stats)
+    if recording is not None:
+        recording.strip(headers)  # resume hook: ssekit-resume-key is not the upstream's
     method = request.method.decode("ascii")
     chunked = get_header(request.headers, b"transfer-encoding") is not None
-    body: RequestBody | None = None
+    body: RequestBody | bytes = b""
     if chunked or get_header(headers, b"content-length") not in (None, b"0"):
-        body = RequestBody(client, cfg.body_timeout)
+        body = RequestBody(client, cfg.body_timeout, max(REPLAY_LIMIT, cfg.request_buffer))
+        whole = await body.prefetch(cfg.request_buffer) if cfg.request_buffer else None
+        if whole is not None:
+            body = whole
+            if chunked:  # read whole: sent with its length, as nginx sends a buffered body
+                headers.append((b"content-length", b"%d" % len(whole)))
+                chunked = False
     else:
         await discard_body(client, cfg.body_timeout)  # an empty body ends at once
     if chunked:
@@ -318,7 +355,7 @@ async def _forward(
                     method,
                     decision.target,
                     headers,
-                    b"" if body is None else body,
+                    body,
                     stall_limit=cfg.first_byte_timeout,  # an upstream that stops reading
                 )
             except UpstreamError as exc:
@@ -332,7 +369,7 @@ async def _forward(
             if retry_on_fresh_connection(
                 reused=reused,
                 bytes_received=upstream.bytes_received,
-                replayable=body is None or body.replayable,
+                replayable=isinstance(body, bytes) or body.replayable,
             ):
                 reuse = False
                 continue
@@ -381,7 +418,7 @@ async def _answer(
                 content_type = get_header(response.headers, b"content-type") or b""
                 headers = response_headers(response.headers, response.status_code)
                 if recording is not None:  # resume hook: keep a 200 event stream
-                    recording.arm(response.status_code, content_type, headers)
+                    await recording.arm(response.status_code, content_type, headers)
                 head = client.conn.send_response(response.status_code, headers, response.reason)
                 relay.on(Input.HEAD)  # written by pump, with the first body bytes if here
                 done = await pump(
@@ -402,7 +439,7 @@ async def _answer(
             relay.on(Input.CLIENT_GONE)
     finally:
         if recording is not None:  # resume hook: the stored stream ends as this one did
-            recording.end(relay.phase is Phase.DONE)
+            recording.end(relay.phase is Phase.DONE, shutdown=shared.cutting)
     return failure, done
 
 

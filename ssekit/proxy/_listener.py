@@ -289,6 +289,7 @@ class Proxy:
                 send_timeout=cfg.send_timeout,
                 max_header_count=cfg.max_header_count,
                 max_body_size=cfg.max_body_size,
+                engine=cfg.http,
             )
             if self._connections > cfg.max_connections:
                 await self._refuse_overloaded(client)

@@ -49,6 +49,8 @@ class StreamStats:
     error: str = ""
     stream_id: str = ""  # kept for resumption (--resume-store) under this id
     detached: bool = False  # its client left while the stream was kept for resumption
+    cut: str = ""  # a resumable stream was cut: why (upstream_failure, grace_expired...)
+    not_resumable: str = ""  # an event stream the resume store could not keep: why
     dropped_headers: int = 0  # request fields with "_" in their name, not forwarded
 
     def as_log(self) -> dict[str, object]:
@@ -69,6 +71,8 @@ class StreamStats:
             **({"error": self.error} if self.error else {}),
             **({"stream_id": self.stream_id} if self.stream_id else {}),
             **({"detached": True} if self.detached else {}),
+            **({"cut": self.cut} if self.cut else {}),
+            **({"not_resumable": self.not_resumable} if self.not_resumable else {}),
             **({"dropped_headers": self.dropped_headers} if self.dropped_headers else {}),
         }
 
@@ -88,6 +92,7 @@ _SUMMED = (
     "resume_given_up",
     "resume_reads",
     "resume_store_errors",
+    "resume_evicted",
     "dropped_headers",
 )
 
@@ -123,6 +128,9 @@ class Metrics:
     resume_given_up: int = 0
     resume_reads: int = 0
     resume_store_errors: int = 0
+    #: The HTTP/1.1 engine serving both sides (``--http``), shown as an info gauge.
+    engine: str = "ssekit"
+    resume_evicted: int = 0
 
     def snapshot(self) -> dict[str, object]:
         """The counters as JSON-able data, for another worker process to add up."""
@@ -141,7 +149,10 @@ class Metrics:
     def plus(self, snapshots: Iterable[dict[str, Any]]) -> Metrics:
         """A new Metrics: these counters plus other workers' ``snapshot()`` data."""
         total = Metrics(
-            requests=dict(self.requests), outcomes=dict(self.outcomes), resume_on=self.resume_on
+            requests=dict(self.requests),
+            outcomes=dict(self.outcomes),
+            resume_on=self.resume_on,
+            engine=self.engine,
         )
         for name in _SUMMED:
             setattr(total, name, getattr(self, name))
@@ -206,6 +217,9 @@ class Metrics:
             "'_' in their name (--underscores-in-headers keeps them).",
             "# TYPE ssekit_dropped_headers_total counter",
             f"ssekit_dropped_headers_total {self.dropped_headers}",
+            "# HELP ssekit_http_engine The HTTP/1.1 engine serving both sides (--http).",
+            "# TYPE ssekit_http_engine gauge",
+            f'ssekit_http_engine{{engine="{self.engine}"}} 1',
         ]
         if self.resume_on:
             lines += [
@@ -222,5 +236,9 @@ class Metrics:
                 "# HELP ssekit_resume_store_errors_total Failed writes or reads of the store.",
                 "# TYPE ssekit_resume_store_errors_total counter",
                 f"ssekit_resume_store_errors_total {self.resume_store_errors}",
+                "# HELP ssekit_resume_evicted_total Streams this instance forwarded whose "
+                "keys the store dropped (an evicting Redis maxmemory-policy).",
+                "# TYPE ssekit_resume_evicted_total counter",
+                f"ssekit_resume_evicted_total {self.resume_evicted}",
             ]
         return ("\n".join(lines) + "\n").encode()
