@@ -374,19 +374,21 @@ def _run_proxy(args: argparse.Namespace) -> int:
 
 
 def _notifier(log_format: str) -> Callable[..., None]:
-    """How the proxy says what it does itself (not per request) on stderr:
-    ``notice(name, sentence, **fields)`` writes the sentence, or with
-    ``--log-format json`` one object: ``time``, ``notice`` (the name), the fields
-    and the sentence as ``message``."""
+    """How the proxy says what it does itself (not per request), on logger ``ssekit.proxy``:
+    ``notice(name, sentence, **fields)`` logs the sentence, or with ``--log-format json``
+    one object: ``time``, ``notice`` (the name), the fields and the sentence as
+    ``message``; the record carries those fields as ``ssekit``, as the resume store's do."""
     from .proxy._stats import utc_time
 
+    log = logging.getLogger("ssekit.proxy")
+
     def notice(name: str, message: str, **fields: object) -> None:
+        record = {"time": utc_time(time.time()), "notice": name, **fields}
         if log_format == "json":
-            record = {"time": utc_time(time.time()), "notice": name, **fields}
-            line = json.dumps({**record, "message": message})
+            line = json.dumps({**record, "message": message}, ensure_ascii=False)
         else:
             line = f"ssekit: {message}"
-        print(line, file=sys.stderr, flush=True)
+        log.info(line, extra={"ssekit": record})
 
     return notice
 
