@@ -37,7 +37,7 @@ from .._http import (
 from ._config import ProxyConfig
 from ._exchange import Shared, serve_exchange
 from ._relay import Input, Relay
-from ._stats import Metrics, StreamStats
+from ._stats import Metrics, StreamStats, report
 
 try:
     import resource
@@ -260,18 +260,26 @@ class Proxy:
                 self.metrics.accept_errors += 1
                 if not self._accept_failing:
                     self._accept_failing = True
-                    log.error(
-                        "ssekit: accepting connections failed (%s); pausing accepts until "
-                        "descriptors free up. Raise the descriptor limit (ulimit -n) or "
-                        "lower --max-connections; counted in ssekit_accept_errors_total",
-                        _describe(exc),
+                    report(
+                        logging.ERROR,
+                        f"ssekit: accepting connections failed ({_describe(exc)}); pausing "
+                        "accepts until descriptors free up. Raise the descriptor limit "
+                        "(ulimit -n) or lower --max-connections; counted in "
+                        "ssekit_accept_errors_total",
+                        {"notice": "accept_failing", "errno": errno.errorcode.get(exc.errno or 0)},
+                        as_json=self.config.log_format == "json",
                     )
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
                 continue
             if self._accept_failing:
                 self._accept_failing = False
-                log.warning("ssekit: accepting connections again")
+                report(
+                    logging.WARNING,
+                    "ssekit: accepting connections again",
+                    {"notice": "accepting_again"},
+                    as_json=self.config.log_format == "json",
+                )
             backoff = ACCEPT_BACKOFF
             tg.start_soon(self._connection, stream)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import json
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -10,6 +12,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ("Metrics", "Outcome", "StreamStats")
+
+
+def report(level: int, text: str, fields: dict[str, object], *, as_json: bool) -> None:
+    """Log what the proxy has to say about itself (a store outage, accepts failing) on
+    logger ``ssekit.proxy``: ``text`` for people (one JSON object with ``fields`` and
+    ``message`` under ``--log-format json``), ``fields`` on the record as ``ssekit``."""
+    message = json.dumps({**fields, "message": text}, ensure_ascii=False) if as_json else text
+    logging.getLogger("ssekit.proxy").log(level, message, extra={"ssekit": fields})
 
 
 class Outcome(enum.Enum):

@@ -11,7 +11,6 @@ shared test suite checks them.
 from __future__ import annotations
 
 import abc
-import json
 import logging
 from collections.abc import AsyncGenerator
 from typing import Protocol
@@ -19,6 +18,7 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
+from .._stats import report
 from ._records import Cut, End, State, StreamInfo
 
 __all__ = ("Batch", "Store", "StoreUnavailable", "Writer", "report")
@@ -27,13 +27,6 @@ log = logging.getLogger("ssekit.proxy")
 
 #: What a read yields: events as ``(position, body)`` pairs, or how the stream ended, last.
 Batch = list[tuple[int, bytes]] | End
-
-
-def report(level: int, text: str, fields: dict[str, object], *, as_json: bool) -> None:
-    """Log what resumption has to say: ``text`` for people (one JSON object with ``fields``
-    and ``message`` under ``--log-format json``), ``fields`` on the record as ``ssekit``."""
-    message = json.dumps({**fields, "message": text}, ensure_ascii=False) if as_json else text
-    log.log(level, message, extra={"ssekit": fields})
 
 
 class StoreUnavailable(Exception):
