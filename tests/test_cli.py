@@ -266,9 +266,11 @@ def test_http_h11_runs_the_proxy_and_its_mock_on_h11_for_httpx_and_the_openai_sd
     assert code == 0
     log = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     streams = [entry for entry in log if entry.get("path") == "/v1/chat/completions"]
-    assert [(e["status"], e["outcome"], e["done"]) for e in streams] == [
-        (200, "complete", True)
-    ] * 2
+    # The openai SDK closes its response at [DONE], which can be before the upstream's
+    # last chunk reaches the proxy: then that stream ends client_disconnect, [DONE] seen.
+    assert [(e["status"], e["done"]) for e in streams] == [(200, True)] * 2
+    assert streams[0]["outcome"] == "complete"
+    assert streams[1]["outcome"] in ("complete", "client_disconnect")
 
 
 def test_mock_upstream_http_h11_serves_on_h11_and_says_so() -> None:
