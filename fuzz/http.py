@@ -636,9 +636,9 @@ QUIRKS: Final[dict[str, Quirk]] = {
         "h11",
         # h11 waits for that "body", so its reading has no message to look at: the input.
         lambda r, data: re.search(rb"(?:^|\n)CONNECT ", data) is not None
-        and b"content-length" in data.lower(),
-        "h11 reads a CONNECT request's declared Content-Length as a body; a CONNECT has no "
-        "content (RFC 9110 9.3.6), as llhttp and ssekit read it",
+        and (b"content-length" in data.lower() or b"transfer-encoding" in data.lower()),
+        "h11 reads a CONNECT request's declared Content-Length or chunked coding as a body; "
+        "a CONNECT has no content (RFC 9110 9.3.6), as llhttp and ssekit read it",
     ),
 }
 
