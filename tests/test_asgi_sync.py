@@ -46,6 +46,7 @@ class Producers:
         self.log.append(f"start {name}")
         try:
             yield ssekit.Event(data=f"first {name}")
+            self.log.append(f"blocked {name}")
             self.gate.get()  # blocks in its thread, as a producer waiting on a queue does
             yield ssekit.Event(data=f"second {name}")
         finally:
@@ -107,13 +108,17 @@ def test_blocked_sync_producers_leave_the_apps_own_threads_free() -> None:
 def test_a_client_leaving_lets_go_of_its_blocked_producer_which_is_closed_once_it_returns() -> None:
     producers = Producers()
     with serving(producers) as url:
-        open_stream(url, "a").close()
+        client = open_stream(url, "a")
+        # The client leaves once the producer is blocked in its step (had it left between
+        # steps, close() would rightly run at once: nothing to wait for).
+        wait_for(lambda: "blocked a" in producers.log, 5, "the producer never blocked")
+        client.close()
         # The response is over (its background task ran) with the producer still blocked.
         wait_for(lambda: "ended a" in producers.log, 5, "the response waited for the producer")
         assert "closed a" not in producers.log
         producers.open_gate()  # its step returns: then, and only then, close()
         wait_for(lambda: "closed a" in producers.log, 5, "close() never ran")
-        assert producers.log == ["start a", "ended a", "closed a"]
+        assert producers.log == ["start a", "blocked a", "ended a", "closed a"]
 
 
 def test_sync_producers_have_a_thread_limiter_of_their_own() -> None:
