@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Final
 
 from ._chunked import LAST_CHUNK, ChunkedReader, ChunkError, frame_chunk
 from ._headers import Headers
 from ._wire import (
+    FRAMING_FIELDS,
     RequestHead,
     WireError,
     checked_fields,
@@ -272,7 +272,7 @@ class ServerConnection:
         if not bodiless and (chunked or length is None):
             # A body of unknown length: chunked for HTTP/1.1; else the close ends it
             # (HTTP/1.0, or no request read: assume the worst, as h11 does).
-            fields = [f for f in fields if f[0].lower() not in _FRAMING_FIELDS]
+            fields = [f for f in fields if f[0].lower() not in FRAMING_FIELDS]
             if version is not None and version >= b"1.1":
                 fields.append((b"Transfer-Encoding", b"chunked"))
                 self._framing = "chunked"
@@ -331,9 +331,6 @@ class ServerConnection:
         self.request_done = self.response_done = False
         self.waiting_for_100 = False
         self._reset_body()
-
-
-_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 
 def _comma_values(headers: Headers, name: bytes) -> list[bytes]:

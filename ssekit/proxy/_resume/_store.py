@@ -11,7 +11,6 @@ shared test suite checks them.
 from __future__ import annotations
 
 import abc
-import logging
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
@@ -23,7 +22,6 @@ from ._records import Cut, End, State, StreamInfo
 
 __all__ = ("Batch", "Store", "StoreUnavailable", "Writer", "report")
 
-log = logging.getLogger("ssekit.proxy")
 
 #: What a read yields: events as ``(position, body)`` pairs, or how the stream ended, last.
 Batch = list[tuple[int, bytes]] | End
