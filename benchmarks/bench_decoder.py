@@ -1,6 +1,6 @@
 """Decoder throughput: ssekit and its Python peers on the same payloads, in one process.
 
-    python -m benchmarks.bench_decoder [--quick] [--repeat N]
+    python -m benchmarks.bench_decoder [--quick] [--repeat N]   # pip install -e '.[bench]'
 
 Each peer's output is checked first; a peer that decodes a workload wrongly is
 reported WRONG (with the reason) and not timed. Runs are interleaved across peers,
@@ -24,8 +24,15 @@ import tracemalloc
 from collections.abc import Iterable
 from pathlib import Path
 
-from benchmarks import payloads
+from benchmarks import needs, payloads
 from benchmarks.peers import PEERS, SSEKIT, CompiledDecoder, Peer, PureDecoder, check
+from benchmarks.targets import (
+    DECODER_VS_FASTEST,
+    DECODER_VS_HTTPX_SSE,
+    LARGE_EVENTS_VS_HTTPX_SSE,
+    QUICK_NOTE,
+    verdict,
+)
 
 MIB = 1024 * 1024
 CLASSES = {"ssekit (compiled)": CompiledDecoder, "ssekit (pure)": PureDecoder}
@@ -97,11 +104,19 @@ def table(work: payloads.Workload, results: dict[str, dict[str, object]]) -> lis
 
 #: What each implementation is held to against the fastest correct Python peer
 #: (issue 24 for the compiled one, issue 9 for the pure one).
-TARGET = {"ssekit (compiled)": 3.0, "ssekit (pure)": 1.3}
+TARGET = {"ssekit (compiled)": 3.0, "ssekit (pure)": DECODER_VS_FASTEST}
 
 
-def targets(all_results: list[tuple[payloads.Workload, dict[str, dict[str, object]]]]) -> list[str]:
-    lines = ["### Targets", ""]
+def targets(
+    all_results: list[tuple[payloads.Workload, dict[str, dict[str, object]]]],
+    *,
+    quick: bool = False,
+) -> list[str]:
+    lines = ["### Targets", "", *([QUICK_NOTE, ""] if quick else [])]
+
+    def judged(ratio: float, target: float) -> str:
+        return verdict(ratio >= target, f">= {target:g}x", quick=quick)
+
     for work, results in all_results:
         peers = {
             n: r["seconds"] for n, r in results.items() if n not in SSEKIT and r["wrong"] is None
@@ -113,18 +128,16 @@ def targets(all_results: list[tuple[payloads.Workload, dict[str, dict[str, objec
         for name in SSEKIT:
             base = results[name]["seconds"]
             ratio = peers[fastest] / base  # type: ignore[operator]
-            goal = TARGET[name]
-            verdict = "PASS" if ratio >= goal else "FAIL"
             label = name.removeprefix("ssekit ").strip("()")
-            parts.append(f"{label} {ratio:.2f}x [{verdict} >= {goal:g}x]")
+            parts.append(f"{label} {ratio:.2f}x {judged(ratio, TARGET[name])}")
         line = f"- {work.name}, against {fastest}: " + "; ".join(parts)
         pure = results["ssekit (pure)"]["seconds"]
         if "httpx-sse" in peers and work.name.startswith("openai"):
             hx = peers["httpx-sse"] / pure  # type: ignore[operator]
-            line += f"; pure {hx:.2f}x httpx-sse [{'PASS' if hx >= 2 else 'FAIL'} >= 2x]"
+            line += f"; pure {hx:.2f}x httpx-sse {judged(hx, DECODER_VS_HTTPX_SSE)}"
         if work.name.startswith("large") and "httpx-sse" in peers:
             hx = peers["httpx-sse"] / pure  # type: ignore[operator]
-            line += f"; pure {hx:.2f}x httpx-sse MB/s [{'PASS' if hx >= 1.7 else 'FAIL'} >= 1.7x]"
+            line += f"; pure {hx:.2f}x httpx-sse MB/s {judged(hx, LARGE_EVENTS_VS_HTTPX_SSE)}"
         lines.append(line)
     return [*lines, ""]
 
@@ -289,10 +302,13 @@ def javascript(
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller payloads, 3 repetitions")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_decoder", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller payloads, 3 repetitions: indicative only"
+    )
     parser.add_argument("--repeat", type=int, default=None, help="repetitions (default 7)")
     args = parser.parse_args(argv)
+    needs.require(parser.prog, needs.DECODER)
     repeat = args.repeat or (3 if args.quick else 7)
     out = ["## Decoder", ""]
     print("## Decoder\n", flush=True)
@@ -304,7 +320,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         print("\n".join(section), flush=True)
         out += section
     for section in (
-        targets(all_results),
+        targets(all_results, quick=args.quick),
         javascript(all_results, 15),
         linearity(repeat),
         linear_time(args.quick, 3 if args.quick else 5),

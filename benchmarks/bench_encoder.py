@@ -1,6 +1,6 @@
 """Encoder throughput: ssekit.encode against sse-starlette's ServerSentEvent.encode.
 
-    python -m benchmarks.bench_encoder [--quick]
+    python -m benchmarks.bench_encoder [--quick]   # pip install -e '.[bench]'
 
 Both outputs are decoded first (with the spec-exact decoder) and must give the
 event back; an encoder that changes the data is reported WRONG, not timed.
@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 
 import ssekit
+from benchmarks import needs
+from benchmarks.targets import ENCODER_VS_SSE_STARLETTE, QUICK_NOTE, verdict
 
 
 def ssekit_build(data: str) -> Callable[[], bytes]:
@@ -63,9 +65,12 @@ def check(encode: Callable[[], bytes], data: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_encoder", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="5,000 events, 3 repetitions: indicative only"
+    )
     args = parser.parse_args(argv)
+    needs.require(parser.prog, needs.ENCODER)
     n, repeat = (5_000, 3) if args.quick else (50_000, 7)
     out = [
         "## Encoder",
@@ -101,11 +106,12 @@ def main(argv: list[str] | None = None) -> list[str]:
                 )
             if "sse-starlette" in samples:
                 ratio = statistics.median(samples["sse-starlette"]) / base
+                target = ENCODER_VS_SSE_STARLETTE
                 verdicts.append(
                     f"- {case}, {mode}: {ratio:.2f}x sse-starlette "
-                    f"[{'PASS' if ratio >= 3 else 'FAIL'} >= 3x]"
+                    + verdict(ratio >= target, f">= {target:g}x", quick=args.quick)
                 )
-    out += ["", "### Targets", "", *verdicts, ""]
+    out += ["", "### Targets", "", *([QUICK_NOTE, ""] if args.quick else []), *verdicts, ""]
     print("\n".join(out), flush=True)
     return out
 

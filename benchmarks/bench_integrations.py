@@ -7,22 +7,22 @@ serves the same producer (dicts, as sse-starlette users write them) through each
 ``EventSourceResponse``; a client reads raw bytes; events/s is wall time, CPU per event is
 the server process's user+system time over the events. Runs are interleaved, medians of 5.
 
-python -m benchmarks.bench_integrations [--quick]
+python -m benchmarks.bench_integrations [--quick]   # pip install -e '.[bench]'
 """
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import socket
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from random import Random
 from typing import Any
 
-from benchmarks import payloads
+from benchmarks import needs, payloads
 
 TEXT = '{"choices":[{"index":0,"delta":{"content":"hello 你好"}}]}'
 
@@ -203,7 +203,16 @@ def bench_servers(quick: bool) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    quick = "--quick" in (argv if argv is not None else sys.argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_integrations",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer events and repetitions: indicative only"
+    )
+    quick = parser.parse_args(argv).quick
+    needs.require(parser.prog, needs.INTEGRATIONS)
     lines = ["## Integrations", "", *bench_clients(quick), *bench_servers(quick)]
     print("\n".join(lines))
     return lines

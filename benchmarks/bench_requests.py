@@ -1,4 +1,5 @@
-"""What one request costs: ssekit beside nginx and the floor (benchmarks/floor_proxy.py).
+"""What one request costs: ssekit (on each HTTP/1.1 engine) beside nginx and the floor
+(benchmarks/floor_proxy.py).
 
 Each round opens 100 streams at once through each path (interleaved), the clients
 leaving at the response head, as the TTFB column of ``bench_proxy`` does; it
@@ -8,7 +9,7 @@ byte spreads across a burst (each position's median over every burst): a proxy
 that answers a burst in order shows a slope, one that answers it in one sweep
 a flat line.
 
-    python -m benchmarks.bench_requests [--rounds 7]
+    python -m benchmarks.bench_requests [--rounds 7] [--http both|ssekit|h11]
 """
 
 from __future__ import annotations
@@ -23,7 +24,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .bench_proxy import NGINX_CONF, UPSTREAM, first_bytes, free_port, start_ssekit, wait_port
+from . import needs
+from .bench_proxy import (
+    HTTP_CHOICES,
+    NGINX_CONF,
+    UPSTREAM,
+    add_baseline,
+    engine_path,
+    first_bytes,
+    free_port,
+    start_ssekit,
+    wait_port,
+)
 
 BURST = 100
 BURSTS_PER_ROUND = 10
@@ -38,16 +50,28 @@ def cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-async def bursts(port: int) -> list[list[float]]:
-    """BURSTS_PER_ROUND bursts of BURST streams; each burst's times to first byte (ms),
-    sorted."""
-    return [sorted(await first_bytes(port, BURST)) for _ in range(BURSTS_PER_ROUND)]
+async def bursts(port: int, count: int = BURSTS_PER_ROUND) -> list[list[float]]:
+    """``count`` bursts of BURST streams; each burst's times to first byte (ms), sorted."""
+    return [sorted(await first_bytes(port, BURST)) for _ in range(count)]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_requests", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--bursts", type=int, default=BURSTS_PER_ROUND, help="bursts of 100 streams per round"
+    )
+    parser.add_argument(
+        "--http",
+        choices=tuple(HTTP_CHOICES),
+        default="both",
+        help="the proxy's HTTP/1.1 engine(s), side by side (default: both)",
+    )
+    add_baseline(parser)
     args = parser.parse_args(argv)
+    needs.require(parser.prog, needs.PROXY)
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="ssekit-requests-") as tmp_name:
         tmp = Path(tmp_name)
@@ -61,9 +85,14 @@ def main(argv: list[str] | None = None) -> None:
             )
             wait_port(up)
             paths: dict[str, tuple[int, int]] = {}
-            proxy, port = start_ssekit(up, tmp / "ssekit.log")
-            procs.append(proxy)
-            paths["ssekit"] = (port, proxy.pid)
+            for engine in HTTP_CHOICES[args.http]:
+                proxy, port = start_ssekit(up, tmp / f"{engine}.log", "--http", engine)
+                procs.append(proxy)
+                paths[engine_path(engine)] = (port, proxy.pid)
+            if args.baseline:
+                before, port = start_ssekit(up, tmp / "baseline.log", source=args.baseline)
+                procs.append(before)
+                paths["ssekit (baseline)"] = (port, before.pid)
             port = free_port()
             floor = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.floor_proxy", str(up), str(port)]
@@ -98,11 +127,11 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"round {number + 1} ...", file=sys.stderr, flush=True)
                 for name, (port, pid) in paths.items():
                     u0, s0 = cpu(pid)
-                    times = asyncio.run(bursts(port))
+                    times = asyncio.run(bursts(port, args.bursts))
                     ttfb[name].append(statistics.median(statistics.median(t) for t in times))
                     spread[name] += times
                     u1, s1 = cpu(pid)
-                    requests = BURST * BURSTS_PER_ROUND
+                    requests = BURST * args.bursts
                     user[name].append((u1 - u0) / requests * 1e6)
                     system[name].append((s1 - s0) / requests * 1e6)
         finally:
@@ -111,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             for proc in procs:
                 proc.wait()
     base = statistics.median(ttfb["nginx"]) if "nginx" in ttfb else None
-    print(f"Medians of {args.rounds} interleaved rounds of {BURSTS_PER_ROUND} x {BURST} streams")
+    print(f"Medians of {args.rounds} interleaved rounds of {args.bursts} x {BURST} streams")
     print()
     print("| path | TTFB p50 ms | vs nginx | user CPU us/request | system CPU us/request |")
     print("|---|---:|---:|---:|---:|")

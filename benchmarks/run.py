@@ -1,21 +1,24 @@
-"""Run every decoder and encoder benchmark and print the tables (Markdown).
+"""Run every decoder and encoder benchmark and the integrations, and print the tables
+(Markdown), the machine and package versions first.
 
-python -m benchmarks.run            # full run (a few minutes)
-python -m benchmarks.run --quick    # smaller payloads, fewer repetitions
+    pip install -e '.[bench]'           # once, from the repository root: ssekit and its peers
+    python -m benchmarks.run            # full run (a few minutes)
+    python -m benchmarks.run --quick    # about 30 s: a smoke run, its figures indicative only
+
+The proxy has its own command: python -m benchmarks.bench_proxy [--quick].
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import platform
-import sys
 from importlib.metadata import version
 
-from benchmarks import bench_decoder, bench_encoder, bench_integrations
+from benchmarks import bench_decoder, bench_encoder, bench_integrations, needs
 
-PACKAGES = (
-    "ssekit", "httpx", "httpx-sse", "sseclient-py", "launchdarkly-eventsource", "requests-sse",
-    "openai", "sse-starlette", "uvicorn", "starlette",
-)  # fmt: skip
+#: Every package whose version the tables depend on.
+PACKAGES = tuple(dict.fromkeys((*needs.DECODER, *needs.ENCODER, *needs.INTEGRATIONS)))
 
 
 def machine() -> list[str]:
@@ -27,18 +30,31 @@ def machine() -> list[str]:
         pass
     versions = ", ".join(f"{p} {version(p)}" for p in PACKAGES)
     return [
-        f"Machine: {cpu}, {__import__('os').cpu_count()} cores; Python {platform.python_version()}",
+        f"Machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}",
         f"Packages: {versions}",
         "",
     ]
 
 
-def main() -> None:
-    argv = sys.argv[1:]
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller payloads, fewer repetitions: indicative figures, no PASS or FAIL",
+    )
+    parser.add_argument("--repeat", type=int, help="decoder repetitions (default 7, quick 3)")
+    args = parser.parse_args(argv)
+    needs.require(parser.prog, PACKAGES)
     print("\n".join(machine()))
-    bench_decoder.main(argv)
-    bench_encoder.main([a for a in argv if a == "--quick"])
-    bench_integrations.main([a for a in argv if a == "--quick"])
+    quick = ["--quick"] if args.quick else []
+    bench_decoder.main([*quick, *(["--repeat", str(args.repeat)] if args.repeat else [])])
+    bench_encoder.main(quick)
+    bench_integrations.main(quick)
 
 
 if __name__ == "__main__":

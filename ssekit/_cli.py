@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import Field, fields
 from typing import Any
 
+from . import __version__
 from ._errors import ConfigError
-from .proxy._config import ProxyConfig
+from ._http import ENGINES
+from .proxy._config import Group, ProxyConfig
 
 __all__ = ("main",)
+
+#: Where a ProxyConfig field without ``metadata["group"]`` is listed in ``--help``.
+DEFAULT_GROUP = Group.FORWARDING
+#: What each ``ssekit proxy --help`` section holds.
+GROUP_HELP = {
+    Group.FORWARDING: "where requests go and how they are passed on",
+    Group.TIMEOUTS: "seconds; each says what happens when it passes",
+    Group.LIMITS: "sizes and counts; each says what a client gets past it",
+    Group.KEYS: "secrets come from environment variables, never the command line",
+    Group.RESUME: "resumable streams: off unless --resume-store is set",
+    Group.OPERATIONS: "processes, logs, metrics",
+}
 
 EXAMPLES = """\
 examples:
@@ -25,11 +41,32 @@ examples:
       keep the key on the server; clients send no key (or --client-token-env tokens)
   ssekit proxy --upstream http://10.0.0.5:8000/v1-prefix --listen 0.0.0.0:8080 --heartbeat 15
       bind all interfaces (an explicit choice) and keep idle load balancers from cutting streams
+  ssekit proxy --http h11
+      both sides of the proxy (and the built-in mock) on h11, the reference HTTP/1.1
+  ssekit proxy --upstream https://api.openai.com --api-key-env OPENAI_API_KEY \\
+      --workers auto --resume-store redis://127.0.0.1:6379/0
+      one process per core; an answer survives a dropped connection, resumed on any
+      instance sharing that Redis at GET /_ssekit/streams/<id>
   ssekit mock-upstream --listen 127.0.0.1:9000 --tokens 100 --delay 0.02
 
 try it:
   curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model":"ssekit-mock","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+"""
+
+
+MOCK_ROUTES = """\
+An OpenAI-compatible upstream for demos, tests and offline work. Routes:
+
+  POST /v1/chat/completions  {"stream": true}: chat.completion.chunk events (English and
+                             Chinese, --tokens of them, --delay apart), then data: [DONE];
+                             otherwise one JSON chat.completion ("max_tokens" caps both)
+  GET  /v1/models            the one mock model
+  GET  /v1/events            numbered events with id: fields, resuming after Last-Event-ID:
+                             ?count=N events (default 10), ?cut_after=K cuts the connection
+                             after K of them, ?retry=MS sets the reconnection time (500)
+  GET  /demo                 a page with an EventSource on /v1/events and a fetch() reader
+                             of a streamed chat; open it through the proxy in a browser
 """
 
 
@@ -59,14 +96,25 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
         return super()._get_help_string(action)
 
 
-def _add_config_option(parser: argparse.ArgumentParser, option: Field[Any]) -> None:
+#: ProxyConfig fields that take one of a few names, and those names.
+_CHOICES: dict[str, tuple[str, ...]] = {"log_format": ("text", "json"), "http": ENGINES}
+
+
+def group_of(option: Field[Any]) -> Group:
+    """The ``--help`` section of a ProxyConfig field (``DEFAULT_GROUP`` when it names none)."""
+    group = option.metadata.get("group", DEFAULT_GROUP)
+    assert isinstance(group, Group)
+    return group
+
+
+def _add_config_option(parser: argparse._ActionsContainer, option: Field[Any]) -> None:
     """``--dashed-name`` for a ProxyConfig field: its default and help said there, once."""
     name = "--" + option.name.replace("_", "-")
     default, help = option.default, option.metadata["help"]
     if isinstance(default, bool):
         parser.add_argument(name, action="store_true", help=help)
-    elif isinstance(default, str) and option.name == "log_format":
-        parser.add_argument(name, choices=("text", "json"), default=default, help=help)
+    elif option.name in _CHOICES:
+        parser.add_argument(name, choices=_CHOICES[option.name], default=default, help=help)
     else:
         kind: Callable[[str], object] = str
         if option.name in ("drain_timeout", "resume_grace"):  # 0 is meaningful
@@ -104,23 +152,25 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ssekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     proxy = sub.add_parser(
         "proxy",
         help="run the reverse proxy",
-        description="Forward every request to one upstream, streaming responses unchanged "
-        "(byte for byte, chunk for chunk). Without --upstream, start the built-in mock "
+        description="Forward every request to one upstream, streaming responses unchanged\n"
+        "(byte for byte, chunk for chunk). Without --upstream, start the built-in mock\n"
         "upstream in-process and proxy to it.",
         epilog=EXAMPLES,
         formatter_class=fmt,
     )
-    proxy.add_argument(
+    groups = {group: proxy.add_argument_group(group.value, GROUP_HELP[group]) for group in Group}
+    groups[Group.FORWARDING].add_argument(
         "--upstream",
         metavar="URL",
         help="upstream base URL, http(s)://host[:port][/prefix]; default: the built-in mock",
     )
-    proxy.add_argument(
+    groups[Group.FORWARDING].add_argument(
         "--listen",
         type=_listen,
         default=f"{_default('listen_host')}:{_default('listen_port')}",
@@ -129,33 +179,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     for option in fields(ProxyConfig):
         if "help" in option.metadata:
-            _add_config_option(proxy, option)
-    proxy.add_argument(
+            _add_config_option(groups[group_of(option)], option)
+    groups[Group.OPERATIONS].add_argument(
         "--workers",
         type=_workers,
         default=1,
         metavar="N|auto",
         help="worker processes sharing the port (SO_REUSEPORT; auto: one per core); "
-        "SIGTERM drains them all, a worker that dies is replaced, metrics are summed",
+        "SIGTERM drains them all, SIGHUP is ignored (no reload), a worker that dies is "
+        "replaced, workers whose supervisor is gone drain and exit, metrics are summed",
     )
-    proxy.add_argument(
+    groups[Group.OPERATIONS].add_argument(
         "--loop",
         choices=("auto", "asyncio", "uvloop"),
         default="auto",
         help="event loop: uvloop when installed (pip install 'ssekit[speed]'), else asyncio",
     )
-    proxy.add_argument(
+    groups[Group.KEYS].add_argument(
         "--api-key-env",
         metavar="VAR",
         help="env var holding the upstream API key(s), comma-separated, rotated; "
         "replaces the client's Authorization",
     )
-    proxy.add_argument(
+    groups[Group.KEYS].add_argument(
         "--client-token-env",
         metavar="VAR",
         help="env var holding token(s) clients must send as 'Authorization: Bearer <token>'",
     )
-    proxy.add_argument(
+    groups[Group.KEYS].add_argument(
         "--admin-token-env",
         metavar="VAR",
         help="env var holding token(s) for GET PATH/metrics (default: the client tokens; "
@@ -165,8 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     mock = sub.add_parser(
         "mock-upstream",
         help="run the built-in OpenAI-compatible mock upstream",
-        description="POST /v1/chat/completions (streaming or not), GET /v1/models, "
-        "GET /v1/events (numbered events honouring Last-Event-ID).",
+        description=MOCK_ROUTES,
         formatter_class=fmt,
     )
     mock.add_argument(
@@ -181,6 +231,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     mock.add_argument(
         "--delay", type=float, default=0.05, metavar="S", help="seconds between chunk events"
+    )
+    mock.add_argument(
+        "--http",
+        choices=ENGINES,
+        default=_default("http"),
+        help="HTTP/1.1 engine: ssekit's own (fast), or h11, the reference it is held to",
     )
     return parser  # fmt: skip
 
@@ -265,13 +321,19 @@ def _run_mock(args: argparse.Namespace) -> int:
     from .proxy import MockConfig, serve_mock
 
     host, port = args.listen
-    config = MockConfig(listen_host=host, listen_port=port, tokens=args.tokens, delay=args.delay)
+    config = MockConfig(
+        listen_host=host, listen_port=port, tokens=args.tokens, delay=args.delay, http=args.http
+    )
 
     async def run() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as tg:
                 bound = await tg.start(serve_mock, config)
-                print(f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]}", flush=True)
+                print(
+                    f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]} "
+                    f"(http: {config.http})",
+                    flush=True,
+                )
                 await _first_signal(signals)
                 tg.cancel_scope.cancel()
 
@@ -311,10 +373,34 @@ def _run_proxy(args: argparse.Namespace) -> int:
     return _run_single(args, settings, loop)
 
 
-def _banner(base: str, upstream: str, admin_prefix: str, how: str) -> None:
+def _notifier(log_format: str) -> Callable[..., None]:
+    """How the proxy says what it does itself (not per request), on logger ``ssekit.proxy``:
+    ``notice(name, sentence, **fields)`` logs the sentence, or with ``--log-format json``
+    one object: ``time``, ``notice`` (the name), the fields and the sentence as
+    ``message``; the record carries those fields as ``ssekit``, as the resume store's do."""
+    from .proxy._stats import utc_time
+
+    log = logging.getLogger("ssekit.proxy")
+
+    def notice(name: str, message: str, **fields: object) -> None:
+        record = {"time": utc_time(time.time()), "notice": name, **fields}
+        if log_format == "json":
+            line = json.dumps({**record, "message": message}, ensure_ascii=False)
+        else:
+            line = f"ssekit: {message}"
+        log.info(line, extra={"ssekit": record})
+
+    return notice
+
+
+def _banner(base: str, upstream: str, admin_prefix: str, how: str, resume: str = "") -> None:
+    """What runs where; ``how``: comma-separated facts, ``key: value`` (event loop, http);
+    ``resume``: the store and whether it answers (a line of its own)."""
+    resume_line = f"{resume}\n" if resume else ""
     print(
         f"ssekit proxy listening on {base} -> {upstream} ({how})\n"
         f"metrics: {base}{admin_prefix}/metrics\n"
+        f"{resume_line}"
         f"try:\n  curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' "
         '-d \'{"model":"ssekit-mock","stream":true,'
         '"messages":[{"role":"user","content":"hi"}]}\'',
@@ -325,15 +411,20 @@ def _banner(base: str, upstream: str, admin_prefix: str, how: str) -> None:
 async def _serve_until_signal(
     config: ProxyConfig,
     *,
-    started: Callable[[tuple[str, int]], None] = lambda _: None,
+    started: Callable[[tuple[str, int], str], None] = lambda *_: None,
     reuse_port: bool = False,
     metrics_dir: str | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain (up to ``config.drain_timeout``)."""
+    """Serve until SIGTERM/SIGINT, then drain (up to ``config.drain_timeout``).
+
+    ``started`` gets the bound address and the resume store's state ("" when off).
+    """
     import anyio
     import anyio.abc
 
-    from .proxy import serve
+    from .proxy._listener import Proxy
+
+    proxy = Proxy(config, reuse_port=reuse_port, metrics_dir=metrics_dir)
 
     # Signals are caught from before the banner: a SIGTERM right after it drains.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -343,23 +434,18 @@ async def _serve_until_signal(
 
             async def run_proxy(*, task_status: anyio.abc.TaskStatus[tuple[str, int]]) -> None:
                 try:
-                    await serve(
-                        config,
-                        task_status=task_status,
-                        shutdown=shutdown,
-                        reuse_port=reuse_port,
-                        metrics_dir=metrics_dir,
-                    )
+                    await proxy.serve(task_status=task_status, shutdown=shutdown)
                 finally:
                     finished.set()
 
-            started(await tg.start(run_proxy))
+            bound = await tg.start(run_proxy)  # the resume store was checked by then
+            started(bound, "" if proxy.shared.resume is None else proxy.shared.resume.describe())
             await _first_signal(signals)
             if not reuse_port:  # workers: the supervisor says it once
-                print(
-                    f"ssekit: shutting down, draining streams up to {config.drain_timeout:g}s",
-                    file=sys.stderr,
-                    flush=True,
+                _notifier(config.log_format)(
+                    "draining",
+                    f"shutting down, draining streams up to {config.drain_timeout:g}s",
+                    drain_timeout_s=config.drain_timeout,
                 )
             shutdown.set()
             await finished.wait()
@@ -377,14 +463,16 @@ def _run_single(args: argparse.Namespace, settings: dict[str, Any], loop: tuple[
         async with anyio.create_task_group() as tg:
             upstream = args.upstream
             if upstream is None:
-                mock_host, mock_port = await tg.start(serve_mock, MockConfig(listen_port=0))
+                mock = MockConfig(listen_port=0, http=settings["http"])
+                mock_host, mock_port = await tg.start(serve_mock, mock)
                 upstream = f"http://{mock_host}:{mock_port}"
                 print(f"ssekit: no --upstream given; built-in mock upstream on {upstream}")
             config = ProxyConfig(upstream=upstream, **settings)
 
-            def started(bound: tuple[str, int]) -> None:
+            def started(bound: tuple[str, int], resume: str) -> None:
                 base = f"http://{bound[0]}:{bound[1]}"
-                _banner(base, upstream, config.admin_prefix, f"event loop: {name}")
+                how = f"event loop: {name}, http: {config.http}"
+                _banner(base, upstream, config.admin_prefix, how, resume)
 
             await _serve_until_signal(config, started=started)
             tg.cancel_scope.cancel()
@@ -398,72 +486,85 @@ def _run_workers(args: argparse.Namespace, settings: dict[str, Any], loop: tuple
     import shutil
     import socket
     import tempfile
-    import time
+    from pathlib import Path
 
     import anyio
 
     from .proxy import MockConfig, serve_mock
-    from .proxy._workers import Supervisor, fork, reserve_port
+    from .proxy._workers import Supervisor, remove_if_unowned, reserve_port
 
     name, backend_options = loop
     host = settings["listen_host"]
     reservation = reserve_port(host, settings["listen_port"])
     port = reservation.getsockname()[1]
-    upstream = args.upstream
+    metrics_dir = Path(tempfile.mkdtemp(prefix="ssekit-metrics-"))
     mock_pid = None
-    if upstream is None:
-        read_end, write_end = os.pipe()
+    try:
+        # SIGTERM, SIGINT and SIGHUP are the supervisor's from here on.
+        supervisor = Supervisor(
+            args.workers,
+            settings["drain_timeout"],
+            metrics_dir=metrics_dir,
+            notice=_notifier(settings["log_format"]),
+        )
+        upstream = args.upstream
+        if upstream is None:
+            read_end, write_end = os.pipe()
 
-        def run_mock() -> int:
-            async def main() -> None:
-                async with anyio.create_task_group() as tg:
-                    _, bound = await tg.start(serve_mock, MockConfig(listen_port=0))
-                    os.write(write_end, b"%d\n" % bound)
+            def run_mock() -> int:
+                async def main() -> None:
+                    async with anyio.create_task_group() as tg:
+                        mock = MockConfig(listen_port=0, http=settings["http"])
+                        _, bound = await tg.start(serve_mock, mock)
+                        os.write(write_end, b"%d\n" % bound)
 
-            anyio.run(main, backend_options=backend_options)
+                anyio.run(main, backend_options=backend_options)
+                return 0
+
+            sys.stdout.flush()
+            mock_pid = supervisor.fork(run_mock)
+            os.close(write_end)
+            with os.fdopen(read_end) as pipe:
+                upstream = f"http://127.0.0.1:{int(pipe.readline())}"
+            print(f"ssekit: no --upstream given; built-in mock upstream on {upstream}")
+        config = ProxyConfig(upstream=upstream, **{**settings, "listen_port": port})
+
+        def run_worker(index: int) -> int:
+            reservation.close()  # the supervisor keeps its own copy
+            try:
+                anyio.run(
+                    lambda: _serve_until_signal(
+                        config, reuse_port=True, metrics_dir=str(metrics_dir)
+                    ),
+                    backend_options=backend_options,
+                )
+            except BaseException as exc:
+                error = _config_error(exc)
+                if error is None:
+                    raise
+                print(f"ssekit: error: {error}", file=sys.stderr, flush=True)
+                return 2
+            finally:
+                if supervisor.lifeline.gone.is_set():  # nobody else will clean up
+                    remove_if_unowned(metrics_dir)
             return 0
 
         sys.stdout.flush()
-        mock_pid = fork(run_mock)
-        os.close(write_end)
-        with os.fdopen(read_end) as pipe:
-            upstream = f"http://127.0.0.1:{int(pipe.readline())}"
-        print(f"ssekit: no --upstream given; built-in mock upstream on {upstream}")
-    config = ProxyConfig(upstream=upstream, **{**settings, "listen_port": port})
-    metrics_dir = tempfile.mkdtemp(prefix="ssekit-metrics-")
-
-    def run_worker(index: int) -> int:
-        reservation.close()  # the supervisor keeps its own copy
-        try:
-            anyio.run(
-                lambda: _serve_until_signal(config, reuse_port=True, metrics_dir=metrics_dir),
-                backend_options=backend_options,
-            )
-        except BaseException as exc:
-            error = _config_error(exc)
-            if error is None:
-                raise
-            print(f"ssekit: error: {error}", file=sys.stderr, flush=True)
-            return 2
-        return 0
-
-    sys.stdout.flush()
-    supervisor = Supervisor(args.workers, run_worker, config.drain_timeout)
-    try:
-        supervisor.start()
+        supervisor.start(run_worker)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # ready when a worker accepts
+        while time.monotonic() < deadline and not supervisor.stopping:  # ready once one accepts
             try:
                 socket.create_connection((host, port), timeout=1).close()
                 break
             except OSError:
                 time.sleep(0.05)
-        _banner(
-            f"http://{host}:{port}",
-            upstream,
-            config.admin_prefix,
-            f"{args.workers} workers, event loop: {name}",
-        )
+        if not supervisor.stopping:  # else told to stop while starting: drain at once
+            _banner(
+                f"http://{host}:{port}",
+                upstream,
+                config.admin_prefix,
+                f"{args.workers} workers, event loop: {name}, http: {config.http}",
+            )
         return supervisor.run()
     finally:
         if mock_pid is not None:

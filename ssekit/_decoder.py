@@ -22,7 +22,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Final, Generic, Literal, NoReturn, TypeVar, overload
 
-from ._errors import LimitExceeded, StateError
+from ._errors import InputTypeError, LimitExceeded, StateError
 from ._event import Comment, Event
 
 __all__ = ("DEFAULT_MAX_EVENT_SIZE", "MAX_RETRY", "Decoder", "decoder_implementation")
@@ -60,6 +60,24 @@ class _Building:
         self.event = event
         self.id = id
         self.retry = retry
+
+
+def _bytes_of(data: object) -> bytes:
+    """``data`` as bytes if it is a bytes-like object, else :class:`InputTypeError`."""
+    try:
+        return bytes(memoryview(data))  # type: ignore[arg-type]
+    except TypeError:
+        raise _not_bytes(data) from None
+
+
+def _not_bytes(data: object) -> InputTypeError:
+    kind = type(data).__name__
+    hint = "encode it first (text.encode())" if isinstance(data, str) else "pass bytes"
+    return InputTypeError(
+        f"Decoder.feed takes bytes (a chunk of the stream), got {kind}: {hint}",
+        argument="data",
+        got=kind,
+    )
 
 
 def _decode(raw: bytes) -> str:
@@ -256,18 +274,23 @@ class Decoder(Generic[T]):
 
         Raises :class:`LimitExceeded` when a line or an event's data passes
         ``max_event_size``, and :class:`StateError` after ``close()`` or after
-        an earlier error.
+        an earlier error; :class:`InputTypeError` (a ``TypeError``) for a
+        ``str`` or anything else that is not bytes, leaving the decoder as it was.
         """
         if self._slow:
             # Rare states first: failed or closed, a BOM still undecided, an LF
             # owed to a CR that ended the previous chunk, a dropped line. Only a
-            # buffer converts (bytes(5) would be five NULs): else TypeError.
-            chunk = data if type(data) is bytes else bytes(memoryview(data))
-            maybe_chunk = self._maybe_prelude(chunk)
+            # buffer converts (bytes(5) would be five NULs): else InputTypeError.
+            maybe_chunk = self._maybe_prelude(data if type(data) is bytes else _bytes_of(data))
             if maybe_chunk is None:
                 return []
             data = maybe_chunk
-        if 0x0D in data:
+        try:
+            has_cr = 0x0D in data
+        except TypeError:
+            # Only a str (or a non-buffer) gets here: the check costs bytes nothing.
+            raise _not_bytes(data) from None
+        if has_cr:
             # CRLF, lone CR and LF all end lines: bytes.splitlines splits on
             # exactly these three, in one pass. A CR ending the chunk ends its
             # line now (latency); the LF that may open the next chunk is dropped.

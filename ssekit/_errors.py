@@ -19,7 +19,9 @@ __all__ = (
     "ClientError",
     "ConfigError",
     "EncodeError",
+    "InputTypeError",
     "LimitExceeded",
+    "NotAnEventStream",
     "OpenAIStreamError",
     "ProxyError",
     "ResponseError",
@@ -91,6 +93,32 @@ class EncodeError(SSEError, ValueError):
     """The caller asked the encoder for something SSE cannot carry intact."""
 
 
+class InputTypeError(SSEError, TypeError):
+    """The caller passed a value of the wrong type (also a ``TypeError``); nothing changed.
+
+    ``argument`` names the parameter and ``got`` the name of the type passed, as in
+    ``Decoder().feed("text")`` (``argument="data"``, ``got="str"``: encode it first) or
+    ``iter_events(b"...")`` (``argument="chunks"``, ``got="bytes"``: wrap it in a list).
+    """
+
+    def __init__(self, message: str, *, argument: str, got: str) -> None:
+        self.argument = argument
+        self.got = got
+        super().__init__(message)
+
+
+class NotAnEventStream(SSEError):
+    """The bytes read as an event stream were a JSON document that dispatched no event.
+
+    That is an API's error answer (a 401's ``{"error": {...}}``, say) read as a
+    stream: the status was not checked. ``body`` is the document, decoded.
+    """
+
+    def __init__(self, message: str, body: str) -> None:
+        self.body = body
+        super().__init__(message)
+
+
 class OpenAIStreamError(SSEError):
     """An OpenAI-style stream did not carry a complete, well-formed answer."""
 
@@ -123,10 +151,15 @@ class UpstreamError(ProxyError):
 
     ``status`` is the HTTP status to answer with if the response head has not
     gone out yet (502 for connect and protocol errors, 504 for timeouts).
+    ``cut`` is True when the response body was cut after its head: closed early,
+    malformed, or silent past the idle timeout (the answer is incomplete). The
+    cause (``__cause__``) is chained when there is one: the ``OSError``, the
+    framing error, or a :class:`LimitExceeded` for a head over its bound.
     """
 
-    def __init__(self, message: str, status: int = 502) -> None:
+    def __init__(self, message: str, status: int = 502, *, cut: bool = False) -> None:
         self.status = status
+        self.cut = cut
         super().__init__(message)
 
 

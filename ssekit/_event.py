@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json as _json
 from dataclasses import dataclass
+from typing import Any
+
+from ._errors import InputTypeError
 
 __all__ = ("Comment", "Event")
 
@@ -19,7 +22,8 @@ class Event:
     block, else None.
 
     Built by users with keywords: ``Event(data="hi")``; ``data``, ``event``
-    and ``id`` must be str and ``retry`` an int or None, else :class:`TypeError`.
+    and ``id`` must be str and ``retry`` an int or None, else
+    :class:`ssekit.InputTypeError` (a ``TypeError``) naming the field.
     """
 
     data: str = ""
@@ -37,18 +41,25 @@ class Event:
         if type(data) is not str or type(event) is not str or type(id) is not str:
             _check_types(data=data, event=event, id=id)
         if retry is not None and not isinstance(retry, int):
-            raise TypeError(f"Event retry must be an int of milliseconds or None, got {retry!r}")
+            raise InputTypeError(
+                f"Event retry must be an int of milliseconds or None, got {retry!r}",
+                argument="retry",
+                got=type(retry).__name__,
+            )
         _set_data(self, data)
         _set_event(self, event)
         _set_id(self, id)
         _set_retry(self, retry)
 
-    def json(self) -> object:
-        """The data parsed as JSON (``json.loads``); narrow the result with ``isinstance``.
+    # Any, not object: as httpx_sse.ServerSentEvent.json() is typed, so code that
+    # indexed the result under mypy --strict still type-checks after the switch.
+    def json(self) -> Any:
+        """The data parsed as JSON (``json.loads``): whatever the JSON holds, typed ``Any``.
 
         Raises ``ValueError`` (``json.JSONDecodeError``) when the data is not
         JSON. For OpenAI-style chunks see :func:`ssekit.openai.parse_chunk`,
-        which also knows the ``[DONE]`` sentinel and error objects.
+        which also knows the ``[DONE]`` sentinel and error objects, and returns
+        a typed :class:`ssekit.openai.Chunk`.
         """
         return _json.loads(self.data)
 
@@ -57,8 +68,10 @@ def _check_types(**fields: object) -> None:
     for name, value in fields.items():
         if not isinstance(value, str):
             hint = "; decode bytes first" if isinstance(value, bytes | bytearray) else ""
-            raise TypeError(
-                f"Event {name} must be a str, got {type(value).__name__} {value!r}{hint}"
+            raise InputTypeError(
+                f"Event {name} must be a str, got {type(value).__name__} {value!r}{hint}",
+                argument=name,
+                got=type(value).__name__,
             )
 
 

@@ -15,6 +15,17 @@ What it guarantees:
   async generator gets ``aclose()`` (its ``finally`` runs), a sync one
   ``close()`` after its current step; no task outlives the call and nothing
   is raised or logged.
+- A sync producer (any iterable but a list or tuple) is stepped in a daemon
+  thread of its stream's own, under :func:`producer_limiter`, never in
+  anyio's worker threads, which the app's ``def`` endpoints need. It can
+  expect one ``next()`` at a time, all from that thread; its exceptions
+  raised in the stream; ``close()`` once, from that thread, after its last
+  step. It cannot expect a ``next()`` that blocks to be interrupted (no
+  thread can be): on a disconnect or shutdown the stream ends without
+  waiting for it, and ``close()`` runs when that step returns; one that
+  never returns holds its thread until the process exits (a daemon thread
+  does not keep it running). Wait on what may never come in an async
+  producer instead.
 - ``ping`` seconds without a write sends a ``: ping`` comment, only between
   events (bytes items are tracked by a :class:`ssekit.Decoder`, so a ping
   never lands inside an event written in pieces).
@@ -66,6 +77,7 @@ from types import FrameType
 from typing import Any, Final
 
 import anyio
+from anyio.lowlevel import RunVar
 
 from ._decoder import Decoder
 from ._encoder import encode, encode_comment, encode_parts
@@ -77,6 +89,7 @@ __all__ = (
     "Item",
     "encode_item",
     "end_streams",
+    "producer_limiter",
     "response_headers",
     "stream_events",
 )
@@ -409,7 +422,7 @@ def _async_items(events: AsyncIterable[Item] | Iterable[Item]) -> AsyncIterator[
         return aiter(events)
     if isinstance(events, list | tuple):
         return _listed(events)
-    return _threaded(iter(events))
+    return _Threaded(iter(events))
 
 
 async def _listed(events: list[Item] | tuple[Item, ...]) -> AsyncIterator[Item]:
@@ -417,21 +430,128 @@ async def _listed(events: list[Item] | tuple[Item, ...]) -> AsyncIterator[Item]:
         yield item
 
 
-async def _threaded(events: Iterator[Item]) -> AsyncIterator[Item]:
-    """Each step of a sync iterator in a worker thread (it may block); closed when closed."""
-    try:
-        while True:
-            item = await anyio.to_thread.run_sync(next, events, _END)
-            if item is _END:
-                return
-            yield item
-    finally:
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
-
-
 _END: Final[Any] = object()
+
+#: Threads that may step sync producers at once, per event loop (see producer_limiter()).
+PRODUCER_THREADS: Final = 100
+_producer_limiter: RunVar[anyio.CapacityLimiter] = RunVar("ssekit_producer_limiter")
+
+
+def producer_limiter() -> anyio.CapacityLimiter:
+    """The limiter of the threads that step sync producers in the running event loop.
+
+    It is not anyio's default thread limiter, which runs the app's ``def``
+    endpoints: producers that block never take those threads. A stream holds
+    one token while it iterates a sync producer, and gives it back when it
+    ends or lets go of a producer blocked in ``next()``; a stream finding none
+    left waits for one after its response head (a disconnect still ends it).
+    :data:`PRODUCER_THREADS` tokens; set ``total_tokens`` to change that.
+    """
+    try:
+        return _producer_limiter.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(PRODUCER_THREADS)
+        _producer_limiter.set(limiter)
+        return limiter
+
+
+class _Threaded:
+    """A sync iterator's items, each ``next()`` run in a daemon thread of this stream's own.
+
+    A thread cannot be stopped, but the stream need not wait for it: when the
+    stream ends while a step is under way (a disconnect, shutdown), ``aclose()``
+    returns at once and the thread runs ``close()`` on the iterator when that
+    step returns (never another step). A daemon thread does not hold the
+    process at exit, and it takes none of anyio's default worker threads.
+    """
+
+    def __init__(self, events: Iterator[Item]) -> None:
+        self._events = events
+        self._lock = threading.Lock()
+        self._wake = threading.Semaphore(0)  # one release per step, and one to close
+        self._thread: threading.Thread | None = None
+        self._call_soon: Callable[[Callable[[], object]], object] | None = None
+        self._stepped = anyio.Event()  # per step: the thread's answer is in
+        self._closed = anyio.Event()
+        self._item: Any = _END
+        self._error: BaseException | None = None
+        self._stepping = False  # a next() is running in the thread
+        self._closing = False  # let go: close the iterator, no more steps
+        self._token = False  # holding a token of producer_limiter()
+
+    def __aiter__(self) -> _Threaded:
+        return self
+
+    async def __anext__(self) -> Item:
+        if self._thread is None:
+            await producer_limiter().acquire_on_behalf_of(self)
+            self._token = True
+            self._call_soon = _call_soon_threadsafe()
+            self._thread = threading.Thread(target=self._run, name="ssekit-producer", daemon=True)
+            self._thread.start()
+        stepped = self._stepped = anyio.Event()
+        with self._lock:
+            self._stepping = True
+        self._wake.release()
+        await stepped.wait()  # when cancelled, aclose() lets go of the step
+        if self._error is not None:
+            raise self._error
+        if self._item is _END:
+            raise StopAsyncIteration
+        return self._item  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        """Let go of the producer: close it in its thread, waiting for that only when no
+        step is under way (a step under way closes it when it returns)."""
+        if self._thread is None:  # never stepped: nothing runs
+            _close_sync(self._events)
+            return
+        if self._closing:
+            return
+        if self._token:
+            self._token = False
+            producer_limiter().release_on_behalf_of(self)
+        closed = self._closed = anyio.Event()
+        with self._lock:
+            self._closing = True
+            busy = self._stepping
+        if not busy:
+            self._wake.release()
+            await closed.wait()
+
+    def _run(self) -> None:
+        """The producer's thread: one ``next()`` per wake-up until let go, then ``close()``."""
+        while True:
+            self._wake.acquire()
+            with self._lock:
+                if self._closing:
+                    break
+            item: Any = _END
+            error: BaseException | None = None
+            try:
+                item = next(self._events, _END)
+            except BaseException as exc:  # raised in the stream, as the producer's error
+                error = exc
+            with self._lock:
+                self._stepping = False
+                if self._closing:  # let go meanwhile: nobody waits for this step
+                    break
+            self._item, self._error = item, error
+            self._tell(self._stepped)
+        _close_sync(self._events)
+        self._tell(self._closed)
+
+    def _tell(self, event: anyio.Event) -> None:
+        """Set ``event`` in the stream's event loop (if it still runs: else nobody waits)."""
+        assert self._call_soon is not None
+        with contextlib.suppress(RuntimeError):
+            self._call_soon(event.set)
+
+
+def _close_sync(events: Iterator[Item]) -> None:
+    close = getattr(events, "close", None)
+    if close is not None:
+        close()
 
 
 async def _close(iterator: AsyncIterator[Item]) -> None:

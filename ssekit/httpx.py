@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import anyio
 import httpx
@@ -31,53 +31,144 @@ import httpx
 from ._decoder import Decoder
 from ._event import Event
 from .client._policy import (
+    CREDENTIAL_HEADERS,
     MAX_ERROR_BODY,
     Decision,
     Reconnector,
     RetryPolicy,
     Verdict,
+    credential_names,
     judge_response,
+    same_origin,
 )
 
-__all__ = ("EventSource", "RetryPolicy", "aconnect_sse", "connect_sse")
+__all__ = (
+    "CREDENTIAL_HEADERS",
+    "AsyncClientLike",
+    "ClientLike",
+    "EventSource",
+    "RetryPolicy",
+    "aconnect_sse",
+    "connect_sse",
+)
 
 #: What ``connect_sse`` sends unless the caller's headers already name it.
 DEFAULT_HEADERS = (("Accept", "text/event-stream"), ("Cache-Control", "no-store"))
+
+
+# Duck-typed clients (Starlette's TestClient is an httpx2 client): the types ask
+# for what is used, so mypy accepts them as it accepts httpx.Client, and still
+# tells a sync client from an async one (close() against aclose()).
+class ClientLike(Protocol):
+    """A sync client for :func:`connect_sse`: ``httpx.Client`` or a look-alike."""
+
+    def build_request(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def send(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncClientLike(Protocol):
+    """An async client for :func:`aconnect_sse`: ``httpx.AsyncClient`` or a look-alike."""
+
+    def build_request(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class _Request:
     """How to open the stream again: what ``connect_sse`` was given."""
 
-    client: httpx.Client | httpx.AsyncClient
+    client: ClientLike | AsyncClientLike
     method: str
     url: httpx.URL | str
     headers: httpx.Headers
     options: dict[str, Any]  # httpx.Client.stream's keyword arguments, forwarded unchanged
+    credentials: frozenset[str]  # header names a cross-origin redirect drops, lower case
 
-    def build(self, last_event_id: str) -> tuple[httpx.Request, dict[str, Any]]:
-        """The request to send (Last-Event-ID when set) and the options ``send`` takes."""
+    def build(self, last_event_id: str) -> tuple[httpx.Request, dict[str, Any], bool]:
+        """The request to send (Last-Event-ID when set), the options ``send`` takes, and
+        whether to follow redirects (the caller's ``follow_redirects``, else the client's)."""
         headers = self.headers.copy()
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
         options = dict(self.options)
         sending: dict[str, Any] = {}
-        for key in ("auth", "follow_redirects"):
-            if key in options:
-                sending[key] = options.pop(key)
+        if "auth" in options:
+            sending["auth"] = options.pop("auth")
+        follow = options.pop("follow_redirects", None)
+        if follow is None:
+            follow = getattr(self.client, "follow_redirects", False)
         request = self.client.build_request(self.method, self.url, headers=headers, **options)
-        return request, sending
+        return request, sending, bool(follow)
 
-    # Duck-typed clients (Starlette's TestClient is an httpx2 client): no isinstance check.
+    # httpx does not follow redirects itself here (follow_redirects=False): each
+    # response's next_request is then httpx's own next hop (method, body, Host,
+    # cookies), whose headers _redirect_headers corrects before it goes out. The
+    # hops go without auth=, as in httpx's own redirects.
     def send(self, last_event_id: str) -> httpx.Response:
-        """Send the request (streaming) with a ``httpx.Client``."""
-        request, sending = self.build(last_event_id)
-        return cast(httpx.Client, self.client).send(request, stream=True, **sending)
+        """Send the request (streaming) with a ``httpx.Client``, following redirects."""
+        request, sending, follow = self.build(last_event_id)
+        client = cast(httpx.Client, self.client)
+        response = client.send(request, stream=True, follow_redirects=False, **sending)
+        history: list[httpx.Response] = []
+        while follow and (hop := getattr(response, "next_request", None)) is not None:
+            response.close()
+            self._follow(response, hop, history)
+            response = client.send(hop, stream=True, follow_redirects=False, auth=None)
+        if history:
+            response.history = history
+        return response
 
     async def asend(self, last_event_id: str) -> httpx.Response:
-        """Send the request (streaming) with a ``httpx.AsyncClient``."""
-        request, sending = self.build(last_event_id)
-        return await cast(httpx.AsyncClient, self.client).send(request, stream=True, **sending)
+        """Send the request (streaming) with a ``httpx.AsyncClient``, following redirects."""
+        request, sending, follow = self.build(last_event_id)
+        client = cast(httpx.AsyncClient, self.client)
+        response = await client.send(request, stream=True, follow_redirects=False, **sending)
+        history: list[httpx.Response] = []
+        while follow and (hop := getattr(response, "next_request", None)) is not None:
+            await response.aclose()
+            self._follow(response, hop, history)
+            response = await client.send(hop, stream=True, follow_redirects=False, auth=None)
+        if history:
+            response.history = history
+        return response
+
+    def _follow(
+        self, response: httpx.Response, hop: httpx.Request, history: list[httpx.Response]
+    ) -> None:
+        """Ready ``hop``, the redirect ``response`` (closed) asks for; keep it in ``history``.
+
+        Raises ``httpx.TooManyRedirects`` past the client's ``max_redirects``, as httpx does.
+        """
+        history.append(response)
+        if len(history) > getattr(self.client, "max_redirects", 20):
+            raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.", request=hop)
+        _redirect_headers(response.request, hop, self.credentials)
+
+
+def _redirect_headers(sent: httpx.Request, hop: httpx.Request, credentials: frozenset[str]) -> None:
+    """Credentials go no further than their origin (fetch's rule for Authorization).
+
+    To another origin (scheme, host or port), ``hop`` loses every header in
+    ``credentials``, whatever httpx kept (it drops Authorization only). Within
+    the origin it keeps those ``sent`` carried (httpx drops a Cookie header on
+    every redirect, to rebuild it from the client's cookie jar; a jar's own
+    cookies for the URL win).
+    """
+    origin = (sent.url.scheme, sent.url.host, sent.url.port)
+    if same_origin(origin, (hop.url.scheme, hop.url.host, hop.url.port)):
+        for name in credentials:
+            if name in sent.headers and name not in hop.headers:
+                hop.headers[name] = sent.headers[name]
+    else:
+        for name in credentials:
+            if name in hop.headers:
+                del hop.headers[name]
 
 
 class EventSource:
@@ -279,24 +370,26 @@ def _next_delay(reconnector: Reconnector, error: Exception | None) -> float | No
 
 
 def _prepare(
-    client: httpx.Client | httpx.AsyncClient,
+    client: ClientLike | AsyncClientLike,
     method: str,
     url: httpx.URL | str,
+    credential_headers: Collection[str],
     kwargs: dict[str, Any],
 ) -> _Request:
     headers = httpx.Headers(kwargs.pop("headers", None))
     for name, value in DEFAULT_HEADERS:
         headers.setdefault(name, value)
-    return _Request(client, method, url, headers, kwargs)
+    return _Request(client, method, url, headers, kwargs, credential_names(credential_headers))
 
 
 @contextmanager
 def connect_sse(
-    client: httpx.Client,
+    client: ClientLike,
     method: str,
     url: httpx.URL | str,
     *,
     reconnect: RetryPolicy | None = None,
+    credential_headers: Collection[str] = (),
     **kwargs: Any,
 ) -> Generator[EventSource, None, None]:
     """Open an event stream with ``client``; yield its :class:`EventSource`.
@@ -312,8 +405,17 @@ def connect_sse(
     policy and state. Other responses, refusals included, are judged when
     iteration starts, as without ``reconnect``. Leaving the block closes the
     current response at once, even mid-stream.
+
+    Redirects are followed when ``follow_redirects`` (here, else the
+    client's) says so, up to the client's ``max_redirects``, as httpx follows
+    them, except for credentials: a redirect that leaves the origin (another
+    scheme, host or port) drops ``Authorization``, ``Proxy-Authorization``,
+    ``Cookie``, ``api-key``, ``x-api-key`` (:data:`CREDENTIAL_HEADERS`) and the
+    names in ``credential_headers``, for that hop and the ones after it; one
+    within the origin keeps them all (``Cookie`` too, which httpx drops).
+    ``response.history`` holds the redirects, closed.
     """
-    request = _prepare(client, method, url, kwargs)
+    request = _prepare(client, method, url, credential_headers, kwargs)
     if reconnect is None:
         source = EventSource(request.send(""), _request=request)
     else:
@@ -329,15 +431,17 @@ def connect_sse(
 
 @asynccontextmanager
 async def aconnect_sse(
-    client: httpx.AsyncClient,
+    client: AsyncClientLike,
     method: str,
     url: httpx.URL | str,
     *,
     reconnect: RetryPolicy | None = None,
+    credential_headers: Collection[str] = (),
     **kwargs: Any,
 ) -> AsyncIterator[EventSource]:
-    """Async twin of :func:`connect_sse` for an ``httpx.AsyncClient``."""
-    request = _prepare(client, method, url, kwargs)
+    """Async twin of :func:`connect_sse` for an ``httpx.AsyncClient``: the same
+    arguments, redirects and credential rules."""
+    request = _prepare(client, method, url, credential_headers, kwargs)
     if reconnect is None:
         source = EventSource(await request.asend(""), _request=request)
     else:

@@ -117,17 +117,30 @@ async def start_upstream(
     return f"{'https' if tls else 'http'}://{'localhost' if tls else '127.0.0.1'}:{port}", seen
 
 
+#: The HTTP/1.1 engine the proxy and the mock started here run on (conftest's
+#: ``http_engine`` fixture sets it for each test that asks).
+HTTP_ENGINE = "ssekit"
+
+
+def proxy_config(upstream: str, **settings: Any) -> ProxyConfig:
+    """A ProxyConfig on a free port and on HTTP_ENGINE (unless ``settings`` say otherwise)."""
+    settings = {"listen_port": 0, "http": HTTP_ENGINE, **settings}
+    return ProxyConfig(upstream=upstream, **settings)
+
+
+def mock_config(**settings: Any) -> MockConfig:
+    """A MockConfig on a free port and on HTTP_ENGINE (unless ``settings`` say otherwise)."""
+    return MockConfig(**{"listen_port": 0, "http": HTTP_ENGINE, **settings})
+
+
 async def start_proxy(tg: anyio.abc.TaskGroup, upstream: str, **settings: Any) -> str:
-    host, port = await tg.start(
-        lambda task_status: serve(
-            ProxyConfig(upstream=upstream, listen_port=0, **settings), task_status=task_status
-        )
-    )
+    config = proxy_config(upstream, **settings)
+    host, port = await tg.start(lambda task_status: serve(config, task_status=task_status))
     return f"http://{host}:{port}"
 
 
 async def start_mock(tg: anyio.abc.TaskGroup, **settings: Any) -> str:
-    host, port = await tg.start(serve_mock, MockConfig(listen_port=0, **settings))
+    host, port = await tg.start(serve_mock, mock_config(**settings))
     return f"http://{host}:{port}"
 
 

@@ -6,6 +6,8 @@ Producers write ``start <name>`` and ``finally <name>`` lines to the file named 
 - ``/ticks?name=a``: an endless ssekit stream, an event every 10 ms.
 - ``/late?name=c``: waits 0.5 s before answering with an endless ssekit stream.
 - ``/plain``: a plain ASGI streaming response (no ssekit) that never ends by itself.
+- ``/blocked?name=s``: a sync producer that sends one event, then blocks in ``next()``
+  for ever (a thread waiting on a queue nothing fills).
 
 uvicorn logs through :class:`JsonLines` (``--log-config``), so the tests read its records.
 """
@@ -15,8 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -63,7 +66,25 @@ class Plain:
             await anyio.sleep(0.01)
 
 
-routes = [Route("/ticks", ticks), Route("/late", late), Route("/plain", Plain())]
+def stuck(name: str) -> Iterator[Any]:
+    note(f"start {name}")
+    try:
+        yield ssekit.Event(data=f"first {name}")
+        queue.Queue().get()  # nothing ever fills it
+    finally:
+        note(f"finally {name}")
+
+
+async def blocked(request: Request) -> EventSourceResponse:
+    return EventSourceResponse(stuck(request.query_params["name"]))
+
+
+routes = [
+    Route("/ticks", ticks),
+    Route("/late", late),
+    Route("/plain", Plain()),
+    Route("/blocked", blocked),
+]
 app = Starlette(routes=routes)
 
 

@@ -1,4 +1,5 @@
-"""Shared test set-up: hypothesis profiles, the anyio backend, each Decoder implementation.
+"""Shared test set-up: hypothesis profiles, the anyio backend, each Decoder implementation,
+the HTTP/1.1 engine.
 
 Profiles: ``ci`` (bounded, derandomised, no deadline or database; hypothesis
 loads a profile named ``ci`` by itself when ``CI`` is set, so we own it),
@@ -10,11 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import _servers
 import pytest
 from hypothesis import HealthCheck, settings
 from implementations import IMPLEMENTATIONS
 
 import ssekit
+from ssekit._http._engine import ENGINES
 
 settings.register_profile(
     "ci",
@@ -50,3 +53,16 @@ def each_decoder(request: pytest.FixtureRequest) -> Iterator[type]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ssekit, "Decoder", request.param)
         yield request.param
+
+
+@pytest.fixture(params=ENGINES)
+def http_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each HTTP/1.1 engine in turn (``--http``): a test that asks for this runs under both,
+    and so does every test of a module marked ``pytest.mark.usefixtures("http_engine")``.
+
+    The proxy and mock that ``_servers`` starts (``start_proxy``, ``start_mock``,
+    ``proxy_config``, ``mock_config``) run on it, both sides of the proxy included.
+    """
+    engine: str = request.param
+    monkeypatch.setattr(_servers, "HTTP_ENGINE", engine)
+    return engine

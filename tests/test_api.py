@@ -56,6 +56,8 @@ EXCEPTIONS = [
     ssekit.StateError("closed"),
     ssekit.LimitExceeded("line", 9, 8, "max_event_size", events=[ssekit.Event(data="a")]),
     ssekit.EncodeError("bad id"),
+    ssekit.InputTypeError("feed takes bytes", argument="data", got="str"),
+    ssekit.NotAnEventStream("a JSON body", '{"error": {}}'),
     ssekit.OpenAIStreamError("x"),
     ssekit.ChunkError("not JSON"),
     ssekit.APIErrorEvent("boom", {"message": "boom", "code": 500}),
@@ -121,7 +123,7 @@ def test_openai_helpers_are_a_public_module_and_top_level_names() -> None:
     import ssekit.openai
 
     for name in ssekit.openai.__all__:
-        if name != "Chunk":
+        if name not in ("Chunk", "ChunkChoice", "ChunkDelta"):  # types stay in ssekit.openai
             assert getattr(ssekit, name) is getattr(ssekit.openai, name)
     code = "import ssekit.openai, sys; print([m for m in ('anyio', 'h11') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -131,6 +133,8 @@ def test_openai_helpers_are_a_public_module_and_top_level_names() -> None:
 def test_exception_families() -> None:
     assert issubclass(ssekit.LimitExceeded, ssekit.SSEError)
     assert issubclass(ssekit.EncodeError, ValueError)
+    assert issubclass(ssekit.InputTypeError, TypeError)
+    assert issubclass(ssekit.InputTypeError, ssekit.SSEError)
     assert issubclass(ssekit.UpstreamError, ssekit.ProxyError)
     assert issubclass(ssekit.ConfigError, ssekit.ProxyError)
     assert issubclass(ssekit.StreamIncomplete, ssekit.OpenAIStreamError)

@@ -351,6 +351,7 @@ def test_end_streams_reaches_streams_on_either_anyio_backend(backend: str) -> No
     assert closed == ["finally"]
 
 
+@pytest.mark.usefixtures("http_engine")  # the proxy on both HTTP/1.1 engines
 def test_through_ssekit_proxy_events_flow_and_the_disconnect_reaches_the_producer() -> None:
     probe = Probe()
     with running(fastapi_app(probe)) as server:

@@ -196,3 +196,27 @@ def test_ctrl_c_twice_still_force_quits_uvicorn(server: Uvicorn) -> None:
     # uvicorn logs the torn-down /plain task; nothing of ssekit's is in any traceback.
     files = [name for record in server.records() for name in record["exc_files"]]
     assert [name for name in files if Path(name).parts[-2:] == ("ssekit", "asgi.py")] == []
+
+
+def test_sigterm_ends_a_stream_whose_sync_producer_blocks_and_uvicorn_exits(
+    server: Uvicorn,
+) -> None:
+    # Issue 20, 6: the producer's thread cannot be stopped, but nothing waits for it.
+    sock = raw_get(server.port, "/blocked?name=s")
+    wire = [sock.recv(65536)]
+    deadline = time.monotonic() + 10
+    while b"data: first s" not in b"".join(wire) and time.monotonic() < deadline:
+        wire.append(sock.recv(65536))
+    reader = threading.Thread(target=read_to_close, args=(sock, wire))
+    reader.start()
+    signalled = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    status = server.proc.wait(10)
+    took = time.monotonic() - signalled
+    reader.join(5)
+    assert status == -signal.SIGTERM  # uvicorn's clean exit (see the first test)
+    assert took < 3
+    assert b"".join(wire).endswith(b"\r\n0\r\n\r\n")  # the body ended: a complete response
+    errors = [r for r in server.records() if r["level"] >= logging.ERROR or r["exc_type"]]
+    assert errors == []
+    assert server.lines()[:1] == ["start s"]

@@ -32,6 +32,7 @@ FLAGS = [
 ]
 
 
+@pytest.mark.usefixtures("http_engine")  # the proxy and the mock on both HTTP/1.1 engines
 def test_chromium_streams_live_through_the_proxy_and_resumes_after_a_cut() -> None:
 
     assert Path(CHROMIUM).exists(), "Debian's chromium is needed (.ci/run installs it)"

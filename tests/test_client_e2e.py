@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from pathlib import Path
@@ -25,8 +26,10 @@ import ssekit
 from ssekit.client import RetryPolicy, chat_text, connect, listen, stream_sync
 from ssekit.proxy._mock import mock_text
 
-pytestmark = pytest.mark.anyio
-FAST = RetryPolicy(initial_retry=50, jitter=0, max_retries=5)
+# Every test on both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_engine")]
+# min_delay=0: no floor under the 50 ms (the storm tests check the floor).
+FAST = RetryPolicy(initial_retry=50, jitter=0, max_retries=5, min_delay=0)
 
 
 async def collect(url: str, n: int, **options: object) -> list[ssekit.Event]:
@@ -114,7 +117,9 @@ async def test_a_status_the_policy_retries_is_retried_and_the_stream_opens() -> 
         else:
             await stream.send(SSE_HEAD + chunk(b"id: 1\ndata: one\n\n") + LAST_CHUNK)
 
-    policy = RetryPolicy(initial_retry=10, jitter=0, max_retries=2, retry_statuses={503})
+    policy = RetryPolicy(
+        initial_retry=10, jitter=0, max_retries=2, retry_statuses={503}, min_delay=0
+    )
     async with deadline(10) as tg:
         upstream, seen = await start_upstream(tg, script)
         events = await collect(upstream, 1, policy=policy)
@@ -126,7 +131,7 @@ async def test_unreachable_server_gives_up_after_max_retries() -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     await listener.aclose()
-    policy = RetryPolicy(initial_retry=10, jitter=0, max_retries=3)
+    policy = RetryPolicy(initial_retry=10, jitter=0, max_retries=3, min_delay=0)
     with anyio.fail_after(10), pytest.raises(ssekit.RetriesExhausted) as info:
         [e async for e in connect(f"http://127.0.0.1:{port}/", policy=policy)]
     assert info.value.reconnections == 3
@@ -141,7 +146,7 @@ async def test_idle_timeout_counts_as_a_network_error() -> None:
 
     async with deadline(10) as tg:
         upstream, seen = await start_upstream(tg, script)
-        policy = RetryPolicy(initial_retry=10, jitter=0, max_retries=1)
+        policy = RetryPolicy(initial_retry=10, jitter=0, max_retries=1, min_delay=0)
         started = time.monotonic()
         with pytest.raises(ssekit.RetriesExhausted) as info:
             [e async for e in connect(upstream, policy=policy, idle_timeout=0.2)]
@@ -309,7 +314,7 @@ async def test_comments_before_a_cut_are_not_progress_so_max_retries_holds() -> 
 
     async with deadline(20) as tg:
         upstream, seen = await start_upstream(tg, script)
-        policy = RetryPolicy(initial_retry=5, jitter=0, max_retries=3)
+        policy = RetryPolicy(initial_retry=5, jitter=0, max_retries=3, min_delay=0)
         with pytest.raises(ssekit.RetriesExhausted) as info:
             [e async for e in connect(upstream, policy=policy)]
     assert info.value.reconnections == 3
@@ -396,3 +401,137 @@ async def test_a_redirect_loop_fails_after_a_bounded_number_of_hops() -> None:
             [e async for e in connect(upstream + "/loop", policy=FAST)]
     assert info.value.status == 307  # the last redirect, not followed
     assert seen.connections == 21  # the request and fetch's limit of 20 redirects
+
+
+def storm(times: list[float]) -> Script:
+    """A server that answers retry: 0, one event, and closes, recording when each came."""
+
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        times.append(time.monotonic())
+        await stream.send(SSE_HEAD + chunk(b"retry: 0\ndata: storm\n\n") + LAST_CHUNK)
+
+    return script
+
+
+async def read_for(seconds: float, url: str, **options: object) -> int:
+    """Read events from ``url`` for ``seconds``; how many came."""
+    events = 0
+    with anyio.move_on_after(seconds):
+        async with connect(url, **options) as stream:  # type: ignore[arg-type]
+            async for _ in stream:
+                events += 1
+    return events
+
+
+async def test_a_retry_0_storm_is_held_to_the_default_floor() -> None:
+    # It used to reconnect about 1,850 times a second: each connection brought an
+    # event, so the backoff never grew, and 0 ms doubled stays 0.
+    times: list[float] = []
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, storm(times))
+        events = await read_for(1.2, upstream)
+    # The first connection, then one each 500 ms at most (the default floor).
+    assert 2 <= seen.connections <= 3
+    assert events == seen.connections
+    assert all(b - a >= 0.5 - 0.01 for a, b in itertools.pairwise(times))
+
+
+async def test_a_storm_without_a_floor_is_held_to_the_reconnections_per_window() -> None:
+    times: list[float] = []
+    policy = RetryPolicy(min_delay=0, max_reconnects=4, reconnect_window=0.5, max_retries=1)
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, storm(times))
+        await read_for(1.3, upstream, policy=policy)
+    # At most 4 reconnections in any 0.5 s (a window of 10 ms slack for the sleeps).
+    reconnections = times[1:]
+    assert all(b - a >= 0.5 - 0.01 for a, b in zip(reconnections, reconnections[4:], strict=False))
+    assert 5 <= seen.connections <= 1 + 4 * 3  # the first, then three windows at most
+
+
+CREDENTIALS = {
+    "Authorization": "Bearer sk-secret",
+    "Proxy-Authorization": "Basic cHJveHk6c2VjcmV0",
+    "Cookie": "session=s3cret",
+    "api-key": "azure-secret",
+    "X-API-Key": "anthropic-secret",
+    "X-Session": "listed-by-the-caller",
+}
+PLAIN = {"X-Request-Id": "42"}
+
+
+def header_names(request: bytes) -> dict[str, str]:
+    """The header fields of a request head, names in lower case."""
+    lines = request.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+    fields = (line.decode().partition(":") for line in lines)
+    return {name.strip().lower(): value.strip() for name, _, value in fields}
+
+
+async def test_a_redirect_to_another_port_carries_no_credentials() -> None:
+    async with deadline(20) as tg:
+        target, seen_target = await start_upstream(tg, redirecting({}))
+        moved = b"HTTP/1.1 307 Moved\r\nlocation: " + target.encode() + b"/there"
+        source, seen_source = await start_upstream(tg, redirecting({b"/here": moved}))
+        events = await collect(
+            source + "/here",
+            1,
+            policy=FAST,
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["X-Session"],
+        )
+    assert events == [ssekit.Event(data="at /there")]
+    sent = header_names(seen_source.requests[0])
+    assert {name: sent[name.lower()] for name in CREDENTIALS} == CREDENTIALS
+    assert header_names(seen_target.requests[0]) == {
+        "host": target.removeprefix("http://"),
+        "accept": "text/event-stream",
+        "cache-control": "no-cache",
+        "x-request-id": "42",
+    }
+
+
+async def test_a_redirect_to_another_host_carries_no_credentials() -> None:
+    routes: dict[bytes, bytes] = {}
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, redirecting(routes))
+        port = upstream.rpartition(":")[2].encode()
+        routes[b"/here"] = b"HTTP/1.1 302 Found\r\nlocation: http://localhost:%s/there" % port
+        events = await collect(
+            upstream + "/here",
+            1,
+            policy=FAST,
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["x-session"],
+        )
+    assert events == [ssekit.Event(data="at /there")]
+    assert header_names(seen.requests[1]) == {
+        "host": "localhost:" + port.decode(),
+        "accept": "text/event-stream",
+        "cache-control": "no-cache",
+        "x-request-id": "42",
+    }
+
+
+async def test_a_same_origin_redirect_keeps_every_header() -> None:
+    moved = b"HTTP/1.1 302 Found\r\nlocation: /there"
+    async with deadline(20) as tg:
+        upstream, seen = await start_upstream(tg, redirecting({b"/here": moved}))
+        events = await collect(
+            upstream + "/here",
+            1,
+            policy=FAST,
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["x-session"],
+        )
+    assert events == [ssekit.Event(data="at /there")]
+    assert header_names(seen.requests[1]) == {
+        "host": upstream.removeprefix("http://"),
+        "accept": "text/event-stream",
+        "cache-control": "no-cache",
+        **{name.lower(): value for name, value in {**CREDENTIALS, **PLAIN}.items()},
+    }
+
+
+def test_credential_headers_is_a_collection_of_names() -> None:
+    with pytest.raises(ssekit.InputTypeError) as info:
+        connect("http://127.0.0.1:9/", credential_headers="x-session")
+    assert (info.value.argument, info.value.got) == ("credential_headers", "str")

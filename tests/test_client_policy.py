@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 import ssekit
-from ssekit.client import Reconnector, RetryPolicy, Verdict
+from ssekit.client import CREDENTIAL_HEADERS, Reconnector, RetryPolicy, Verdict
+from ssekit.client._policy import credential_names, same_origin
 
-NO_JITTER = RetryPolicy(initial_retry=1000, jitter=0, max_retries=None)
+NO_JITTER = RetryPolicy(initial_retry=1000, jitter=0, max_retries=None, min_delay=0)
 
 
 def test_requests_ask_for_an_event_stream_and_no_cache_as_browsers_do() -> None:
@@ -129,7 +130,7 @@ def test_bad_policies_are_refused() -> None:
 def test_only_a_dispatched_event_is_progress() -> None:
     # A server that sends a comment (or a retry or id alone) and cuts is failing:
     # the backoff must keep growing and max_retries must still bound it.
-    reconnector = Reconnector(RetryPolicy(initial_retry=100, jitter=0, max_retries=3))
+    reconnector = Reconnector(RetryPolicy(initial_retry=100, jitter=0, max_retries=3, min_delay=0))
     delays = []
     for _ in range(3):
         reconnector.on_chunk("7", 100, events=0)  # ": ping", "id: 7", "retry: 100": no event
@@ -140,3 +141,93 @@ def test_only_a_dispatched_event_is_progress() -> None:
     assert isinstance(final.error, ssekit.RetriesExhausted)
     reconnector.on_chunk("8", None, events=1)
     assert reconnector.on_end(now=0, random=0).verdict is Verdict.RECONNECT
+
+
+def test_the_storm_guards_are_on_by_default() -> None:
+    # The floor Firefox puts under retry:, and at most 60 reconnections a minute.
+    policy = RetryPolicy()
+    assert (policy.min_delay, policy.max_reconnects, policy.reconnect_window) == (500, 60, 60.0)
+
+
+def test_retry_0_waits_the_floor_and_backs_off_from_it() -> None:
+    reconnector = Reconnector(RetryPolicy(jitter=0, max_retries=None))
+    reconnector.on_chunk("", 0, events=0)  # "retry: 0", then cut without an event
+    error = ssekit.UpstreamError("cut")
+    delays = [reconnector.on_end(now=0, random=0.5, error=error).delay for _ in range(4)]
+    assert delays == pytest.approx([0.5, 1, 2, 4])  # 0 doubled would stay 0
+    reconnector.on_chunk("", 0, events=1)  # progress: the backoff starts over, at the floor
+    assert reconnector.on_end(now=0, random=0.5).delay == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("random", [0.0, 0.5, 0.999])
+def test_jitter_never_takes_a_delay_under_the_floor(random: float) -> None:
+    reconnector = Reconnector(RetryPolicy(jitter=0.5, min_delay=200, max_retries=None))
+    reconnector.on_chunk("", 0, events=1)
+    assert reconnector.on_end(now=0, random=random).delay >= 0.2
+
+
+def test_reconnections_per_window_are_capped_even_when_each_brings_an_event() -> None:
+    # A server that sends retry: 0, one event, and closes makes progress on every
+    # connection: the failure count never grows, so only the window slows it.
+    policy = RetryPolicy(min_delay=0, max_reconnects=3, reconnect_window=10, max_retries=2)
+    reconnector = Reconnector(policy)
+    now, starts = 0.0, []
+    for _ in range(20):
+        reconnector.on_chunk("", 0, events=1)
+        decision = reconnector.on_end(now=now, random=0.5)
+        assert decision.verdict is Verdict.RECONNECT  # never gives up: events came
+        now += decision.delay
+        starts.append(now)
+        now += 0.001  # the connection: one event, then closed
+    assert all(later - earlier >= 10 for earlier, later in zip(starts, starts[3:], strict=False))
+    assert starts[-1] >= 10 * (20 // 3 - 1)
+
+
+def test_without_a_cap_the_floor_alone_bounds_the_rate() -> None:
+    reconnector = Reconnector(RetryPolicy(jitter=0, max_reconnects=None, max_retries=None))
+    for _ in range(100):
+        reconnector.on_chunk("", 0, events=1)
+        assert reconnector.on_end(now=0, random=0.5).delay == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"min_delay": -1},
+        {"min_delay": 70_000},  # over max_delay
+        {"max_reconnects": 0},
+        {"reconnect_window": 0},
+    ],
+)
+def test_bad_storm_guards_are_refused(fields: dict[str, float]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 (the type, not the message text)
+        RetryPolicy(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (("http", "api.test", None), ("http", "API.test", 80), True),  # default port, any case
+        (("https", "api.test", 443), ("https", "api.test", None), True),
+        (("http", "api.test", None), ("https", "api.test", None), False),  # scheme
+        (("https", "api.test", None), ("https", "evil.test", None), False),  # host
+        (("http", "127.0.0.1", 8000), ("http", "127.0.0.1", 8001), False),  # port
+    ],
+)
+def test_origins_are_scheme_host_and_port(
+    a: tuple[str, str, int | None], b: tuple[str, str, int | None], same: bool
+) -> None:
+    assert same_origin(a, b) is same
+
+
+def test_credential_names_add_the_callers_to_the_known_ones() -> None:
+    assert CREDENTIAL_HEADERS == {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "api-key",
+        "x-api-key",
+    }
+    assert credential_names(["X-My-Token"]) == CREDENTIAL_HEADERS | {"x-my-token"}
+    with pytest.raises(ssekit.InputTypeError):
+        credential_names("x-my-token")

@@ -6,6 +6,7 @@ a JSON error, a 204) is exactly what a real server sends, byte for byte.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -23,9 +24,12 @@ from ssekit.httpx import EventSource, RetryPolicy, aconnect_sse, connect_sse
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.anyio]
 
-FAST = RetryPolicy(initial_retry=10, jitter=0.0, max_retries=3)
+# min_delay=0: no floor under the 10 ms (the storm tests below check the floor).
+FAST = RetryPolicy(initial_retry=10, jitter=0.0, max_retries=3, min_delay=0)
 # FAST, also retrying a 503 (which the spec, and so the default policy, does not retry).
-FAST_503 = RetryPolicy(initial_retry=10, jitter=0.0, max_retries=3, retry_statuses={503})
+FAST_503 = RetryPolicy(
+    initial_retry=10, jitter=0.0, max_retries=3, retry_statuses={503}, min_delay=0
+)
 OPENAI_ERROR = {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
 # Blocks httpx-sse gets wrong: a data-less block after an id, a comment block, retry "+5".
 SPEC_BODY = (
@@ -45,6 +49,7 @@ class Log:
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.closed: list[float] = []
         self.attempts: dict[str, int] = {}
+        self.storm: list[float] = []  # when each /storm request came
 
 
 async def _body(receive: Any) -> bytes:
@@ -111,6 +116,19 @@ def make_app(log: Log) -> Any:
         elif path == "/no-content":
             await start(204, "")
             await chunk(b"", more=False)
+        elif path == "/redirect":
+            # A redirect to ?to= (a path or a URL; itself by default, a loop) with
+            # ?status= (307 by default).
+            location = query.get("to", "/redirect").encode()
+            status = int(query.get("status", "307"))
+            head = [(b"location", location), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": status, "headers": head})
+            await chunk(b"", more=False)
+        elif path == "/storm":
+            # A reconnect storm's server: retry: 0, one event, the end of the body.
+            log.storm.append(time.monotonic())
+            await start(200, "text/event-stream")
+            await chunk(b"retry: 0\ndata: storm\n\n", more=False)
         elif path == "/echo":
             await start(200, "text/event-stream")
             await chunk(b"data: %s\n\n" % body, more=False)
@@ -305,7 +323,9 @@ def test_post_is_not_replayed_unless_asked(server: tuple[Running, Log]) -> None:
         with connect_sse(client, "POST", "/echo", json={"n": 1}) as source:
             assert [e.data for e in source.iter_sse(reconnect=FAST)] == ['{"n":1}']
         assert len(log.requests) == 1
-        replay = RetryPolicy(initial_retry=10, jitter=0.0, max_retries=1, replay_post=True)
+        replay = RetryPolicy(
+            initial_retry=10, jitter=0.0, max_retries=1, replay_post=True, min_delay=0
+        )
         with connect_sse(client, "POST", "/echo", json={"n": 2}) as source:
             data = []
             for event in source.iter_sse(reconnect=replay):
@@ -370,7 +390,7 @@ async def test_async_first_request_refused_is_retried_until_the_server_is_up() -
     log = Log()
     sock = reserve_port()  # bound, not listening: connections are refused
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/events?count=2"
-    policy = RetryPolicy(initial_retry=50, backoff=1, jitter=0.0, max_retries=40)
+    policy = RetryPolicy(initial_retry=50, backoff=1, jitter=0.0, max_retries=40, min_delay=0)
     done = threading.Event()
 
     def serve_later() -> None:
@@ -451,3 +471,133 @@ async def test_first_request_gives_up_with_the_policys_error(
     assert info.value.reconnections == 3
     assert isinstance(info.value.__cause__, ssekit.ResponseError)
     assert info.value.__cause__.status == 503
+
+
+def test_a_retry_0_storm_is_held_to_the_default_floor(server: tuple[Running, Log]) -> None:
+    # It used to reconnect about 460 times a second: each connection brought an event,
+    # so the backoff never grew, and 0 ms doubled stays 0.
+    state, log = server
+    end = time.monotonic() + 1.2
+    with httpx.Client(base_url=state.url) as client:
+        with connect_sse(client, "GET", "/storm", reconnect=RetryPolicy()) as source:
+            for _ in source.iter_sse():
+                if time.monotonic() >= end:
+                    break
+    # The first request, then one each 500 ms at most (the default floor): by 1.2 s, 3.
+    assert 2 <= len(log.storm) <= 4
+    assert all(b - a >= 0.5 - 0.01 for a, b in itertools.pairwise(log.storm))
+
+
+async def test_async_storm_without_a_floor_is_held_to_the_reconnections_per_window(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    policy = RetryPolicy(min_delay=0, max_reconnects=4, reconnect_window=0.5, max_retries=1)
+    with anyio.move_on_after(1.3):
+        async with httpx.AsyncClient(base_url=state.url) as client:
+            async with aconnect_sse(client, "GET", "/storm") as source:
+                async for _ in source.aiter_sse(reconnect=policy):
+                    pass
+    reconnections = log.storm[1:]
+    assert all(b - a >= 0.5 - 0.01 for a, b in zip(reconnections, reconnections[4:], strict=False))
+    assert 5 <= len(log.storm) <= 1 + 4 * 3  # the first, then three windows at most
+
+
+CREDENTIALS = {
+    "Authorization": "Bearer sk-secret",
+    "Proxy-Authorization": "Basic cHJveHk6c2VjcmV0",
+    "Cookie": "session=s3cret",
+    "api-key": "azure-secret",
+    "X-API-Key": "anthropic-secret",
+    "X-Session": "listed-by-the-caller",
+}
+PLAIN = {"X-Request-Id": "42"}
+# What httpx itself sends, and connect_sse's own headers.
+HTTPX_HEADERS = {"host", "accept", "accept-encoding", "connection", "user-agent", "cache-control"}
+
+
+def test_a_redirect_to_another_origin_carries_no_credentials(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    target_log = Log()
+    with running(make_app(target_log)) as target, httpx.Client(base_url=state.url) as client:
+        there = f"{target.url}/events?count=1"
+        with connect_sse(
+            client,
+            "GET",
+            "/redirect",
+            params={"to": there},
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["x-session"],
+            follow_redirects=True,
+        ) as source:
+            events = list(source.iter_sse())
+            assert [r.status_code for r in source.response.history] == [307]
+    assert events == [ssekit.Event(data="event 1", id="1")]
+    sent = log.requests[0][2]
+    assert {name: sent[name.lower()] for name in CREDENTIALS} == CREDENTIALS
+    received = target_log.requests[0][2]
+    assert set(received) == HTTPX_HEADERS | {"x-request-id"}
+    assert (received["host"], received["x-request-id"]) == (target.url[7:], "42")
+
+
+async def test_async_a_redirect_to_another_host_carries_no_credentials(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    there = state.url.replace("127.0.0.1", "localhost") + "/events?count=1"
+    async with httpx.AsyncClient(base_url=state.url, follow_redirects=True) as client:
+        async with aconnect_sse(
+            client,
+            "GET",
+            "/redirect",
+            params={"to": there, "status": "302"},
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["X-Session"],
+        ) as source:
+            events = [event async for event in source.aiter_sse()]
+    assert events == [ssekit.Event(data="event 1", id="1")]
+    assert [path for _, path, _, _ in log.requests] == ["/redirect", "/events"]
+    received = log.requests[1][2]
+    assert set(received) == HTTPX_HEADERS | {"x-request-id"}
+    assert received["host"] == there.split("/")[2]
+
+
+@pytest.mark.parametrize("status", ["302", "307"])
+async def test_async_a_same_origin_redirect_keeps_every_header(
+    server: tuple[Running, Log], status: str
+) -> None:
+    state, log = server
+    async with httpx.AsyncClient(base_url=state.url, follow_redirects=True) as client:
+        async with aconnect_sse(
+            client,
+            "GET",
+            "/redirect",
+            params={"to": "/events?count=1", "status": status},
+            headers={**CREDENTIALS, **PLAIN},
+            credential_headers=["x-session"],
+        ) as source:
+            events = [event async for event in source.aiter_sse()]
+    assert events == [ssekit.Event(data="event 1", id="1")]
+    received = log.requests[1][2]
+    assert set(received) == HTTPX_HEADERS | {"x-request-id"} | {k.lower() for k in CREDENTIALS}
+    assert {name: received[name.lower()] for name in CREDENTIALS} == CREDENTIALS
+
+
+def test_redirects_are_left_alone_unless_asked_and_bounded_when_followed(
+    server: tuple[Running, Log],
+) -> None:
+    state, log = server
+    with httpx.Client(base_url=state.url) as client:
+        # The client's default (httpx's: not followed): the redirect is the answer.
+        with connect_sse(client, "GET", "/redirect", params={"to": "/events"}) as source:
+            with pytest.raises(ssekit.ResponseError) as info:
+                list(source.iter_sse())
+        assert info.value.status == 307
+        assert len(log.requests) == 1
+    with httpx.Client(base_url=state.url, follow_redirects=True, max_redirects=3) as client:
+        with pytest.raises(httpx.TooManyRedirects):
+            with connect_sse(client, "GET", "/redirect"):
+                pass
+    assert len(log.requests) == 1 + 1 + 3  # the first block's, then one and three redirects

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from _servers import deadline, start_mock
+from _servers import deadline, raw_exchange, start_mock
 
 import ssekit
 from ssekit.proxy._mock import mock_text
 
-pytestmark = pytest.mark.anyio
+# Every test on both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_engine")]
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -55,3 +56,18 @@ async def test_numbered_events_resume_after_last_event_id_and_can_be_cut() -> No
             assert events[0].retry == 500
             with pytest.raises(httpx.RemoteProtocolError):
                 await client.get(mock + "/v1/events?count=5&cut_after=2")
+
+
+async def test_the_mock_serves_on_the_engine_it_was_given(http_engine: str) -> None:
+    """A chunk-size line with a 5 KB extension: h11 reads it (and the mock answers the
+    body, not JSON, with a 400); ssekit's engine bounds such a line at 4 KiB, refuses the
+    request, and the mock closes the connection unanswered, as for any malformed one."""
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    request += b"Transfer-Encoding: chunked\r\n\r\n2;" + b"e" * 5000 + b"\r\nhi\r\n0\r\n\r\n"
+    async with deadline(10) as tg:
+        mock = await start_mock(tg)
+        response = await raw_exchange(mock, request)
+    if http_engine == "h11":
+        assert response.startswith(b"HTTP/1.1 400 Bad Request\r\n"), response[:200]
+    else:
+        assert response == b""

@@ -80,3 +80,26 @@ async def test_async_iterators_over_an_async_byte_source() -> None:
 
     with pytest.raises(ssekit.StreamIncomplete):
         [c async for c in ssekit.aiter_chunks(ssekit.aiter_events(cut()))]
+
+
+async def test_aiter_chunks_left_early_in_aclosing_closes_the_events_at_once() -> None:
+    import collections.abc
+    import contextlib
+    import typing
+
+    closed = []
+
+    async def events() -> collections.abc.AsyncGenerator[Event, None]:
+        try:
+            for text in ("a", "b", "c"):
+                yield chunk(text)
+        finally:
+            closed.append(True)
+
+    source = events()  # held here, so garbage collection cannot be what closes it
+    async with contextlib.aclosing(ssekit.aiter_chunks(source)) as chunks:
+        async for _ in chunks:
+            break
+    assert closed == [True]
+    hint = typing.get_type_hints(ssekit.aiter_chunks)["return"]
+    assert typing.get_origin(hint) is collections.abc.AsyncGenerator

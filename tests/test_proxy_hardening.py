@@ -33,6 +33,7 @@ from _servers import (
     chunk,
     deadline,
     parse_chunked,
+    proxy_config,
     start_mock,
     start_proxy,
     start_upstream,
@@ -40,9 +41,10 @@ from _servers import (
 )
 
 import ssekit
-from ssekit.proxy import ProxyConfig, serve
+from ssekit.proxy import serve
 
-pytestmark = pytest.mark.anyio
+# Every test on both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_engine")]
 CHAT = {"model": "ssekit-mock", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 OK_CLOSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
@@ -366,7 +368,8 @@ async def test_an_upstream_that_stops_reading_the_request_body_gets_504_not_a_ha
             response = await read_all(client, within=10.0)
             took = time.monotonic() - started
     assert status_of(response) == 504, response[:300]
-    assert b"sending the request" in response
+    error = json.loads(response.partition(b"\r\n\r\n")[2])["error"]
+    assert (error["code"], error["type"]) == (504, "proxy_error")
     assert took < 8.0
 
 
@@ -409,7 +412,7 @@ async def test_a_client_that_takes_nothing_is_cut_after_the_send_timeout(
     assert seen.closed_at, "the upstream was held: the stalled client was never cut"
     [line] = exchange_logs(caplog)
     assert line["outcome"] == "client_disconnect"
-    assert "--send-timeout" in line["error"]
+    assert line["error"]  # the cut is explained, not a plain departure
 
 
 # -- framing and blame: malformed request bodies -------------------------------
@@ -741,6 +744,71 @@ async def test_a_read_to_close_upstream_stalling_at_a_boundary_gets_the_error_ev
     assert [e.event for e in events[1:]] == ["error"]
 
 
+# -- framing: where the engines differ (and proof --http reaches both sides) -------------
+
+
+LONG_EXTENSION = b";" + b"e" * 5000  # over ssekit's 4 KiB chunk-size line; h11 reads it
+
+
+async def test_a_long_chunk_extension_from_a_client_is_read_on_h11_and_refused_on_ssekit(
+    http_engine: str,
+) -> None:
+    """The client side runs on the engine chosen: h11 reads a chunk-size line of any
+    length up to its head bound, and the body goes through; ssekit's engine refuses it
+    (400, the client's fault) and nothing goes upstream."""
+    request = b"POST /v1/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    request += b"Connection: close\r\n\r\n2" + LONG_EXTENSION + b"\r\nhi\r\n0\r\n\r\n"
+
+    async def answer(peer: Peer, seen: Seen) -> None:
+        head = await peer.head()
+        seen.requests.append(head + b"\r\n\r\n" + await peer.exactly(2))
+        await peer.stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    async with deadline(10) as tg:
+        upstream, seen = await start_raw_upstream(tg, answer)
+        base = await start_proxy(tg, upstream)
+        response = await exchange(base, request)
+        metrics = await get_metrics(base)
+    if http_engine == "h11":
+        assert status_of(response) == 200, response[:300]
+        assert response.endswith(b"\r\n\r\nok")
+        assert seen.requests[0].endswith(b"\r\ncontent-length: 2\r\n\r\nhi")  # our own
+        assert outcomes(metrics) == {"complete": 1}
+    else:
+        assert status_of(response) == 400, response[:300]
+        assert seen.connections == 0
+        assert outcomes(metrics) == {"bad_request": 1}
+
+
+async def test_a_long_chunk_extension_from_upstream_cuts_the_stream_on_ssekit_only(
+    http_engine: str,
+) -> None:
+    """The upstream side runs on the engine chosen: after a chunk, a chunk-size line
+    ssekit's engine refuses cuts the client's stream (what came before it arrives whole);
+    h11 reads it and the stream ends cleanly."""
+
+    async def script(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD + chunk(b"data: one\n\n"))
+        await anyio.sleep(0.05)
+        await stream.send(b"b" + LONG_EXTENSION + b"\r\ndata: two\n\n\r\n0\r\n\r\n")
+        await wait_closed(stream, seen)
+
+    async with deadline(10) as tg:
+        upstream, _ = await start_upstream(tg, script)
+        base = await start_proxy(tg, upstream)
+        response = await exchange(base, b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        metrics = await get_metrics(base)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    chunks, complete = dechunk(body)
+    if http_engine == "h11":
+        assert (chunks, complete) == ([b"data: one\n\n", b"data: two\n\n"], True)
+        assert outcomes(metrics) == {"complete": 1}
+    else:
+        assert (chunks, complete) == ([b"data: one\n\n"], False)
+        assert outcomes(metrics) == {"upstream_cut": 1}
+
+
 # -- framing and blame: a reused upstream connection that was closed --------------
 
 
@@ -989,7 +1057,7 @@ async def test_a_stream_cut_by_the_drain_deadline_is_logged_as_shutdown(
     async with deadline(20) as tg:
         mock = await start_mock(tg, tokens=100, delay=0.05)
         shutdown = anyio.Event()
-        config = ProxyConfig(upstream=mock, listen_port=0, drain_timeout=0.2, log_format="json")
+        config = proxy_config(mock, drain_timeout=0.2, log_format="json")
         host, port = await tg.start(
             lambda task_status: serve(config, task_status=task_status, shutdown=shutdown)
         )
@@ -1146,6 +1214,15 @@ async def test_logs_metrics_and_the_client_agree_on_one_exchange(
     if status != 200:
         assert metrics[f'ssekit_requests_total{{status="{status}"}}'] == 1
     assert errors_logged(caplog) == []
+
+
+async def test_the_metrics_name_the_http_engine_serving_both_sides(http_engine: str) -> None:
+    async with deadline(10) as tg:
+        mock = await start_mock(tg, tokens=1, delay=0)
+        base = await start_proxy(tg, mock)
+        metrics = await get_metrics(base)
+    engines = {name: value for name, value in metrics.items() if "http_engine" in name}
+    assert engines == {f'ssekit_http_engine{{engine="{http_engine}"}}': 1.0}
 
 
 # -- the failed decoder tap -------------------------------------------------------------

@@ -144,7 +144,9 @@ def burst(base: str) -> list[float]:
 
 
 @pytest.mark.anyio
-async def test_a_burst_of_requests_is_answered_in_order_not_all_at_the_end() -> None:
+async def test_a_burst_of_requests_is_answered_in_order_not_all_at_the_end(
+    http_engine: str,
+) -> None:
     """Most of a burst is answered before its last request even reaches the upstream:
     the proxy does not set up every request first (which held every answer, and every
     open stream's events, behind the whole burst)."""
@@ -156,7 +158,9 @@ async def test_a_burst_of_requests_is_answered_in_order_not_all_at_the_end() -> 
 
     async with deadline(60) as tg:
         upstream, _ = await start_upstream(tg, answer)
-        proxy = spawn("proxy", "--upstream", upstream, "--listen", "127.0.0.1:0")
+        proxy = spawn(
+            "proxy", "--upstream", upstream, "--listen", "127.0.0.1:0", "--http", http_engine
+        )
         try:
             base = await anyio.to_thread.run_sync(listening, proxy, "proxy")
             answered = await anyio.to_thread.run_sync(burst, base)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import ssekit
-from ssekit._http import error_body
+from ssekit._http import OriginConnection, OriginPool, error_body, server_connection
 from ssekit.proxy import Origin, ProxyConfig
 from ssekit.proxy._headers import request_headers, response_headers
 from ssekit.proxy._relay import (
@@ -50,11 +50,22 @@ def test_origin_from_url_fills_default_ports_and_prefix() -> None:
         {"upstream": "http://h", "admin_prefix": "nope"},
         {"upstream": "http://h", "upstream_proxy": "https://p:3128"},
         {"upstream": "http://h", "api_keys": ("a\nb",)},
+        {"upstream": "http://h", "http": "httptools"},
     ],
 )
 def test_bad_config_raises_config_error(settings: dict[str, object]) -> None:
     with pytest.raises(ssekit.ConfigError):
         ProxyConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_an_unknown_http_engine_is_refused_wherever_it_is_named() -> None:
+    for make in (
+        lambda: server_connection("h2", 1024),
+        lambda: OriginPool(Origin.from_url("http://h"), size=1, connect_timeout=1, engine="h2"),
+        lambda: OriginConnection(None, Origin.from_url("http://h"), engine="h2"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ssekit.ConfigError, match="'h2' is not one of ssekit, h11"):
+            make()
 
 
 def test_request_headers_drop_hop_by_hop_and_set_forwarding_fields() -> None:

@@ -15,7 +15,8 @@ from _servers import deadline, start_mock, start_proxy
 import ssekit
 from ssekit.proxy._mock import mock_text
 
-pytestmark = pytest.mark.anyio
+# Every test on both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_engine")]
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 

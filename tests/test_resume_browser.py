@@ -107,7 +107,9 @@ def test_chromium_eventsource_resumes_a_cut_stream_with_every_event_once() -> No
     assert ssekit.join_deltas(chunks) == mock_text(30)
     streams = [h for h in heads if b"/_ssekit/streams/chat-1" in h]
     assert len(streams) >= 2  # cut, then reconnected
-    assert b"last-event-id: " in streams[1].lower()
+    # The reconnection after the cut says where it was (a connection that failed before
+    # any event, as can happen on a loaded machine, is retried without one first).
+    assert any(b"last-event-id: 8\r\n" in head.lower() for head in streams[1:]), streams
     assert got["errors"] >= 1
 
 
@@ -136,4 +138,5 @@ def drive(relay: str) -> dict[str, object]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-pytestmark = pytest.mark.timeout(180)
+# On both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("http_engine")]

@@ -34,11 +34,13 @@ from _servers import (
     start_upstream,
     wait_closed,
 )
+from redis import Redis
 
 import ssekit
 from ssekit.proxy._mock import mock_text
 
-pytestmark = pytest.mark.anyio
+# Every test on both HTTP/1.1 engines: the proxy and mock _servers starts run on it.
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("http_engine")]
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +51,16 @@ def redis() -> Iterator[RedisServer]:
 
 @pytest.fixture(params=["memory", "redis"])
 def store(request: pytest.FixtureRequest) -> str:
-    """The --resume-store value: the memory store, or a real redis-server's URL."""
+    """The --resume-store value: the memory store, or a real redis-server's URL (emptied
+    first: a test run again, on the other HTTP engine, reuses its stream ids)."""
     if request.param == "memory":
         return "memory"
     server: RedisServer = request.getfixturevalue("redis")
+    client = Redis.from_url(server.url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
     return server.url
 
 
@@ -197,12 +205,25 @@ async def test_two_readers_at_once_each_get_every_event() -> None:
         assert [e.id for e in results[0].events] == [str(n) for n in range(1, 16)]
 
 
-async def test_grace_expiry_closes_the_upstream_and_the_stream_reads_as_cut() -> None:
+def cuts(caplog: pytest.LogCaptureFixture, stream_id: str) -> tuple[object, object]:
+    """The ``cut`` fields of a stream's log lines: its own exchange's, and its reader's."""
+    lines = access_log(caplog)
+    (owner,) = [line for line in lines if line.get("stream_id") == stream_id]
+    path = f"/_ssekit/streams/{stream_id}"
+    reader = [line for line in lines if line["path"] == path and line["method"] == "GET"]
+    return owner.get("cut"), reader[0].get("cut")
+
+
+async def test_grace_expiry_closes_the_upstream_and_the_stream_reads_as_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "ssekit.proxy")
     async with deadline(30) as tg:
         upstream, seen = await start_upstream(tg, slow_upstream(numbered(3), 0.01, hold=True))
         base = await start_proxy(
-            tg, upstream, resume_store="memory", resume_grace=0.5, error_event=True
-        )
+            tg, upstream, resume_store="memory", resume_grace=0.5, error_event=True,
+            log_format="json",
+        )  # fmt: skip
         stream_id = await drop_after(base, 3)
         dropped = time.monotonic()
         await wait_for(lambda: seen.closed_at, within=5)
@@ -212,6 +233,30 @@ async def test_grace_expiry_closes_the_upstream_and_the_stream_reads_as_cut() ->
         assert [e.data for e in resumed.events[:3]] == [f"event {n} 你好" for n in (1, 2, 3)]
         assert resumed.events[3].event == "error"  # --error-event applies
         assert json.loads(resumed.events[3].data)["error"]["type"] == "proxy_error"
+    # Both log lines say which cut it was (issue 19.2).
+    assert cuts(caplog, stream_id) == ("grace_expired", "grace_expired")
+
+
+async def test_an_upstream_failure_is_the_cut_both_log_lines_name(
+    caplog: pytest.LogCaptureFixture, store: str
+) -> None:
+    async def cut_short(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(SSE_HEAD + chunk(b"data: one\n\n") + chunk(b"data: two\n\n"))
+        await anyio.sleep(0.2)  # then the connection drops without the last chunk
+
+    caplog.set_level(logging.INFO, "ssekit.proxy")
+    async with deadline(30) as tg:
+        upstream, _ = await start_upstream(tg, cut_short)
+        base = await start_proxy(tg, upstream, resume_store=store, log_format="json")
+        async with httpx.AsyncClient(timeout=10) as client:
+            async with client.stream("GET", base + "/stream") as response:
+                stream_id = response.headers["ssekit-stream-id"]
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await response.aread()
+        resumed = await resume(base, stream_id)
+    assert not resumed.complete
+    assert [e.data for e in resumed.events] == ["one", "two"]
+    assert cuts(caplog, stream_id) == ("upstream_failure", "upstream_failure")
 
 
 async def test_an_attached_reader_keeps_the_upstream_going_past_the_grace() -> None:
@@ -225,10 +270,15 @@ async def test_an_attached_reader_keeps_the_upstream_going_past_the_grace() -> N
         assert seen.sent == 30
 
 
-async def test_delete_stops_the_upstream_now_and_cuts_the_stream() -> None:
+async def test_delete_stops_the_upstream_now_and_cuts_the_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "ssekit.proxy")
     async with deadline(30) as tg:
         upstream, seen = await start_upstream(tg, slow_upstream(numbered(2), 0.01, hold=True))
-        base = await start_proxy(tg, upstream, resume_store="memory", resume_grace=60)
+        base = await start_proxy(
+            tg, upstream, resume_store="memory", resume_grace=60, log_format="json"
+        )
         async with httpx.AsyncClient(timeout=10) as client:
             # The original client is still reading: DELETE is a stop button all the same.
             async with client.stream("GET", base + "/stream") as response:
@@ -244,6 +294,7 @@ async def test_delete_stops_the_upstream_now_and_cuts_the_stream() -> None:
             resumed = await resume(base, stream_id)
             assert not resumed.complete
             assert len(resumed.events) == 2
+            assert cuts(caplog, stream_id) == ("deleted", "deleted")
             # DELETE again removes the ended stream; then it is unknown.
             assert (await client.delete(f"{base}/_ssekit/streams/{stream_id}")).status_code == 204
             gone = await resume(base, stream_id)
@@ -276,6 +327,13 @@ async def test_bad_ids_get_400_and_unknown_streams_404_as_openai_errors() -> Non
             assert error["code"] == 400
         refused = await resume(base, stream_id, query="?last_event_id=-1")
         assert refused.status == 400
+        # Thousands of digits (past int()'s 4300): a 400 too, never an internal error.
+        for long in (
+            await resume(base, stream_id, last_event_id="9" * 5000),
+            await resume(base, stream_id, query="?last_event_id=" + "9" * 5000),
+        ):
+            assert long.status == 400
+            assert error_of(long)["code"] == 400
         unknown = await resume(base, "no-such-stream")
         assert unknown.status == 404
         assert json.loads(unknown.body)["error"]["code"] == 404
@@ -304,6 +362,63 @@ async def test_a_key_from_another_client_token_is_refused(store: str) -> None:
             base, 3, headers={"Authorization": "Bearer tok-b", "ssekit-resume-key": "chat-1"}
         )
         assert other == "chat-1"
+
+
+async def test_a_key_in_use_is_never_taken_over(store: str) -> None:
+    """Issue 20.2: without tokens, a second request with the key of a live or kept stream
+    is a 409 (nothing goes upstream), never a replacement; DELETE frees the key."""
+
+    async def tagged(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        request = len(seen.requests)  # each answer says which request it answers
+        await stream.send(SSE_HEAD)
+        for n in range(1, 4):
+            await stream.send(chunk(b"data: request %d event %d\n\n" % (request, n)))
+            await anyio.sleep(0.05)
+        await stream.send(LAST_CHUNK)
+        await wait_closed(stream, seen)
+
+    key = {"ssekit-resume-key": "chat-7"}
+    async with deadline(30) as tg:
+        upstream, seen = await start_upstream(tg, tagged)
+        base = await start_proxy(tg, upstream, resume_store=store, pool_size=0)
+        async with httpx.AsyncClient(timeout=10) as client:
+            async with client.stream("GET", base + "/stream", headers=key) as victim:
+                assert victim.headers["ssekit-stream-id"] == "chat-7"
+                live = await client.get(base + "/stream", headers=key)  # while it is live
+                victim_events = [e async for e in ssekit.aiter_events(victim.aiter_bytes())]
+            kept = await client.get(base + "/stream", headers=key)  # ended, still kept
+            resumed = await resume(base, "chat-7")
+            assert len(seen.requests) == 1  # neither second request went upstream
+            assert (await client.delete(base + "/_ssekit/streams/chat-7")).status_code == 204
+            async with client.stream("GET", base + "/stream", headers=key) as fresh:
+                assert fresh.status_code == 200
+                assert fresh.headers["ssekit-stream-id"] == "chat-7"
+                await fresh.aread()
+    for refused in (live, kept):
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == 409
+        assert "ssekit-stream-id" not in refused.headers
+    assert [e.data for e in victim_events] == [f"request 1 event {n}" for n in (1, 2, 3)]
+    assert [e.data for e in resumed.events] == [e.data for e in victim_events]
+    assert resumed.complete
+
+
+async def test_a_key_whose_answer_was_not_kept_is_free_again(store: str) -> None:
+    async def json_answer(stream: anyio.abc.SocketStream, seen: Seen) -> None:
+        await stream.send(b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json"
+                          b"\r\ncontent-length: 2\r\n\r\n{}")  # fmt: skip
+
+    key = {"ssekit-resume-key": "retry-me"}
+    async with deadline(30) as tg:
+        upstream, seen = await start_upstream(tg, json_answer)
+        base = await start_proxy(tg, upstream, resume_store=store, pool_size=0)
+        unreachable = await start_proxy(tg, "http://127.0.0.1:1", resume_store=store, retries=0)
+        async with httpx.AsyncClient(timeout=10) as client:
+            statuses = [(await client.get(base + "/x", headers=key)).status_code for _ in "12"]
+            failed = [(await client.get(unreachable + "/x", headers=key)).status_code for _ in "12"]
+    assert statuses == [429, 429]  # the client may retry with its key
+    assert len(seen.requests) == 2
+    assert failed == [502, 502]  # a failure before any answer frees the key too
 
 
 async def test_the_resume_key_header_is_checked_and_not_sent_upstream() -> None:

@@ -8,6 +8,11 @@ from hypothesis import example, given
 
 import ssekit
 from ssekit.proxy._resume._records import (
+    PROBE_FIRST,
+    PROBE_MAX,
+    STEADY,
+    CatchUp,
+    Outage,
     Refusal,
     Replay,
     State,
@@ -17,7 +22,9 @@ from ssekit.proxy._resume._records import (
     grace_expired,
     new_stream_id,
     owner_lost,
+    pieces,
     plan_resume,
+    redacted,
     scoped_key,
     start_position,
     valid_key,
@@ -88,6 +95,21 @@ def test_anything_else_is_refused_never_read_as_the_start(value: str) -> None:
     assert refusal.status == 400
 
 
+@pytest.mark.parametrize("digits", [20, 4301, 5000])
+def test_a_position_of_thousands_of_digits_is_refused_not_converted(digits: int) -> None:
+    # int() raises ValueError past 4300 digits: the length is checked first (issue 20.3).
+    for refusal in (
+        start_position(b"7" * digits, "/s", 5),
+        start_position(None, "/s?last_event_id=" + "7" * digits, 5),
+    ):
+        assert isinstance(refusal, Refusal)
+        assert refusal.status == 400
+
+
+def test_leading_zeros_do_not_count_against_the_length() -> None:
+    assert start_position(b"0" * 30 + b"3", "/s", 5) == 3
+
+
 def test_the_header_wins_over_the_query() -> None:
     # A browser EventSource reconnects to the same URL with a newer Last-Event-ID.
     assert start_position(b"4", "/s?last_event_id=1", 5) == 4
@@ -108,6 +130,20 @@ def test_plan_resume_answers_404_for_unknown_expired_and_given_up_streams() -> N
     bad = plan_resume(info(), "abc", b"9", "/s", 0.0)
     assert isinstance(bad, Refusal)
     assert bad.status == 400
+
+
+def test_a_position_past_a_live_streams_store_waits_for_it_then_is_refused() -> None:
+    # The client may have been sent event 9 before the store had it (issue 19.1).
+    assert plan_resume(info(), "abc", b"9", "/s", 0.0, patient=True) == CatchUp(9)
+    assert plan_resume(info(count=9), "abc", b"9", "/s", 0.0, patient=True) == Replay(9)
+    for settled in (
+        plan_resume(info(), "abc", b"9", "/s", 0.0, patient=False),  # waited long enough
+        plan_resume(info(state=State.DONE), "abc", b"9", "/s", 0.0, patient=True),  # ended
+        plan_resume(info(state=State.CUT), "abc", b"9", "/s", 0.0, patient=True),
+        plan_resume(info(), "abc", b"nine", "/s", 0.0, patient=True),  # not a number
+    ):
+        assert isinstance(settled, Refusal)
+        assert settled.status == 400
 
 
 # -- framing -------------------------------------------------------------------------
@@ -134,6 +170,24 @@ def test_a_stored_event_comes_back_the_same_with_its_position_as_id(
     assert back == ssekit.Event(data=normalised, event=event, id=str(position), retry=retry)
 
 
+@given(
+    sizes=st.lists(st.integers(0, 300), max_size=30),
+    limit=st.integers(1, 200),
+)
+@example(sizes=[], limit=10)
+@example(sizes=[0, 0, 0], limit=1)
+@example(sizes=[50, 5, 400, 5], limit=64)
+def test_the_replay_is_written_in_bounded_pieces_that_join_to_the_framed_events(
+    sizes: list[int], limit: int
+) -> None:
+    events = [(n, b"d" * size) for n, size in enumerate(sizes, 1)]
+    written = list(pieces(events, limit))
+    assert b"".join(written) == b"".join(frame(n, body) for n, body in events)
+    assert all(written)
+    for piece in written:  # at most the limit, or one small event's frame past it
+        assert len(piece) <= limit or piece.count(b"\n\n") == 1
+
+
 def test_grace_and_owner_rules() -> None:
     assert not grace_expired(now=10.0, unattached_since=None, grace=0.0)
     assert not grace_expired(now=10.0, unattached_since=9.5, grace=1.0)
@@ -141,3 +195,42 @@ def test_grace_and_owner_rules() -> None:
     assert owner_lost(state=State.LIVE, owner_alive=False)
     assert not owner_lost(state=State.LIVE, owner_alive=True)
     assert not owner_lost(state=State.DONE, owner_alive=False)
+
+
+# -- the store's health ----------------------------------------------------------------
+
+
+def test_an_outage_is_said_once_and_probed_with_backoff_however_the_store_flaps() -> None:
+    outage = Outage()
+    assert outage.up
+    assert outage.failed(now=100.0)  # an outage begins: say so
+    assert not outage.up
+    waits = []
+    now = 100.0
+    for _ in range(6):  # each failed probe doubles the wait, up to PROBE_MAX
+        waits.append(outage.probe_at - now)
+        assert not outage.probe_due(outage.probe_at - 0.01)
+        now = outage.probe_at
+        assert outage.probe_due(now)
+        assert not outage.failed(now)  # the same outage: nothing more to say
+    assert waits == [PROBE_FIRST, 2 * PROBE_FIRST, 4 * PROBE_FIRST, 8 * PROBE_FIRST,
+                     PROBE_MAX, PROBE_MAX]  # fmt: skip
+    # It answers, then fails again before it held STEADY: the same outage, a longer wait.
+    outage.answered(now)
+    assert outage.up
+    assert not outage.over(now + STEADY / 2)
+    assert not outage.failed(now + STEADY / 2)
+    assert outage.probe_at - (now + STEADY / 2) == PROBE_MAX
+    # It answers and holds: the outage is over, said once; the next failure is a new one.
+    outage.answered(now + 20)
+    assert not outage.over(now + 20 + STEADY - 0.01)
+    assert outage.over(now + 20 + STEADY)
+    assert not outage.over(now + 30 + STEADY)
+    assert outage.failed(now + 100)
+    assert outage.probe_at == now + 100 + PROBE_FIRST
+
+
+def test_a_store_address_loses_its_password_in_logs() -> None:
+    assert redacted("redis://:pw@10.0.0.1:6379/0") == "redis://:***@10.0.0.1:6379/0"
+    assert redacted("redis://me:pw@host/1") == "redis://me:***@host/1"
+    assert redacted("redis://host:6379/0") == "redis://host:6379/0"

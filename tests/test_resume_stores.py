@@ -14,7 +14,8 @@ import pytest
 from _resume_helpers import RedisServer, redis_server, wait_for
 
 from ssekit.proxy._resume import MemoryStore, Store
-from ssekit.proxy._resume._records import State, StreamInfo
+from ssekit.proxy._resume._memory import held
+from ssekit.proxy._resume._records import Cut, End, State, StreamInfo
 from ssekit.proxy._resume._redis import RedisStore
 
 pytestmark = pytest.mark.anyio
@@ -50,13 +51,18 @@ async def settled(store: Store) -> None:
         await anyio.sleep(0.05)
 
 
-async def read_all(store: Store, info: StreamInfo, after: int = 0) -> tuple[list[int], State]:
+async def read_to_end(store: Store, info: StreamInfo, after: int = 0) -> tuple[list[int], End]:
     positions: list[int] = []
     async for batch in store.read(info, after):
-        if isinstance(batch, State):
+        if isinstance(batch, End):
             return positions, batch
         positions += [position for position, _ in batch]
-    raise AssertionError("a read must end with the stream's state")
+    raise AssertionError("a read must end with how the stream ended")
+
+
+async def read_all(store: Store, info: StreamInfo, after: int = 0) -> tuple[list[int], State]:
+    positions, end = await read_to_end(store, info, after)
+    return positions, end.state
 
 
 def new_key() -> str:
@@ -76,7 +82,7 @@ async def test_events_come_back_from_any_position_then_the_end_state(store: Stor
     assert (info.state, info.count, info.resumable) == (State.DONE, 7, True)
     for after in range(8):
         assert await read_all(store, info, after) == (list(range(after + 1, 8)), State.DONE)
-    bodies = [body async for batch in store.read(info, 5) if not isinstance(batch, State)
+    bodies = [body async for batch in store.read(info, 5) if not isinstance(batch, End)
               for _, body in batch]  # fmt: skip
     assert bodies == [b"data: 6\n", b"data: 7\n"]
 
@@ -111,6 +117,19 @@ async def test_a_reader_gets_the_live_tail_then_the_cut(store: Store) -> None:
         writer.end(State.CUT)
     assert got == [([1, 2, 3, 4, 5], State.CUT)] * 2
     assert (await store.lookup(key)).state is State.CUT  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("cut", [Cut.UPSTREAM, Cut.GRACE, Cut.OWNER_GONE])
+async def test_a_cut_stream_says_why_to_its_readers(store: Store, cut: Cut) -> None:
+    key = new_key()
+    writer = store.open(key, "run-" + key[2:])
+    assert writer is not None
+    writer.append(b"data: 1\n")
+    writer.end(State.CUT, cut)
+    await settled(store)
+    info = await store.lookup(key)
+    assert info is not None
+    assert await read_to_end(store, info) == ([1], End(State.CUT, cut))
 
 
 async def test_attached_readers_are_seen_by_the_owner(store: Store) -> None:
@@ -149,6 +168,7 @@ async def test_past_max_bytes_the_stream_is_no_longer_resumable(store: Store) ->
         assert not writer.resumable
         assert writer.count == 1  # the event past the bound was not kept
     assert got == [([1], State.CUT)]
+    assert await read_to_end(store, info) == ([], End(State.CUT, Cut.NOT_KEPT))
     await settled(store)
     after = await store.lookup(key)
     assert after is not None
@@ -168,7 +188,7 @@ async def test_cancel_tells_the_owner_and_cuts_readers_and_removes_an_ended_stre
     assert info is not None
     assert await store.cancel(key)
     await wait_for(lambda: writer.cancelled, within=3)
-    assert await read_all(store, info) == ([1], State.CUT)
+    assert await read_to_end(store, info) == ([1], End(State.CUT, Cut.DELETED))
     writer.end(State.CUT)
     await settled(store)
     assert await store.cancel(key)  # ended: DELETE removes it
@@ -190,6 +210,26 @@ async def test_a_newer_stream_under_the_same_key_replaces_the_older(store: Store
     assert info.run == "new-" + key[2:]
     assert await read_all(store, info) == ([1], State.DONE)
     old.end(State.CUT)
+
+
+async def test_a_key_is_claimed_once_until_released_or_its_stream_is_gone(store: Store) -> None:
+    key = new_key()
+    assert await store.claim(key, "one")
+    assert not await store.claim(key, "two")  # held by a request
+    await store.release(key, "two")  # not its claim: nothing
+    assert not await store.claim(key, "two")
+    await store.release(key, "one")
+    assert await store.claim(key, "two")  # given back
+    writer = store.open(key, "two")
+    assert writer is not None
+    writer.append(b"data: 1\n")
+    await settled(store)
+    assert not await store.claim(key, "three")  # live
+    writer.end(State.DONE)
+    await settled(store)
+    assert not await store.claim(key, "three")  # ended, still kept
+    assert await store.cancel(key)  # DELETE removes it
+    assert await store.claim(key, "three")
 
 
 async def test_an_ended_stream_expires_after_the_ttl(redis: RedisServer) -> None:
@@ -214,21 +254,23 @@ async def test_an_ended_stream_expires_after_the_ttl(redis: RedisServer) -> None
 
 
 async def test_the_memory_store_drops_the_oldest_finished_streams_past_its_limit() -> None:
-    store = MemoryStore(ttl=60, max_bytes=400, limit=1000)
+    cost = held(b"x" * 300)  # what the store really holds for a 300-byte event
+    assert cost > 300
+    store = MemoryStore(ttl=60, max_bytes=400, limit=3 * cost + 100)
     keys = [new_key() for _ in range(4)]
     for key in keys[:3]:
         writer = store.open(key, key)
         writer.append(b"x" * 300)
         writer.end(State.DONE)
-    assert store.total == 900
+    assert store.total == 3 * cost
     live = store.open(keys[3], keys[3])
-    live.append(b"y" * 300)  # 1200 > 1000: the oldest finished goes
-    assert store.total == 900
+    live.append(b"y" * 300)  # over the limit: the oldest finished goes
+    assert store.total == 3 * cost
     assert await store.lookup(keys[0]) is None
     assert await store.lookup(keys[1]) is not None
     assert live.resumable
     # Only live streams over the limit: the one that grew is given up, its memory freed.
-    store = MemoryStore(ttl=60, max_bytes=800, limit=1000)
+    store = MemoryStore(ttl=60, max_bytes=800, limit=held(b"x" * 300) + held(b"z" * 400) + 100)
     first, second = store.open("-/1", "1"), store.open("-/2", "2")
     first.append(b"x" * 300)
     second.append(b"z" * 400)
@@ -237,4 +279,4 @@ async def test_the_memory_store_drops_the_oldest_finished_streams_past_its_limit
     # Its own bound (800) took the 350 bytes (count 2): the store's limit gave it up.
     assert second.count == 2
     assert first.resumable
-    assert store.total == 300
+    assert store.total == held(b"x" * 300)

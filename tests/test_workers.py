@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -182,3 +183,179 @@ def test_workers_option_is_explained_and_checked() -> None:
     )
     assert bad.returncode == 2  # a configuration error
     assert bad.stderr.strip()  # the message (free text, for a person)
+
+
+# -- signals, a supervisor gone, stale counts (issue 20, section 5) ----------------------
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not reaped, is not running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@contextlib.contextmanager
+def supervised(
+    tmp: Path, count: int, *extra: str, delay: str = "0.05"
+) -> Iterator[tuple[subprocess.Popen[str], str, Stderr]]:
+    """``ssekit proxy --workers count`` with its own TMPDIR (``tmp``) and JSON logs; every
+    process it started (workers, possibly orphaned) is gone when the block is left."""
+    mock = spawn("mock-upstream", "--listen", "127.0.0.1:0", "--delay", delay)
+    started: set[int] = set()
+    try:
+        upstream = listening(mock, "mock")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ssekit", "proxy", "--upstream", upstream,
+             "--listen", "127.0.0.1:0", "--workers", str(count), "--log-format", "json", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TMPDIR": str(tmp)},
+        )  # fmt: skip
+        try:
+            base = listening(proc, "proxy")
+            stderr = Stderr(proc)
+            assert wait_for(lambda: len(children(proc.pid)) == count)
+            started |= children(proc.pid)
+            yield proc, base, stderr
+        finally:
+            started |= children(proc.pid)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=20)
+            for pid in started:  # orphans this test made: never left running (they hold
+                if alive(pid):  # the stderr pipe, which finish() closes)
+                    os.kill(pid, signal.SIGKILL)
+            finish(proc)
+    finally:
+        mock.kill()
+        finish(mock)
+
+
+def notices(stderr: Stderr) -> list[dict[str, object]]:
+    """The operator notices among the JSON lines on stderr (not access-log lines)."""
+    found = []
+    for line in stderr.text.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and "notice" in record:
+                found.append(record)
+    return found
+
+
+def active_requests(base: str) -> int:
+    with httpx.Client(timeout=10) as client:
+        text = client.get(base + "/_ssekit/metrics").text
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith("ssekit_active_")]
+    return int(value)
+
+
+def test_sighup_is_ignored_and_the_workers_serve_on_then_sigterm_drains(tmp_path: Path) -> None:
+    with supervised(tmp_path, 2) as (proc, base, stderr):
+        workers = children(proc.pid)
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: any(n["notice"] == "sighup_ignored" for n in notices(stderr)), 5)
+        assert proc.poll() is None
+        assert children(proc.pid) == workers  # the same workers: nothing restarted
+        with httpx.Client(timeout=10) as client:
+            assert client.get(base + "/_ssekit/health").json() == {"status": "ok"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert not any(alive(pid) for pid in workers)
+    [draining] = [n for n in notices(stderr) if n["notice"] == "draining"]
+    assert (draining["workers"], draining["drain_timeout_s"]) == (2, 10.0)
+    assert list(tmp_path.iterdir()) == []  # the metrics directory went with the supervisor
+
+
+def test_workers_drain_and_exit_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    with supervised(tmp_path, 2) as (proc, _, stderr):
+        workers = children(proc.pid)
+        proc.kill()
+        proc.wait(timeout=10)
+        assert wait_for(lambda: not any(alive(pid) for pid in workers), 15)
+        gone = [n for n in notices(stderr) if n["notice"] == "supervisor_gone"]
+        assert sorted(n["pid"] for n in gone) == sorted(workers)
+        assert list(tmp_path.iterdir()) == []  # the last worker out removed the metrics
+
+
+def test_a_killed_workers_requests_leave_the_active_gauge_and_its_counts_stay(
+    tmp_path: Path,
+) -> None:
+    with supervised(tmp_path, 2, delay="0.1") as (proc, base, _):
+        port = int(base.rsplit(":", 1)[1])
+        for _ in range(10):  # new connections: spread over both workers
+            with httpx.Client(timeout=10) as client:
+                assert client.get(base + "/nope").status_code == 404  # the mock's
+        ended = threading.Barrier(7, timeout=30)
+
+        def stream() -> None:  # 40 tokens 0.1 s apart: about 4 s
+            with contextlib.suppress(httpx.HTTPError):
+                with httpx.Client(timeout=20) as client:
+                    with client.stream("POST", base + "/v1/chat/completions", json=CHAT) as r:
+                        for _ in r.iter_bytes():
+                            pass
+            ended.wait()
+
+        threads = [threading.Thread(target=stream) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)  # every worker left its counters with its streams in flight
+        live = established_on(port)
+        holding = {pid: len(sockets_of(pid) & live) for pid in children(proc.pid)}
+        victim = max(holding, key=lambda pid: holding[pid])
+        assert holding[victim] > 0, holding
+        os.kill(victim, signal.SIGKILL)
+        ended.wait()  # every stream over: cut on the victim, complete elsewhere
+        assert wait_for(lambda: len(children(proc.pid) - {victim}) == 2)
+        time.sleep(1.5)  # every worker left its counters again
+        # Only the scrape itself is in flight, whichever worker answers it.
+        assert [active_requests(base) for _ in range(6)] == [1] * 6
+        with httpx.Client(timeout=10) as client:
+            text = client.get(base + "/_ssekit/metrics").text
+        # The victim's earlier answers stay counted (nothing else answers 404).
+        assert 'ssekit_requests_total{status="404"} 10' in text.splitlines(), text
+
+
+def marked(tmp: Path) -> set[int]:
+    """Processes whose environment has ``TMPDIR=tmp``: those this test started, and their
+    children (orphaned or not)."""
+    mark = f"TMPDIR={tmp}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if mark in (entry / "environ").read_bytes().split(b"\0") and alive(int(entry.name)):
+                    found.add(int(entry.name))
+    return found
+
+
+def test_sigterm_while_the_workers_start_drains_them(tmp_path: Path) -> None:
+    # The supervisor takes SIGTERM from before it forks: none comes too early to drain.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssekit", "proxy", "--upstream", "http://127.0.0.1:9",
+         "--listen", "127.0.0.1:0", "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)  # the workers forked, not yet serving
+        assert proc.wait(timeout=20) == 0
+        assert wait_for(lambda: not marked(tmp_path), 10)
+    finally:
+        for pid in marked(tmp_path):  # orphans this test made
+            os.kill(pid, signal.SIGKILL)
+        finish(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_to_the_supervisor_announces_the_drain(tmp_path: Path) -> None:
+    with supervised(tmp_path, 2, "--drain-timeout", "7") as (proc, _, stderr):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    [draining] = [n for n in notices(stderr) if n["notice"] == "draining"]
+    assert (draining["workers"], draining["drain_timeout_s"]) == (2, 7.0)

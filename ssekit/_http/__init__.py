@@ -1,8 +1,11 @@
 """HTTP/1.1 over anyio, shared by the proxy, the mock upstream and the client.
 
-Clients are served with ``_server``'s connection state, origins spoken to with
-``_wire``'s heads: HTTP/1.1 of our own, held to h11 by the tests.
-The only place where anyio, ``OSError``, ssl and HTTP framing exceptions become ssekit's.
+One interface, two engines behind it (``_engine``): ssekit's own, the default
+(clients served with ``_server``'s connection state, origins spoken to with
+``_wire``'s heads and ``_chunked``'s bodies, held to h11 by the tests), and h11
+itself (``_h11``; ``ssekit proxy --http h11``), as uvicorn offers h11 and httptools.
+The only place where anyio, ``OSError``, ssl, h11 and HTTP framing exceptions
+become ssekit's.
 """
 
 from ._chunked import frame_chunk, frame_chunks
@@ -23,6 +26,7 @@ from ._downstream import (
     error_body,
     raw_response,
 )
+from ._engine import ENGINES, Engine, ServerSide, check_engine, server_connection
 from ._headers import Headers, get_header, head_size, is_event_stream
 from ._origin import Origin
 from ._server import ServerConnection, Signal
@@ -31,12 +35,14 @@ from ._wire import RequestHead, ResponseHead, WireError
 
 __all__ = (
     "DEFAULT_MAX_HEAD_SIZE",
+    "ENGINES",
     "JSON",
     "READ_SIZE",
     "REASONS",
     "BadRequest",
     "ClientGone",
     "Downstream",
+    "Engine",
     "FastStream",
     "Headers",
     "Origin",
@@ -45,10 +51,12 @@ __all__ = (
     "RequestHead",
     "ResponseHead",
     "ServerConnection",
+    "ServerSide",
     "Signal",
     "Stream",
     "WireError",
     "accept",
+    "check_engine",
     "close_now",
     "error_body",
     "frame_chunk",
@@ -60,4 +68,5 @@ __all__ = (
     "on_asyncio",
     "open_connection",
     "raw_response",
+    "server_connection",
 )

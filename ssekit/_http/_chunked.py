@@ -32,8 +32,10 @@ MAX_LINE: Final = 4096
 #: The largest trailer section accepted unless the caller says (the proxy: --max-header-size).
 MAX_TRAILER_SIZE: Final = 64 * 1024
 
-# chunk-size [ chunk-ext ] CRLF; at most 16 hex digits (a size that fits 64 bits).
-_SIZE_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
+# chunk-size [ chunk-ext ] CRLF; at most 16 hex digits (a size that fits 64 bits). No
+# whitespace after the size: RFC 9112 7.1.1 allows it before a ";" (BWS), but h11 and
+# llhttp both refuse it, and a hop that reads the size differently is a desync.
+_SIZE_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?")
 
 
 #: The chunk that ends a chunked body (with no trailer fields).

@@ -15,15 +15,17 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
-from typing import Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-from .._errors import UpstreamError
+from .._errors import LimitExceeded, UpstreamError
 from . import _stream
 from ._chunked import LAST_CHUNK, ChunkedReader, ChunkError, frame_chunk
+from ._engine import check_engine, origin_engine
+from ._headers import Headers
 from ._origin import Origin
 from ._stream import FastStream, Stream, on_asyncio
 from ._wire import (
@@ -37,6 +39,9 @@ from ._wire import (
     parse_response_head,
     request_head,
 )
+
+if TYPE_CHECKING:
+    from ._h11 import H11Origin
 
 __all__ = (
     "DEFAULT_MAX_HEAD_SIZE",
@@ -60,21 +65,27 @@ def make_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
 
 
 @contextlib.contextmanager
-def _translated(what: str, origin: Origin) -> Iterator[None]:
+def _translated(what: str, origin: Origin, *, cut: bool = False) -> Iterator[None]:
+    """Translate what fails inside into :class:`UpstreamError`, chained; ``cut``: the
+    response body was under way (its head went on already)."""
     try:
         yield
     except UpstreamError:
         raise
     except TimeoutError as exc:
-        raise UpstreamError(f"upstream {origin.authority}: timed out {what}", 504) from exc
+        raise UpstreamError(f"upstream {origin.authority}: timed out {what}", 504, cut=cut) from exc
     except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError) as exc:
-        raise UpstreamError(f"upstream {origin.authority}: {what} failed: {exc!r}", 502) from exc
+        raise UpstreamError(
+            f"upstream {origin.authority}: {what} failed: {exc!r}", 502, cut=cut
+        ) from exc
     except anyio.EndOfStream as exc:
         raise UpstreamError(
-            f"upstream {origin.authority} closed the connection {what}", 502
+            f"upstream {origin.authority} closed the connection {what}", 502, cut=cut
         ) from exc
     except WireError as exc:
-        raise UpstreamError(f"upstream {origin.authority}: bad HTTP {what}: {exc}", 502) from exc
+        raise UpstreamError(
+            f"upstream {origin.authority}: bad HTTP {what}: {exc}", 502, cut=cut
+        ) from exc
 
 
 async def _tcp(host: str, port: int) -> Stream:
@@ -124,11 +135,15 @@ async def open_connection(
     ssl_context: ssl.SSLContext | None = None,
     proxy: Origin | None = None,
     max_head_size: int = DEFAULT_MAX_HEAD_SIZE,
+    engine: str = "ssekit",
 ) -> OriginConnection:
-    """Connect to ``origin`` (TLS for https, through ``proxy`` when given).
+    """Connect to ``origin`` (TLS for https, through ``proxy`` when given), to speak
+    HTTP/1.1 on ``engine`` (``_engine.ENGINES``).
 
-    Raises :class:`UpstreamError` (502 connect failure, 504 timeout).
+    Raises :class:`UpstreamError` (502 connect failure, 504 timeout); :class:`ConfigError`
+    for an unknown engine, before connecting.
     """
+    check_engine(engine)
     with _translated("connecting", origin):
         with anyio.fail_after(connect_timeout):
             if proxy is not None:
@@ -151,16 +166,60 @@ async def open_connection(
                 except BaseException:
                     await raw.aclose()
                     raise
-    return OriginConnection(raw, origin, sock, max_head_size=max_head_size)
+    return OriginConnection(raw, origin, sock, max_head_size=max_head_size, engine=engine)
+
+
+class _WireRequest:
+    """A request's head and body framing by ssekit's own rules (:mod:`._wire`), checked
+    before any byte goes: one Host, fields that read back as sent, a body exactly its
+    Content-Length (none given: no body) unless it goes chunked."""
+
+    __slots__ = ("_chunked", "_length", "_sent", "keep")
+
+    def __init__(self) -> None:
+        self._chunked = False
+        self._length: int | None = None
+        self._sent = 0
+        #: The request allows another exchange (HTTP/1.1, no ``Connection: close``).
+        self.keep = False
+
+    def request(self, method: str, target: str, headers: Headers) -> bytes:
+        """The request head's bytes; the body follows through :meth:`data` and :meth:`end`."""
+        head = request_head(method, target, headers)
+        self._chunked, self._length = declared_framing(headers)
+        self._sent = 0
+        self.keep = keep_alive(b"1.1", headers)
+        return head
+
+    def data(self, piece: bytes) -> bytes:
+        """Request body bytes, framed as the request's fields say."""
+        if self._chunked:
+            return frame_chunk(piece) if piece else b""
+        self._sent += len(piece)
+        check_length(self._length, self._sent)
+        return piece
+
+    def end(self) -> bytes:
+        """The end of the request body (raises when it is short of its Content-Length)."""
+        if self._chunked:
+            return LAST_CHUNK
+        check_length(self._length, self._sent, final=True)
+        return b""
 
 
 class OriginConnection:
-    """One HTTP/1.1 connection to an origin server (heads and framing: :mod:`._wire`).
+    """One HTTP/1.1 connection to an origin server.
 
     Use: ``send_request`` (head and body), ``receive_response`` (head), then
     ``receive_body`` to the end; ``reusable()`` says whether it may go back to
     a pool. Every failure raises :class:`UpstreamError`. A response head over
     ``max_head_size`` bytes is refused (502) whether it came in one read or many.
+
+    ``engine`` (``_engine.ENGINES``) chooses who frames and reads the messages:
+    ssekit's own (:mod:`._wire` heads, :mod:`._chunked` bodies, called here
+    directly), or h11 (:class:`~ssekit._http._h11.H11Origin`, sans-IO). The I/O,
+    its deadlines and its errors are this class's, the same for both. A chunked
+    body can be spliced (:meth:`splice_chunked`) on ssekit's engine only.
     """
 
     def __init__(
@@ -170,11 +229,15 @@ class OriginConnection:
         sock: socket.socket | None = None,
         *,
         max_head_size: int = DEFAULT_MAX_HEAD_SIZE,
+        engine: str = "ssekit",
     ) -> None:
         self._stream = stream
         self._origin = origin
         self._sock = sock
         self._max_head_size = max_head_size
+        self._h11: H11Origin | None = origin_engine(engine, max_head_size)
+        # Who frames the request: h11, or _wire's rules.
+        self._framer: H11Origin | _WireRequest = self._h11 or _WireRequest()
         #: Bytes of this exchange's request written so far (0: safe to retry).
         self.bytes_sent = 0
         #: Bytes read since this exchange's request began (0: no answer at all).
@@ -182,7 +245,8 @@ class OriginConnection:
         self._method = "GET"
         self._buffer = b""  # read, not yet parsed: the head, then the body's first bytes
         self._eof = False  # the origin closed its side after what is in _buffer
-        self._framing: tuple[str, int] = ("none", 0)  # the response body's (_wire.body_framing)
+        # The response body's framing (_wire.body_framing), or ("h11", 0): h11 reads it.
+        self._framing: tuple[str, int] = ("none", 0)
         self._keep = False  # both messages allow another exchange on this connection
         self._sent_all = False  # the request body went out whole
         self._ended = False  # the response body was read to its end
@@ -209,34 +273,19 @@ class OriginConnection:
         self.bytes_sent = self.bytes_received = 0
         self._method = method
         self._sent_all = self._ended = self._leftover = False
+        framer = self._framer
         with _translated("sending the request", self._origin):
-            head = request_head(method, target, headers)
-            chunked, length = declared_framing(headers)
-            self._keep = keep_alive(b"1.1", headers)
+            head = framer.request(method, target, headers)
+            self._keep = framer.keep
             if isinstance(body, bytes):
-                # Head and body in one write.
-                if chunked:
-                    await self._write(
-                        head + (frame_chunk(body) if body else b"") + LAST_CHUNK, stall_limit
-                    )
-                else:
-                    check_length(length, len(body), final=True)
-                    await self._write(head + body, stall_limit)
+                # Head and body in one write, framed (and checked) before any byte goes.
+                await self._write(head + framer.data(body) + framer.end(), stall_limit)
             else:
                 await self._write(head, stall_limit)
-                sent = 0
                 async for piece in body:
                     if piece:
-                        sent += len(piece)
-                        if chunked:
-                            piece = frame_chunk(piece)
-                        else:
-                            check_length(length, sent)
-                        await self._write(piece, stall_limit)
-                if chunked:
-                    await self._write(LAST_CHUNK, stall_limit)
-                else:
-                    check_length(length, sent, final=True)
+                        await self._write(framer.data(piece), stall_limit)
+                await self._write(framer.end(), stall_limit)
         self._sent_all = True
 
     async def _write(self, data: bytes, stall_limit: float | None) -> None:
@@ -272,8 +321,18 @@ class OriginConnection:
                 break
             if informational is not None:
                 await informational(head)
-        self._framing = body_framing(self._method, head)
+        h11 = self._h11
+        # Both engines: HTTP/1.0, Connection: close, or a length beside a coding (_wire).
         self._keep = self._keep and keep_alive(head.http_version, head.headers)
+        if h11 is not None:
+            self._framing = ("h11", 0)
+            self.read_to_close = h11.read_to_close
+            with _translated("reading the body", self._origin):
+                h11.feed(b"")  # a body that is empty (HEAD, 204, a length of 0) ends now
+            if h11.done:
+                self._body_end(self._buffer)
+            return head
+        self._framing = body_framing(self._method, head)
         kind = self._framing[0]
         self.read_to_close = kind == "close"
         if kind == "none":
@@ -287,9 +346,12 @@ class OriginConnection:
         buffer: bytes | bytearray = self._buffer
         searched = -1  # how much of buffer holds no blank line (-1: not looked yet)
         while True:
-            if searched < 0 or has_blank_line(buffer, max(0, searched - 2)):
+            # A blank line first is refused by the parser at once, however it was cut.
+            blank = buffer[:1] == b"\n" or buffer[:2] == b"\r\n"
+            if searched < 0 or blank or has_blank_line(buffer, max(0, searched - 2)):
                 data = bytes(buffer)
-                parsed = parse_response_head(data)
+                h11 = self._h11
+                parsed = parse_response_head(data) if h11 is None else h11.parse_head(data)
                 if parsed is not None:
                     break
                 buffer = bytearray(data) if searched < 0 else buffer
@@ -299,7 +361,7 @@ class OriginConnection:
                     f"upstream {authority} sent a response head of over "
                     f"{len(buffer)} bytes, over the limit of {self._max_head_size}",
                     502,
-                )
+                ) from self._head_limit(len(buffer))
             if self._eof:
                 what = "in the middle of the response head" if buffer else "before answering"
                 raise UpstreamError(f"upstream {authority} closed the connection {what}", 502)
@@ -313,11 +375,14 @@ class OriginConnection:
                 f"upstream {authority} sent a response head of {size} bytes, "
                 f"over the limit of {self._max_head_size}",
                 502,
-            )
+            ) from self._head_limit(size)
         self._buffer = data[size:]
         if head.status_code == 101:
             raise WireError("101 Switching Protocols, which the request did not ask for")
         return head
+
+    def _head_limit(self, size: int) -> LimitExceeded:
+        return LimitExceeded("response head", size, self._max_head_size, "--max-header-size")
 
     def _body_end(self, leftover: bytes) -> None:
         """The response body ended; bytes after it mean the connection is not reused."""
@@ -345,13 +410,15 @@ class OriginConnection:
         several reads is held whole up to MAX_CHUNK_HOLD); a body with a
         Content-Length, or read to close, as it comes (one item per read).
         What arrived before a framing error is yielded before the error is raised.
+        On h11's engine, h11 reads every body (a chunk held whole as above).
         """
-        if self._framing[0] == "chunked":
-            async for chunks in self._receive_chunked(idle_timeout):
-                yield chunks
+        if self._ended:
             return
         kind, remaining = self._framing
-        if self._ended:
+        if kind == "chunked" or self._h11 is not None:
+            reader = ChunkedReader(self._max_head_size) if self._h11 is None else self._h11
+            async for chunks in self._receive_framed(reader, idle_timeout):
+                yield chunks
             return
         data, self._buffer = self._buffer, b""
         while True:
@@ -370,16 +437,18 @@ class OriginConnection:
                     self._body_end(b"")
                     return
                 raise self._cut_mid_body()
-            with _translated("reading the body", self._origin):
+            with _translated("reading the body", self._origin, cut=True):
                 data = await self._read(idle_timeout)
 
-    async def _receive_chunked(self, idle_timeout: float) -> AsyncIterator[list[bytes]]:
-        reader = ChunkedReader(self._max_head_size)
+    async def _receive_framed(
+        self, reader: ChunkedReader | H11Origin, idle_timeout: float
+    ) -> AsyncIterator[list[bytes]]:
+        """The body as ``reader`` finds its pieces and its end, one list per read."""
         data, self._buffer = self._buffer, b""  # body bytes read with the head
         while True:
             try:
                 chunks = reader.feed(data) if data else []
-            except ChunkError as exc:
+            except (ChunkError, WireError) as exc:
                 raise self._malformed_body(exc) from exc
             if chunks:
                 yield chunks
@@ -389,8 +458,11 @@ class OriginConnection:
                 self._body_end(reader.leftover)
                 return
             if self._eof:
+                if self.read_to_close:  # h11 reading a body that ends with the connection
+                    self._body_end(b"")
+                    return
                 raise self._cut_mid_body()
-            with _translated("reading the body", self._origin):
+            with _translated("reading the body", self._origin, cut=True):
                 data = await self._read(idle_timeout)
 
     def _cut_mid_body(self, error: BaseException | None = None) -> UpstreamError:
@@ -398,14 +470,19 @@ class OriginConnection:
         what = " closed the connection mid-body (the response was cut)"
         if error is not None and not isinstance(error, ConnectionResetError):
             what = f": reading the body failed: {error!r}"
-        return UpstreamError(f"upstream {self._origin.authority}{what}", 502)
+        cut = UpstreamError(f"upstream {self._origin.authority}{what}", 502, cut=True)
+        cut.__cause__ = error
+        return cut
 
-    def _malformed_body(self, error: ChunkError) -> UpstreamError:
-        return UpstreamError(
+    def _malformed_body(self, error: ChunkError | WireError) -> UpstreamError:
+        malformed = UpstreamError(
             f"upstream {self._origin.authority} sent a malformed chunked body "
             f"(the response was cut: {error})",
             502,
+            cut=True,
         )
+        malformed.__cause__ = error
+        return malformed
 
     @property
     def spliceable(self) -> bool:
@@ -451,6 +528,8 @@ class OriginConnection:
         connection is then ready for the next request."""
         keep = self._keep and self._sent_all and self._ended and not self._leftover
         keep = keep and not self._buffer and not self._eof
+        if keep and self._h11 is not None:
+            keep = self._h11.next_cycle()  # h11's verdict: both DONE, neither closing
         self._framing = ("none", 0)
         self._keep = self._sent_all = self._ended = False
         return keep
@@ -560,7 +639,9 @@ class _Splice:
         due = self._last_read + self._idle
         if now >= due:
             error = UpstreamError(
-                f"upstream {self._conn._origin.authority}: timed out reading the body", 504
+                f"upstream {self._conn._origin.authority}: timed out reading the body",
+                504,
+                cut=True,
             )
             self._fail(error)
         else:
@@ -592,9 +673,11 @@ class OriginPool:
         ssl_context: ssl.SSLContext | None = None,
         proxy: Origin | None = None,
         max_head_size: int = DEFAULT_MAX_HEAD_SIZE,
+        engine: str = "ssekit",
     ) -> None:
         self._origin = origin
         self._max_head_size = max_head_size
+        self._engine = check_engine(engine)
         self._size = size
         self._connect_timeout = connect_timeout
         self._ssl_context = ssl_context
@@ -616,6 +699,7 @@ class OriginPool:
             ssl_context=self._ssl_context,
             proxy=self._proxy,
             max_head_size=self._max_head_size,
+            engine=self._engine,
         )
         self.opened += 1
         return conn, False

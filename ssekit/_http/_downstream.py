@@ -17,8 +17,9 @@ import anyio
 import anyio.abc
 
 from . import _stream
+from ._engine import ServerSide, server_connection
 from ._headers import Headers
-from ._server import RequestError, ServerConnection, Signal
+from ._server import RequestError, Signal
 from ._stream import FastStream, Stream
 from ._wire import RequestHead, declared_framing
 
@@ -110,6 +111,7 @@ class Downstream:
         *,
         max_header_count: int | None = None,
         max_body_size: int = 0,
+        engine: str = "ssekit",
     ) -> None:
         self.stream = stream
         #: The largest request body accepted, declared or sent (then 413); 0: no limit.
@@ -119,7 +121,8 @@ class Downstream:
         self.send_timeout = send_timeout
         #: True once the client was cut for taking nothing (see :meth:`cut_stalled`).
         self.stalled = False
-        self.conn = ServerConnection(max_header_size, max_header_count)
+        #: Its HTTP/1.1 state, on ``engine`` (``_engine.ENGINES``: ssekit's own, or h11).
+        self.conn: ServerSide = server_connection(engine, max_header_size, max_header_count)
         addr = stream.extra(anyio.abc.SocketAttribute.remote_address, ("?", 0))
         self.addr = str(addr[0]) if isinstance(addr, tuple) else str(addr)
         self.last_write = time.monotonic()

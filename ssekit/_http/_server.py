@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Final
 
 from ._chunked import LAST_CHUNK, ChunkedReader, ChunkError, frame_chunk
 from ._headers import Headers
 from ._wire import (
+    FRAMING_FIELDS,
     RequestHead,
     WireError,
     checked_fields,
@@ -166,6 +166,12 @@ class ServerConnection:
             self._more, self._buffer, self._searched = bytearray(buffer), b"", len(buffer)
             return self._incomplete(len(buffer))
         head, size = parsed
+        if size > self.max_head_size:  # arrived whole: measured on the wire all the same
+            raise RequestError(
+                f"request head of {size} bytes, over the limit of {self.max_head_size} "
+                "(--max-header-size)",
+                431,
+            )
         self._buffer = buffer[size:]
         self.request = head
         self.their_http_version = head.http_version
@@ -173,7 +179,12 @@ class ServerConnection:
         expect = _comma_values(head.headers, b"expect")
         self.waiting_for_100 = head.http_version >= b"1.1" and b"100-continue" in expect
         chunked, length = declared_framing(head.headers)  # chunked wins (RFC 9112 6.3)
-        self._body = ChunkedReader(self.max_head_size, self.max_fields) if chunked else length or 0
+        if head.method == b"CONNECT":  # no content, whatever it declares (RFC 9110 9.3.6)
+            self._body = 0
+        elif chunked:
+            self._body = ChunkedReader(self.max_head_size, self.max_fields)
+        else:
+            self._body = length or 0
         return head
 
     def _incomplete(self, size: int) -> Signal:
@@ -261,7 +272,7 @@ class ServerConnection:
         if not bodiless and (chunked or length is None):
             # A body of unknown length: chunked for HTTP/1.1; else the close ends it
             # (HTTP/1.0, or no request read: assume the worst, as h11 does).
-            fields = [f for f in fields if f[0].lower() not in _FRAMING_FIELDS]
+            fields = [f for f in fields if f[0].lower() not in FRAMING_FIELDS]
             if version is not None and version >= b"1.1":
                 fields.append((b"Transfer-Encoding", b"chunked"))
                 self._framing = "chunked"
@@ -320,9 +331,6 @@ class ServerConnection:
         self.request_done = self.response_done = False
         self.waiting_for_100 = False
         self._reset_body()
-
-
-_FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 
 def _comma_values(headers: Headers, name: bytes) -> list[bytes]:

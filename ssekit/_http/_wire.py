@@ -21,6 +21,7 @@ from typing import Final
 from ._headers import Headers
 
 __all__ = (
+    "FRAMING_FIELDS",
     "RequestHead",
     "ResponseHead",
     "WireError",
@@ -29,6 +30,7 @@ __all__ = (
     "check_request",
     "check_request_lines",
     "check_trailer_line",
+    "check_trailer_name",
     "checked_fields",
     "declared_framing",
     "framing_checked",
@@ -61,7 +63,8 @@ _HOST_RE: Final = re.compile(
     rb"(?:\[[0-9A-Za-z._~!$&'()*+,;=:-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)"
     rb"(?::[0-9]*)?"
 )
-_FRAMING_NAMES: Final = frozenset({b"content-length", b"transfer-encoding"})
+#: The fields that frame a message body (RFC 9112 6).
+FRAMING_FIELDS: Final = frozenset({b"content-length", b"transfer-encoding"})
 #: Content-Length digits accepted (h11's bound: about 10**20 bytes).
 MAX_LENGTH_DIGITS: Final = 20
 
@@ -273,9 +276,14 @@ def check_trailer_line(line: bytes) -> None:
     a trailer must not say how the message is framed). Raises :class:`WireError`."""
     if line[:1] in (b" ", b"\t"):
         raise WireError(f"obsolete line folding in a trailer section at {line[:40]!r}")
-    name, _ = _field(line)
-    if name in _FRAMING_NAMES:
-        raise WireError(f"a {name.decode()} field in a trailer section")
+    check_trailer_name(_field(line)[0])
+
+
+def check_trailer_name(name: bytes) -> None:
+    """Refuse a framing field in a trailer section (:class:`WireError`): it would say
+    after the fact how the message was framed, and a hop that merged it would disagree."""
+    if name.lower() in FRAMING_FIELDS:
+        raise WireError(f"a {name.decode('ascii', 'replace')} field in a trailer section")
 
 
 def has_blank_line(data: bytes | bytearray, start: int = 0) -> bool:
@@ -401,6 +409,6 @@ def keep_alive(http_version: bytes, headers: Headers) -> bool:
             token.strip().lower() == b"close" for token in value.split(b",")
         ):
             return False
-        if low in _FRAMING_NAMES:
+        if low in FRAMING_FIELDS:
             framing |= 1 if low == b"content-length" else 2
     return framing != 3

@@ -14,9 +14,10 @@ from ._connect import (
     listen,
     stream_sync,
 )
-from ._policy import Decision, Reconnector, RetryPolicy, Verdict
+from ._policy import CREDENTIAL_HEADERS, Decision, Reconnector, RetryPolicy, Verdict
 
 __all__ = (
+    "CREDENTIAL_HEADERS",
     "MAX_REDIRECTS",
     "Decision",
     "EventListener",

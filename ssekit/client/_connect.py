@@ -6,7 +6,7 @@ import json as jsonlib
 import random as randomlib
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 from urllib.parse import urljoin
@@ -26,7 +26,15 @@ from .._http import (
     open_connection,
 )
 from ..openai import Chunk, aiter_chunks, join_deltas
-from ._policy import MAX_ERROR_BODY, Reconnector, RetryPolicy, Verdict, judge_response
+from ._policy import (
+    MAX_ERROR_BODY,
+    Reconnector,
+    RetryPolicy,
+    Verdict,
+    credential_names,
+    judge_response,
+    same_origin,
+)
 
 __all__ = (
     "MAX_REDIRECTS",
@@ -63,6 +71,7 @@ def connect(
     method: str = "GET",
     json: object = None,
     headers: dict[str, str] | None = None,
+    credential_headers: Collection[str] = (),
     policy: RetryPolicy | None = None,
     ca_file: str | None = None,
     proxy: str | None = None,
@@ -85,10 +94,15 @@ def connect(
     ``proxy`` is an ``http://host:port`` CONNECT proxy. Redirects (301, 302,
     303, 307, 308) are followed, at most :data:`MAX_REDIRECTS` per connection,
     as fetch does: 303 (and 301/302 after a POST) turns the request into a GET
-    without body, and ``Authorization`` is dropped when the redirect leaves the
-    origin. A network error (the first connection's too), a status in the
-    policy's ``retry_statuses`` or the end of a GET stream reconnects (to
-    ``url``) after the reconnection time (``retry:``), with Last-Event-ID; 204
+    without body. A redirect that leaves the origin (another scheme, host or
+    port) drops every credential header, for that hop and the rest of the
+    connection's redirects: ``Authorization``, ``Proxy-Authorization``,
+    ``Cookie``, ``api-key``, ``x-api-key`` (:data:`CREDENTIAL_HEADERS`) and the
+    names in ``credential_headers``; a same-origin redirect keeps them. A
+    network error (the first connection's too), a status in the policy's
+    ``retry_statuses`` or the end of a GET stream reconnects (to ``url``, with
+    every header again) after the reconnection time (``retry:``; see
+    :class:`RetryPolicy` for the floor and the cap), with Last-Event-ID; 204
     stops; other statuses and content types, or too many redirects, raise
     :class:`ssekit.ResponseError`; running out of retries or time raises
     :class:`ssekit.RetriesExhausted`. No byte for ``idle_timeout`` counts as
@@ -102,6 +116,7 @@ def connect(
         body=b"" if json is None else jsonlib.dumps(json).encode(),
         json=json is not None,
         headers=[(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        credentials=frozenset(n.encode("latin-1") for n in credential_names(credential_headers)),
         ca_file=ca_file,
         proxy=_origin(proxy) if proxy else None,
         connect_timeout=connect_timeout,
@@ -151,6 +166,7 @@ class _Request:
     body: bytes
     json: bool
     headers: list[tuple[bytes, bytes]]
+    credentials: frozenset[bytes]  # header names a cross-origin redirect drops, lower case
     ca_file: str | None
     proxy: Origin | None
     connect_timeout: float
@@ -257,9 +273,12 @@ async def _open(
         ):
             method, body, json = "GET", b"", False
         moved = _origin(url.partition("#")[0].partition("?")[0])
-        if (moved.scheme, moved.host, moved.port) != (origin.scheme, origin.host, origin.port):
-            # Fetch drops Authorization on a cross-origin redirect.
-            extra = [(k, v) for k, v in extra if k != b"authorization"]
+        if not same_origin(
+            (moved.scheme, moved.host, moved.port), (origin.scheme, origin.host, origin.port)
+        ):
+            # Credentials stay with their origin (fetch drops Authorization), and
+            # stay dropped for the hops after this one, as fetch's do.
+            extra = [(k, v) for k, v in extra if k not in request.credentials]
     raise ResponseError(
         f"more than {MAX_REDIRECTS} redirects from {request.url!r} (last to {url!r}); "
         "not reconnecting",
@@ -306,7 +325,9 @@ def stream_sync(url: str, **options: object) -> Iterator[Event]:
             portal.call(events.aclose)
 
 
-async def chat_chunks(url: str, body: dict[str, object], **options: object) -> AsyncIterator[Chunk]:
+async def chat_chunks(
+    url: str, body: dict[str, object], **options: object
+) -> AsyncGenerator[Chunk, None]:
     """POST an OpenAI-style chat request with ``"stream": true``; yield each chunk object.
 
     Raises :class:`ssekit.StreamIncomplete` when the stream is cut before

@@ -5,23 +5,73 @@ type text/event-stream opens the stream; 204 (or any other status, or another
 type) fails it without reconnecting; a network error or the end of the body
 reestablishes the connection after the reconnection time, sending the last
 event ID. The spec lets user agents back off on repeated failures: here the
-delay doubles per consecutive failure, is capped, and is jittered. Time and
-randomness come in as arguments.
+delay doubles per consecutive failure, is capped, and is jittered. Two guards
+keep a server from driving the client into a reconnect storm (``retry: 0``,
+one event, close; again): a floor under every delay, and a cap on
+reconnections per window of time, counted whether or not they brought events.
+Time and randomness come in as arguments.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection
+from collections import deque
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from .._errors import ClientError, ResponseError, RetriesExhausted
+from .._errors import ClientError, InputTypeError, ResponseError, RetriesExhausted
 
-__all__ = ("MAX_ERROR_BODY", "Decision", "Reconnector", "RetryPolicy", "Verdict", "judge_response")
+__all__ = (
+    "CREDENTIAL_HEADERS",
+    "MAX_ERROR_BODY",
+    "Decision",
+    "Reconnector",
+    "RetryPolicy",
+    "Verdict",
+    "credential_names",
+    "judge_response",
+    "same_origin",
+)
 
 #: How much of a refused response's body a :class:`ResponseError` carries (bytes).
 MAX_ERROR_BODY: Final = 64 * 1024
+
+#: Request headers (lower case) a redirect that leaves the origin drops, as fetch drops
+#: Authorization and a browser's cookies stay with their site: the API-key headers
+#: of OpenAI (Authorization), Azure OpenAI (api-key) and Anthropic and others (x-api-key).
+CREDENTIAL_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "api-key", "x-api-key"}
+)
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def credential_names(extra: Iterable[str]) -> frozenset[str]:
+    """:data:`CREDENTIAL_HEADERS` and the caller's ``extra`` header names, lower case.
+
+    Raises :class:`ssekit.InputTypeError` for a single str (a name to put in a list).
+    """
+    if isinstance(extra, str | bytes):
+        raise InputTypeError(
+            f"credential_headers takes a collection of header names, got {extra!r}: "
+            f"wrap it: [{extra!r}]",
+            argument="credential_headers",
+            got=type(extra).__name__,
+        )
+    return CREDENTIAL_HEADERS | {name.lower() for name in extra}
+
+
+def same_origin(a: tuple[str, str, int | None], b: tuple[str, str, int | None]) -> bool:
+    """Whether two (scheme, host, port) triples are one origin (RFC 6454), port None
+    meaning the scheme's default: a redirect between them keeps the credentials."""
+    (scheme_a, host_a, port_a), (scheme_b, host_b, port_b) = a, b
+    scheme_a, scheme_b = scheme_a.lower(), scheme_b.lower()
+    return (
+        scheme_a == scheme_b
+        and host_a.lower() == host_b.lower()
+        and (port_a or _DEFAULT_PORTS.get(scheme_a)) == (port_b or _DEFAULT_PORTS.get(scheme_b))
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +88,15 @@ class RetryPolicy:
     ``retry_statuses`` are retried like a network error (say ``{502, 503,
     504}`` behind a load balancer); by default none is, as the spec fails the
     connection on any status but 200 and 204.
+
+    Against reconnect storms: no reconnection comes sooner than ``min_delay``
+    (ms; 500, the floor Firefox puts under ``retry:``; 0 turns it off), whatever
+    ``retry:`` or ``initial_retry`` say, and the backoff grows from it, so a
+    ``retry: 0`` still backs off. At most ``max_reconnects`` reconnections
+    start in any ``reconnect_window`` seconds (60 a minute; None: no cap),
+    counted whether or not their connections brought events (a server that
+    sends one event and closes makes progress on each, and would otherwise
+    never be slowed): past the cap the client waits until the window allows one.
     """
 
     initial_retry: int = 3000
@@ -48,10 +107,21 @@ class RetryPolicy:
     deadline: float | None = None
     replay_post: bool = False
     retry_statuses: Collection[int] = frozenset()  # kept as a frozenset
+    min_delay: int = 500
+    max_reconnects: int | None = 60
+    reconnect_window: float = 60.0
 
     def __post_init__(self) -> None:
         if self.initial_retry < 0 or self.max_delay < 0 or self.backoff < 1:
             raise ValueError("initial_retry and max_delay must be >= 0 ms, backoff >= 1")
+        if not 0 <= self.min_delay <= self.max_delay:
+            raise ValueError(
+                f"min_delay is 0 to max_delay ({self.max_delay}) ms, got {self.min_delay}"
+            )
+        if self.max_reconnects is not None and self.max_reconnects < 1:
+            raise ValueError(f"max_reconnects is None or >= 1, got {self.max_reconnects}")
+        if not self.reconnect_window > 0:
+            raise ValueError(f"reconnect_window is > 0 s, got {self.reconnect_window}")
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter is a fraction in [0, 1)")
         statuses = frozenset(self.retry_statuses)
@@ -90,6 +160,10 @@ class Reconnector:
         self.failures = 0
         self.connections = 0
         self._started = now
+        # When the last max_reconnects reconnections start (their on_end's now + delay).
+        self._starts: deque[float] | None = None
+        if policy.max_reconnects is not None:
+            self._starts = deque(maxlen=policy.max_reconnects)
 
     def request_headers(self) -> list[tuple[bytes, bytes]]:
         """What every connection sends, Last-Event-ID included when one is set."""
@@ -128,7 +202,11 @@ class Reconnector:
     def on_end(self, *, now: float, random: float, error: Exception | None = None) -> Decision:
         """The connection ended (``error`` None: the body ended cleanly).
 
-        ``random`` is a number in [0, 1) for the jitter.
+        ``random`` is a number in [0, 1) for the jitter; ``now`` the monotonic
+        time in seconds. The delay is the reconnection time, backed off per
+        failure, capped, jittered, never under ``min_delay``, and stretched
+        when ``max_reconnects`` reconnections already start within the
+        ``reconnect_window`` that would end with this one.
         """
         policy = self.policy
         if self.method != "GET" and not policy.replay_post:
@@ -145,8 +223,15 @@ class Reconnector:
                     f"gave up after {self.failures} reconnections", error, self.failures
                 ),
             )
-        delay_ms = min(self.retry_ms * policy.backoff**self.failures, policy.max_delay)
-        delay = delay_ms * (1 + policy.jitter * (2 * random - 1)) / 1000
+        # The floor goes under the base too, or a retry: 0 would never back off
+        # (0 doubled stays 0).
+        base = max(self.retry_ms, policy.min_delay)
+        delay_ms = min(base * policy.backoff**self.failures, policy.max_delay)
+        delay = max(delay_ms * (1 + policy.jitter * (2 * random - 1)), policy.min_delay) / 1000
+        starts = self._starts
+        if starts is not None and len(starts) == starts.maxlen:
+            # The oldest of the last max_reconnects starts must leave the window first.
+            delay = max(delay, starts[0] + policy.reconnect_window - now)
         if policy.deadline is not None and now + delay - self._started > policy.deadline:
             return Decision(
                 Verdict.FAIL,
@@ -155,6 +240,8 @@ class Reconnector:
                 ),
             )
         self.failures += 1
+        if starts is not None:
+            starts.append(now + delay)
         return Decision(Verdict.RECONNECT, delay=delay)
 
 

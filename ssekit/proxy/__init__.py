@@ -6,7 +6,7 @@ Importing this package imports anyio; ``import ssekit`` does not.
 from .._http import Origin
 from ._config import ProxyConfig
 from ._listener import Proxy, serve
-from ._mock import MockConfig, serve_mock
+from ._mock import MockConfig, mock_text, serve_mock
 from ._stats import Outcome, StreamStats
 
 __all__ = (
@@ -16,6 +16,7 @@ __all__ = (
     "Proxy",
     "ProxyConfig",
     "StreamStats",
+    "mock_text",
     "serve",
     "serve_mock",
 )

@@ -1,24 +1,43 @@
 """ProxyConfig: the upstream, the listen address, every timeout and limit.
 
 Each option's default and help text are said here once; ``ssekit proxy`` builds
-its command line from these fields (``metadata["help"]``, ``metadata["metavar"]``).
+its command line from these fields (``metadata["help"]``, ``metadata["metavar"]``,
+and ``metadata["group"]``, the ``--help`` section it is listed in; forwarding when
+a field names none).
 """
 
 from __future__ import annotations
 
+import enum
 import hmac
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._errors import ConfigError
-from .._http import Origin
+from .._http import Origin, check_engine
 
-__all__ = ("Origin", "ProxyConfig")
+__all__ = ("Group", "Origin", "ProxyConfig")
 
 
-def _option(default: Any, help: str, metavar: str | None = None) -> Any:
+class Group(enum.Enum):
+    """The section of ``ssekit proxy --help`` an option is listed in, in this order."""
+
+    FORWARDING = "forwarding"
+    TIMEOUTS = "timeouts"
+    LIMITS = "limits"
+    KEYS = "keys and tokens"
+    RESUME = "resume"
+    OPERATIONS = "operations"
+
+
+def _option(
+    default: Any, help: str, metavar: str | None = None, *, group: Group | None = None
+) -> Any:
     """A field that is also a ``--dashed-name`` option of ``ssekit proxy``."""
-    return field(default=default, metadata={"help": help, "metavar": metavar})
+    metadata = {"help": help, "metavar": metavar}
+    return field(
+        default=default, metadata=metadata if group is None else {**metadata, "group": group}
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,30 +53,41 @@ class ProxyConfig:
     upstream: str
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
-    connect_timeout: float = _option(10.0, "upstream TCP/TLS connect timeout (then 504)", "S")
+    connect_timeout: float = _option(
+        10.0, "upstream TCP/TLS connect timeout (then 504)", "S", group=Group.TIMEOUTS
+    )
     first_byte_timeout: float = _option(
         60.0,
         "wait this long for the upstream's response head, or for it to take more of the "
         "request while it reads none (then 504)",
         "S",
+        group=Group.TIMEOUTS,
     )
     idle_timeout: float = _option(
-        300.0, "longest silence between upstream body chunks before the stream is cut", "S"
+        300.0,
+        "longest silence between upstream body chunks before the stream is cut",
+        "S",
+        group=Group.TIMEOUTS,
     )
     header_timeout: float = _option(
-        10.0, "clients must send their request head within this (then 408)", "S"
+        10.0,
+        "clients must send their request head within this (then 408)",
+        "S",
+        group=Group.TIMEOUTS,
     )
     send_timeout: float = _option(
         60.0,
         "a client that takes none of the response for this long while the proxy has more "
         "to send is cut, and its upstream closed (as nginx's send_timeout)",
         "S",
+        group=Group.TIMEOUTS,
     )
     body_timeout: float = _option(
         10.0,
         "longest silence inside a client's request body (then 408, or both sides cut "
         "once the response has started)",
         "S",
+        group=Group.TIMEOUTS,
     )
     retries: int = _option(
         2, "retries of upstream connect failures, only before any byte was sent", "N"
@@ -81,28 +111,38 @@ class ProxyConfig:
         None, "reach the upstream through this HTTP CONNECT proxy, http://host:port", "URL"
     )
     admin_prefix: str = _option(
-        "/_ssekit", "path prefix of the proxy's own GET PATH/metrics and PATH/health", "PATH"
+        "/_ssekit",
+        "path prefix of the proxy's own endpoints: GET PATH/metrics, PATH/health and, with "
+        "--resume-store, GET and DELETE PATH/streams/<id>",
+        "PATH",
+        group=Group.OPERATIONS,
     )
     drain_timeout: float = _option(
-        10.0, "on SIGTERM/SIGINT, let streams finish this long, then cut them", "S"
+        10.0,
+        "on SIGTERM/SIGINT, let streams finish this long, then cut them",
+        "S",
+        group=Group.TIMEOUTS,
     )
     max_header_size: int = _option(
         64 * 1024,
         "largest request head or chunked-body trailer section accepted (then 431), and "
         "upstream response head (then 502)",
         "BYTES",
+        group=Group.LIMITS,
     )
     max_header_count: int = _option(
         100,
         "most header lines a request head (or a chunked body's trailer section) may have "
         "(then 431)",
         "N",
+        group=Group.LIMITS,
     )
     max_body_size: int = _option(
         64 * 1024 * 1024,
         "largest request body: a longer declared Content-Length is 413 at once, nothing "
         "forwarded; a chunked body passing it is 413 (or cut) and its upstream closed; 0: none",
         "BYTES",
+        group=Group.LIMITS,
     )
     request_buffer: int = _option(
         1024 * 1024,
@@ -122,10 +162,20 @@ class ProxyConfig:
         "concurrent client connections (more get 503); each streaming one also holds an "
         "upstream connection, so the descriptor limit (ulimit -n) must allow twice this",
         "N",
+        group=Group.LIMITS,
     )
-    log_format: Literal["text", "json"] = _option("text", "one line per request on stderr")
+    log_format: Literal["text", "json"] = _option(
+        "text", "one line per request on stderr", group=Group.OPERATIONS
+    )
+    http: Literal["ssekit", "h11"] = _option(
+        "ssekit",
+        "HTTP/1.1 engine for both sides, the clients' connections and the upstream's (and "
+        "the built-in mock): ssekit's own (fast), or h11, the reference it is held to",
+    )
     no_access_log: bool = _option(
-        False, "log only the requests that failed (the metrics still count every one)"
+        False,
+        "log only the requests that failed (the metrics still count every one)",
+        group=Group.OPERATIONS,
     )
     # -- resumable streams (ssekit.proxy._resume); off unless resume_store is set --
     resume_store: str | None = _option(
@@ -134,24 +184,30 @@ class ProxyConfig:
         "GET PATH/streams/<id>: 'memory' (this process) or redis://HOST:PORT/DB "
         "(shared by instances; pip install 'ssekit[redis]')",
         "STORE",
+        group=Group.RESUME,
     )
-    resume_ttl: float = _option(600.0, "how long a stream stays replayable after it ended", "S")
+    resume_ttl: float = _option(
+        600.0, "how long a stream stays replayable after it ended", "S", group=Group.RESUME
+    )
     resume_grace: float = _option(
         30.0,
         "how long an unfinished stream keeps its upstream going with no reader attached "
         "(then the upstream is closed and the stream cut)",
         "S",
+        group=Group.RESUME,
     )
     resume_max_bytes: int = _option(
         8 * 1024 * 1024,
         "stored bytes per stream; past it the stream goes on for whoever is attached but is "
         "no longer resumable",
         "BYTES",
+        group=Group.RESUME,
     )
     resume_memory_limit: int = _option(
         256 * 1024 * 1024,
         "bytes all streams of the memory store may hold; past it the oldest finished go first",
         "BYTES",
+        group=Group.RESUME,
     )
 
     #: ``upstream`` parsed, once (a bad URL fails at construction, not per request).
@@ -200,6 +256,7 @@ class ProxyConfig:
                     "surrounding spaces"
                 )
         self._check_resume()
+        check_engine(self.http)
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log format {self.log_format!r} is not text or json")
 

@@ -74,7 +74,7 @@ class Shared:
 
     def __init__(self, config: ProxyConfig, metrics_dir: str | None = None) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(engine=config.http)
         #: Where sibling worker processes leave their counters (None: one process).
         self.metrics_dir = None if metrics_dir is None else Path(metrics_dir)
         ssl_context = (
@@ -87,6 +87,7 @@ class Shared:
             ssl_context=ssl_context,
             proxy=config.proxy_origin,
             max_head_size=config.max_header_size,
+            engine=config.http,
         )
         self.cutting = False
         self._key = 0
@@ -207,7 +208,8 @@ async def serve_exchange(shared: Shared, client: Downstream, request: RequestHea
     started = time.monotonic()
     relay = Relay()
     target = request.target.decode("ascii", "replace")
-    stats = StreamStats(method=request.method.decode("ascii", "replace"), path=target.split("?")[0])
+    method = request.method.decode("ascii", "replace")
+    stats = StreamStats(client=client.addr, method=method, path=target.split("?")[0])
     keep = False
     try:
         keep = await _serve(shared, client, request, target, relay, stats, started)
@@ -271,12 +273,21 @@ async def _serve(
         if decision.name == "metrics":
             body = shared.render_metrics()
             await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
-        else:
-            await client.answer(200, b'{"status":"ok"}')
+        else:  # health: forwarding is up; with the resume store, its state beside it
+            health = {} if shared.resume is None else shared.resume.health()
+            body = json.dumps({"status": "ok", **health}, separators=(",", ":")).encode()
+            await client.answer(200, body)
         stats.status = 200
         relay.on(Input.LOCAL)
         return True
-    return await _forward(shared, client, request, decision, relay, stats, started)
+    if shared.resume is None:
+        return await _forward(shared, client, request, decision, relay, stats, started)
+    # Resume hook: the stream id, claimed (a bad or taken ssekit-resume-key: 4xx, nothing sent).
+    recording = await shared.resume.begin(request, stats)
+    try:
+        return await _forward(shared, client, request, decision, relay, stats, started, recording)
+    finally:
+        await recording.close()
 
 
 async def _forward(
@@ -287,6 +298,7 @@ async def _forward(
     relay: Relay,
     stats: StreamStats,
     started: float,
+    recording: Recording | None = None,
 ) -> bool:
     cfg = shared.config
     headers = request_headers(
@@ -299,8 +311,8 @@ async def _forward(
     )
     if not cfg.underscores_in_headers:
         stats.dropped_headers = underscored(request.headers)
-    # Resume hook: the stream id (a bad ssekit-resume-key is a 400 here, nothing sent).
-    recording = None if shared.resume is None else shared.resume.begin(request, headers, stats)
+    if recording is not None:
+        recording.strip(headers)  # resume hook: ssekit-resume-key is not the upstream's
     method = request.method.decode("ascii")
     chunked = get_header(request.headers, b"transfer-encoding") is not None
     body: RequestBody | bytes = b""
@@ -406,7 +418,7 @@ async def _answer(
                 content_type = get_header(response.headers, b"content-type") or b""
                 headers = response_headers(response.headers, response.status_code)
                 if recording is not None:  # resume hook: keep a 200 event stream
-                    recording.arm(response.status_code, content_type, headers)
+                    await recording.arm(response.status_code, content_type, headers)
                 head = client.conn.send_response(response.status_code, headers, response.reason)
                 relay.on(Input.HEAD)  # written by pump, with the first body bytes if here
                 done = await pump(
@@ -427,7 +439,7 @@ async def _answer(
             relay.on(Input.CLIENT_GONE)
     finally:
         if recording is not None:  # resume hook: the stored stream ends as this one did
-            recording.end(relay.phase is Phase.DONE)
+            recording.end(relay.phase is Phase.DONE, shutdown=shared.cutting)
     return failure, done
 
 

@@ -69,11 +69,9 @@ def request_headers(
     Names with ``_`` go unless ``underscores``: a CGI or WSGI origin reads
     ``X_Forwarded_For`` and ``X-Forwarded-For`` as one ``HTTP_X_FORWARDED_FOR``,
     so a client could forge what the proxy adds (nginx drops them by default).
-    Content-Length is written anew (see :func:`_own_length`).
+    Content-Length is written anew, as in :func:`_own_length`.
     """
-    headers = _own_length(_strip_hop_by_hop(headers))
-    if not underscores:
-        headers = [(k, v) for k, v in headers if b"_" not in k]
+    headers = _strip_hop_by_hop(headers)
     host = get_header(headers, b"host") or b""
     forwarded_for = get_header(headers, b"x-forwarded-for")
     via = get_header(headers, b"via")
@@ -83,7 +81,11 @@ def request_headers(
     if api_key is not None or strip_authorization:
         drop.add(b"authorization")
     out: Headers = [(b"host", origin.authority.encode("ascii"))]
-    out += [(k, v) for k, v in headers if k.lower() not in drop]
+    for k, v in headers:  # one pass: the per-request hot path
+        low = k.lower()
+        if low in drop or (not underscores and b"_" in k):
+            continue
+        out.append((k, b"%d" % int(v)) if low == b"content-length" else (k, v))
     out.append(
         (
             b"x-forwarded-for",

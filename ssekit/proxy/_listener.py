@@ -37,7 +37,7 @@ from .._http import (
 from ._config import ProxyConfig
 from ._exchange import Shared, serve_exchange
 from ._relay import Input, Relay
-from ._stats import Metrics, StreamStats
+from ._stats import Metrics, StreamStats, report
 
 try:
     import resource
@@ -58,6 +58,9 @@ ACCEPT_BACKOFF_MAX: Final = 1.0
 METRICS_EVERY: Final = 1.0
 #: Requests that may begin in one event-loop turn (see :class:`Turns`).
 STARTS_PER_TURN: Final = 4
+#: How long a connection over --max-connections may take to send its request head, read
+#: only so that the 503's log line names the request (clients send it with the connect).
+OVERLOADED_HEAD_WAIT: Final = 0.5
 
 
 def check_descriptor_limit(config: ProxyConfig) -> None:
@@ -257,18 +260,26 @@ class Proxy:
                 self.metrics.accept_errors += 1
                 if not self._accept_failing:
                     self._accept_failing = True
-                    log.error(
-                        "ssekit: accepting connections failed (%s); pausing accepts until "
-                        "descriptors free up. Raise the descriptor limit (ulimit -n) or "
-                        "lower --max-connections; counted in ssekit_accept_errors_total",
-                        _describe(exc),
+                    report(
+                        logging.ERROR,
+                        f"ssekit: accepting connections failed ({_describe(exc)}); pausing "
+                        "accepts until descriptors free up. Raise the descriptor limit "
+                        "(ulimit -n) or lower --max-connections; counted in "
+                        "ssekit_accept_errors_total",
+                        {"notice": "accept_failing", "errno": errno.errorcode.get(exc.errno or 0)},
+                        as_json=self.config.log_format == "json",
                     )
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
                 continue
             if self._accept_failing:
                 self._accept_failing = False
-                log.warning("ssekit: accepting connections again")
+                report(
+                    logging.WARNING,
+                    "ssekit: accepting connections again",
+                    {"notice": "accepting_again"},
+                    as_json=self.config.log_format == "json",
+                )
             backoff = ACCEPT_BACKOFF
             tg.start_soon(self._connection, stream)
 
@@ -286,9 +297,10 @@ class Proxy:
                 send_timeout=cfg.send_timeout,
                 max_header_count=cfg.max_header_count,
                 max_body_size=cfg.max_body_size,
+                engine=cfg.http,
             )
             if self._connections > cfg.max_connections:
-                await self._refuse_raw(client, 503, "too many connections", Input.OVERLOADED)
+                await self._refuse_overloaded(client)
                 return
             with anyio.CancelScope() as scope:
                 try:
@@ -361,13 +373,31 @@ class Proxy:
             return None
         return event if isinstance(event, RequestHead) else None
 
+    async def _refuse_overloaded(self, client: Downstream) -> None:
+        """503 for a connection over ``max_connections``, once its request head is read
+        (so the log line says which request was refused), waiting little for it."""
+        stats = StreamStats(client=client.addr)
+        with contextlib.suppress(TimeoutError, BadRequest, ClientGone):
+            head = await client.next_event(deadline=time.monotonic() + OVERLOADED_HEAD_WAIT)
+            if isinstance(head, RequestHead):
+                stats.method = head.method.decode("ascii", "replace")
+                stats.path = head.target.decode("ascii", "replace").split("?")[0]
+        await self._refuse_raw(client, 503, "too many connections", Input.OVERLOADED, stats)
+
     async def _refuse_raw(
-        self, client: Downstream, status: int, message: str, why: Input = Input.BAD_REQUEST
+        self,
+        client: Downstream,
+        status: int,
+        message: str,
+        why: Input = Input.BAD_REQUEST,
+        stats: StreamStats | None = None,
     ) -> None:
         """Answer outside the connection's state (it may be broken), then close."""
         relay = Relay()
         relay.on(why)
-        stats = StreamStats(status=status, error=message)
+        if stats is None:
+            stats = StreamStats(client=client.addr)
+        stats.status, stats.error = status, message
         started = time.monotonic()
         with contextlib.suppress(ClientGone), anyio.move_on_after(1):
             await client.send_raw(raw_response(status, error_body(status, message)))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -32,6 +32,7 @@ from .._http import (
     Downstream,
     RequestHead,
     WireError,
+    check_engine,
     close_now,
     error_body,
 )
@@ -106,13 +107,15 @@ def mock_text(tokens: int) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MockConfig:
-    """Where the mock listens, and the shape of its answers."""
+    """Where the mock listens, the shape of its answers, and the HTTP/1.1 engine serving
+    them (``ssekit``'s own or ``h11``, as the proxy's ``--http``)."""
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 9000
     tokens: int = 40
     delay: float = 0.05
     model: str = "ssekit-mock"
+    http: Literal["ssekit", "h11"] = "ssekit"
 
 
 class _ChunkSink:
@@ -137,7 +140,9 @@ async def serve_mock(
     *,
     task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the mock until cancelled; reports the bound ``(host, port)``."""
+    """Serve the mock until cancelled; reports the bound ``(host, port)``. Raises
+    :class:`ConfigError` for an unknown HTTP engine."""
+    check_engine(config.http)
     listener = await anyio.create_tcp_listener(
         local_host=config.listen_host, local_port=config.listen_port
     )
@@ -148,7 +153,7 @@ async def serve_mock(
 
 
 async def _connection(stream: anyio.abc.SocketStream, config: MockConfig) -> None:
-    client = Downstream(stream, 64 * 1024)
+    client = Downstream(stream, 64 * 1024, engine=config.http)
     try:
         while True:
             event = await client.next_event()

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import enum
+import json
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ("Metrics", "Outcome", "StreamStats")
+
+
+def report(level: int, text: str, fields: dict[str, object], *, as_json: bool) -> None:
+    """Log what the proxy has to say about itself (a store outage, accepts failing) on
+    logger ``ssekit.proxy``: ``text`` for people (one JSON object with ``fields`` and
+    ``message`` under ``--log-format json``), ``fields`` on the record as ``ssekit``."""
+    message = json.dumps({**fields, "message": text}, ensure_ascii=False) if as_json else text
+    logging.getLogger("ssekit.proxy").log(level, message, extra={"ssekit": fields})
 
 
 class Outcome(enum.Enum):
@@ -30,6 +42,9 @@ class Outcome(enum.Enum):
 class StreamStats:
     """What one exchange did; times in seconds from the request head's arrival."""
 
+    #: The wall-clock time the request arrived (the stats are made then), for the log line.
+    arrived: float = field(default_factory=time.time)
+    client: str = ""  # the client's address
     method: str = ""
     path: str = ""
     status: int = 0
@@ -44,10 +59,14 @@ class StreamStats:
     error: str = ""
     stream_id: str = ""  # kept for resumption (--resume-store) under this id
     detached: bool = False  # its client left while the stream was kept for resumption
+    cut: str = ""  # a resumable stream was cut: why (upstream_failure, grace_expired...)
+    not_resumable: str = ""  # an event stream the resume store could not keep: why
     dropped_headers: int = 0  # request fields with "_" in their name, not forwarded
 
     def as_log(self) -> dict[str, object]:
         return {
+            "time": utc_time(self.arrived),
+            "client": self.client,
             "method": self.method,
             "path": self.path,
             "status": self.status,
@@ -62,10 +81,14 @@ class StreamStats:
             **({"error": self.error} if self.error else {}),
             **({"stream_id": self.stream_id} if self.stream_id else {}),
             **({"detached": True} if self.detached else {}),
+            **({"cut": self.cut} if self.cut else {}),
+            **({"not_resumable": self.not_resumable} if self.not_resumable else {}),
             **({"dropped_headers": self.dropped_headers} if self.dropped_headers else {}),
         }
 
 
+#: Of the counters summed over workers, the gauges: a dead worker's leave the sum.
+_GAUGES = ("active",)
 _SUMMED = (
     "events",
     "body_bytes",
@@ -79,8 +102,15 @@ _SUMMED = (
     "resume_given_up",
     "resume_reads",
     "resume_store_errors",
+    "resume_evicted",
     "dropped_headers",
 )
+
+
+def utc_time(timestamp: float) -> str:
+    """ISO 8601 in UTC to the millisecond: ``2026-11-30T12:00:00.123Z``."""
+    stamp = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+    return stamp.removesuffix("+00:00") + "Z"
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -108,6 +138,9 @@ class Metrics:
     resume_given_up: int = 0
     resume_reads: int = 0
     resume_store_errors: int = 0
+    #: The HTTP/1.1 engine serving both sides (``--http``), shown as an info gauge.
+    engine: str = "ssekit"
+    resume_evicted: int = 0
 
     def snapshot(self) -> dict[str, object]:
         """The counters as JSON-able data, for another worker process to add up."""
@@ -117,10 +150,19 @@ class Metrics:
             **{name: getattr(self, name) for name in _SUMMED},
         }
 
+    @staticmethod
+    def retired(snapshot: dict[str, Any]) -> dict[str, Any]:
+        """A dead worker's ``snapshot()`` as it stays in the sum: its counters, gauges at 0,
+        marked ``retired`` (no process will write it again)."""
+        return {**snapshot, **dict.fromkeys(_GAUGES, 0), "retired": True}
+
     def plus(self, snapshots: Iterable[dict[str, Any]]) -> Metrics:
         """A new Metrics: these counters plus other workers' ``snapshot()`` data."""
         total = Metrics(
-            requests=dict(self.requests), outcomes=dict(self.outcomes), resume_on=self.resume_on
+            requests=dict(self.requests),
+            outcomes=dict(self.outcomes),
+            resume_on=self.resume_on,
+            engine=self.engine,
         )
         for name in _SUMMED:
             setattr(total, name, getattr(self, name))
@@ -185,6 +227,9 @@ class Metrics:
             "'_' in their name (--underscores-in-headers keeps them).",
             "# TYPE ssekit_dropped_headers_total counter",
             f"ssekit_dropped_headers_total {self.dropped_headers}",
+            "# HELP ssekit_http_engine The HTTP/1.1 engine serving both sides (--http).",
+            "# TYPE ssekit_http_engine gauge",
+            f'ssekit_http_engine{{engine="{self.engine}"}} 1',
         ]
         if self.resume_on:
             lines += [
@@ -201,5 +246,9 @@ class Metrics:
                 "# HELP ssekit_resume_store_errors_total Failed writes or reads of the store.",
                 "# TYPE ssekit_resume_store_errors_total counter",
                 f"ssekit_resume_store_errors_total {self.resume_store_errors}",
+                "# HELP ssekit_resume_evicted_total Streams this instance forwarded whose "
+                "keys the store dropped (an evicting Redis maxmemory-policy).",
+                "# TYPE ssekit_resume_evicted_total counter",
+                f"ssekit_resume_evicted_total {self.resume_evicted}",
             ]
         return ("\n".join(lines) + "\n").encode()

@@ -8,22 +8,35 @@ can always bind it again, forwards SIGTERM/SIGINT (each worker drains), and
 replaces a worker that dies. Workers leave their counters in a shared
 directory every second; ``/metrics`` on any worker shows the sum over all.
 
+Signals: SIGTERM and SIGINT drain every worker, then the supervisor exits.
+SIGHUP is ignored, by the supervisor and the workers (there is no reload: the
+options are fixed at start; a terminal hanging up does not stop the proxy
+either). A child (worker, or the built-in mock) that finds its supervisor gone,
+however it died, drains and exits: it watches a pipe (:class:`Lifeline`) only
+the supervisor holds open for writing, so no worker serves on unsupervised.
+
 Processes are forked before any event loop or thread exists in the supervisor.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 from .._errors import ConfigError
+from ._stats import Metrics
 
-__all__ = ("Supervisor", "reserve_port")
+__all__ = ("Lifeline", "Notice", "Supervisor", "remove_if_unowned", "reserve_port")
 
 log = logging.getLogger("ssekit.proxy")
 
@@ -31,6 +44,9 @@ log = logging.getLogger("ssekit.proxy")
 EXIT_GRACE: Final = 5.0
 #: A worker dying sooner than this after its start is restarted after a pause.
 QUICK_DEATH: Final = 1.0
+
+#: How the supervisor tells the operator what it does: ``notice(name, sentence, **fields)``.
+Notice = Callable[..., None]
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -55,14 +71,54 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def fork(run: Callable[[], int]) -> int:
-    """Start ``run`` in a child process; returns the child's pid (the child never returns)."""
+class Lifeline:
+    """A pipe whose write end only the supervisor holds: its children read EOF once it is
+    gone, whatever ended it (SIGKILL included), and nothing is ever written to it."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        #: Set in a child once the supervisor is gone.
+        self.gone = threading.Event()
+
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        """In a child: call ``on_gone`` (from a thread of its own) when the supervisor is gone."""
+        os.close(self._write)  # else this child would keep its own lifeline open
+
+        def wait() -> None:
+            while os.read(self._read, 1):
+                pass
+            self.gone.set()
+            on_gone()
+
+        threading.Thread(target=wait, name="ssekit-lifeline", daemon=True).start()
+
+
+def fork(run: Callable[[], int], lifeline: Lifeline, notice: Notice) -> int:
+    """Start ``run`` in a child process; returns the child's pid (the child never returns).
+
+    The child takes SIGTERM and SIGINT as ``run`` sets them up (the default: exit),
+    ignores SIGHUP (the supervisor's call), and sends itself SIGTERM when the
+    supervisor is gone (a worker then drains).
+    """
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            supervisor = os.getppid()
+
+            def orphaned() -> None:
+                notice(
+                    "supervisor_gone",
+                    f"the supervisor (pid {supervisor}) is gone: pid {os.getpid()} drains "
+                    "and exits",
+                    pid=os.getpid(),
+                )
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            lifeline.watch(orphaned)
             code = run()
         except BaseException:
             log.exception("ssekit: worker failed")
@@ -73,44 +129,80 @@ def fork(run: Callable[[], int]) -> int:
 
 
 class Supervisor:
-    """Keeps ``count`` workers running ``run_worker(index)`` until told to stop.
+    """Keeps ``count`` workers running until told to stop.
 
-    ``run`` returns the exit status: 0 after a stop by signal once every worker
-    exited (drained), 2 when a worker reports a configuration error (status 2).
+    It takes SIGTERM, SIGINT and SIGHUP from its construction on (a SIGTERM that
+    comes while the workers start still drains them). ``run`` returns the exit
+    status: 0 after a stop by signal once every worker exited (drained), 2 when
+    a worker reports a configuration error (status 2).
     """
 
-    def __init__(self, count: int, run_worker: Callable[[int], int], drain_timeout: float) -> None:
+    def __init__(
+        self,
+        count: int,
+        drain_timeout: float,
+        *,
+        metrics_dir: Path | None = None,
+        notice: Notice,
+    ) -> None:
         self._count = count
-        self._run_worker = run_worker
         self._drain_timeout = drain_timeout
+        self._metrics_dir = metrics_dir
+        self._notice = notice
+        self._run_worker: Callable[[int], int] = lambda index: 1
         self._workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
-        self._stop = False
+        self._hangups = 0  # SIGHUPs not yet reported
+        self.lifeline = Lifeline()
+        self.stopping = False
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hangup)
 
     @property
     def pids(self) -> list[int]:
         return list(self._workers)
 
-    def start(self) -> None:
+    def fork(self, run: Callable[[], int]) -> int:
+        """Start a child that is not a worker (the built-in mock): it dies with the supervisor."""
+        return fork(run, self.lifeline, self._notice)
+
+    def start(self, run_worker: Callable[[int], int]) -> None:
+        """Fork the workers, each running ``run_worker(index)``."""
+        self._run_worker = run_worker
         for index in range(self._count):
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        pid = fork(lambda: self._run_worker(index))
+        pid = fork(lambda: self._run_worker(index), self.lifeline, self._notice)
         self._workers[pid] = (index, time.monotonic())
+        if self._metrics_dir is not None:
+            # A pid used again: the dead process's counters move aside, still counted.
+            with contextlib.suppress(OSError):
+                path = self._metrics_dir / f"{pid}.json"
+                path.rename(path.with_name(f"{pid}-{time.time_ns()}.json"))
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self._stop = True
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _on_hangup(self, signum: int, frame: object) -> None:
+        self._hangups += 1  # reported by the loop, not from inside a signal handler
 
     def run(self) -> int:
         """Supervise until SIGTERM/SIGINT, then drain every worker; the exit status."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        while not self._stop:
+        while not self.stopping:
+            if self._hangups:
+                self._hangups = 0
+                self._notice(
+                    "sighup_ignored",
+                    "SIGHUP ignored: ssekit does not reload; restart it to change options "
+                    "(SIGTERM drains the workers)",
+                )
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0 or pid not in self._workers:
                 time.sleep(0.05)
                 continue
             index, started = self._workers.pop(pid)
+            self._retire(pid)
             code = os.waitstatus_to_exitcode(status)
             if code == 2:
                 log.error("ssekit: worker %d exited with a configuration error", index)
@@ -123,8 +215,29 @@ class Supervisor:
             if time.monotonic() - started < QUICK_DEATH:
                 time.sleep(QUICK_DEATH)  # a worker that cannot start must not spin
             self._spawn(index)
+        self._notice(
+            "draining",
+            f"shutting down, draining {len(self._workers)} workers up to {self._drain_timeout:g}s",
+            workers=len(self._workers),
+            drain_timeout_s=self._drain_timeout,
+        )
         self._stop_all()
         return 0
+
+    def _retire(self, pid: int) -> None:
+        """A dead worker's counters stay in the sum, its gauges leave it (it serves nothing)."""
+        if self._metrics_dir is None:
+            return
+        path = self._metrics_dir / f"{pid}.json"
+        with contextlib.suppress(OSError):
+            (self._metrics_dir / f"{pid}.tmp").unlink(missing_ok=True)
+        try:
+            snapshot = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # it died before it first left its counters
+        scratch = path.with_suffix(".retiring")
+        scratch.write_text(json.dumps(Metrics.retired(snapshot)))
+        scratch.replace(path)  # at once: a sibling reading it sees one or the other
 
     def _stop_all(self) -> None:
         """SIGTERM every worker (each drains), wait for them, SIGKILL what outlives that."""
@@ -141,6 +254,21 @@ class Supervisor:
             _signal(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         self._workers.clear()
+
+
+def remove_if_unowned(metrics_dir: Path) -> None:
+    """Remove the workers' metrics directory once no live worker's counters are in it.
+
+    Called by a worker leaving after its supervisor died (the supervisor removes it
+    otherwise); the last one out removes it, whatever dead workers left behind.
+    """
+    for path in metrics_dir.glob("*.json"):
+        try:
+            if not json.loads(path.read_text()).get("retired"):
+                return  # a sibling still serving (or draining)
+        except (OSError, ValueError):
+            continue
+    shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _signal(pid: int, signum: int) -> None:

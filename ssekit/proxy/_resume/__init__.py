@@ -62,5 +62,6 @@ def make_resume(config: ProxyConfig, metrics: Metrics) -> Resume:
             max_bytes=config.resume_max_bytes,
             owner=owner,
             metrics=metrics,
+            log_format=config.log_format,
         )
     return Resume(config, store, metrics)

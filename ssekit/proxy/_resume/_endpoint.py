@@ -1,15 +1,21 @@
 """``GET`` and ``DELETE {admin prefix}/streams/<id>``: read a stored stream, or stop it.
 
-The decisions (which status, from which position) are :func:`plan_resume`'s;
-this moves the bytes: the replay and the live tail, each event framed with
+The decisions (which status, from which position, whether to look again for a
+position the store has not caught up with) are :func:`plan_resume`'s; this
+moves the bytes: the replay and the live tail in pieces of about ``PIECE``
+bytes, each written before the next is read, each event framed with
 ``id: <position>``, ended cleanly only after a clean upstream end, cut
-otherwise (with ``--error-event``, an ``event: error`` first).
+otherwise (with ``--error-event``, an ``event: error`` first; the log line's
+``cut`` says which). A store that does not answer is a 503 that names neither
+its address nor its error (the store logs those).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
+from typing import Final
 
 import anyio
 
@@ -20,7 +26,20 @@ from .._config import token_matches
 from .._relay import Input, Relay
 from .._stats import StreamStats
 from ._hook import STREAM_ID_HEADER, Resume, client_token
-from ._records import Refusal, State, frame, plan_resume, scoped_key, valid_key
+from ._records import (
+    CATCH_UP,
+    CatchUp,
+    Cut,
+    End,
+    Refusal,
+    Replay,
+    State,
+    StreamInfo,
+    pieces,
+    plan_resume,
+    scoped_key,
+    valid_key,
+)
 from ._store import StoreUnavailable
 
 __all__ = ("serve_streams",)
@@ -62,12 +81,11 @@ async def serve_streams(
             await client.send_end()
             relay.on(Input.LOCAL)
             return True
-        info = await resume.store.lookup(key)
-    except StoreUnavailable as exc:
-        return await _refuse(client, relay, stats, Refusal(503, f"the resume store: {exc}"))
-    plan = plan_resume(
-        info, stream_id, get_header(headers, b"last-event-id"), target, resume.store.now()
-    )
+        plan, info = await _plan(
+            resume, key, stream_id, get_header(headers, b"last-event-id"), target
+        )
+    except StoreUnavailable:  # its address and error are in the store's log, not here
+        return await _refuse(client, relay, stats, UNAVAILABLE)
     if isinstance(plan, Refusal):
         return await _refuse(client, relay, stats, plan)
     assert info is not None
@@ -84,7 +102,7 @@ async def serve_streams(
         ],
     )
     relay.on(Input.HEAD)
-    end = State.CUT
+    end = End(State.CUT, Cut.NOT_KEPT)
     error = ""
     try:
         async with anyio.create_task_group() as tg:
@@ -92,33 +110,69 @@ async def serve_streams(
             try:
                 async with contextlib.aclosing(resume.store.read(info, plan.after)) as batches:
                     async for batch in batches:
-                        if isinstance(batch, State):
+                        if isinstance(batch, End):
                             end = batch
                             break
-                        data = b"".join([frame(position, body) for position, body in batch])
-                        await client.send_data(data)
+                        # In pieces, each written (and waited for) before the next is
+                        # made: a reader that takes nothing holds one, not the backlog.
+                        for piece in pieces(batch):
+                            await client.send_data(piece)
+                            stats.body_bytes += len(piece)
                         stats.events += len(batch)
-                        stats.body_bytes += len(data)
-            except StoreUnavailable as exc:
-                error = f"the resume store failed mid-stream: {exc}"
+            except StoreUnavailable:  # logged by the store (its address, its error)
+                error = "the resume store is unavailable: the stream was cut; try again shortly"
             tg.cancel_scope.cancel()
     except* ClientGone:
         if relay.open:
             relay.on(Input.CLIENT_GONE)
     if not relay.open:
         return False
-    if end is State.DONE:
+    if end.state is State.DONE:
         await client.send_end()
         relay.on(Input.END)
         return True
     # Cut: the reader must be able to tell (no last chunk), as on the original response.
-    stats.error = error or "the stream was cut (upstream failure, grace, DELETE, owner gone)"
+    cut = end.cut or Cut.UPSTREAM
+    stats.cut = cut.value
+    stats.error = error or f"the stream was cut: {CUT_SAID[cut]}"
     relay.on(Input.UPSTREAM_FAILED)
     if config.error_event:
         message = json.dumps({"error": {"message": stats.error, "type": "proxy_error"}})
         with contextlib.suppress(ClientGone):
             await client.send_data(encode(Event(event="error", data=message)))
     return False
+
+
+#: What a reader is told of a store that does not answer: never its address or its error.
+UNAVAILABLE: Final = Refusal(503, "the resume store is unavailable; try again shortly")
+
+#: Each cut, as the reader's error (and --error-event) says it.
+CUT_SAID: Final = {
+    Cut.UPSTREAM: "the upstream failed",
+    Cut.GRACE: "no reader came back within --resume-grace",
+    Cut.DELETED: "it was stopped (DELETE)",
+    Cut.OWNER_GONE: "the instance forwarding it went away",
+    Cut.NOT_KEPT: "the store no longer keeps it",
+}
+
+
+async def _plan(
+    resume: Resume, key: str, stream_id: str, last_id: bytes | None, target: str
+) -> tuple[Replay | Refusal, StreamInfo | None]:
+    """Look the stream up and decide; while it is live and the position asked for is not
+    in the store yet, look again, for up to ``CATCH_UP`` seconds (the client may have been
+    sent events the store does not have yet)."""
+    store = resume.store
+    give_up = time.monotonic() + CATCH_UP
+    pause = 0.01
+    while True:
+        info = await store.lookup(key)
+        patient = time.monotonic() < give_up
+        plan = plan_resume(info, stream_id, last_id, target, store.now(), patient=patient)
+        if not isinstance(plan, CatchUp):
+            return plan, info
+        await anyio.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 async def _refuse(

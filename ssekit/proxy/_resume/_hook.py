@@ -2,12 +2,16 @@
 :class:`Recording`, and the :class:`Detachable` client an exchange forwards to.
 
 With the store off none of this exists (``Shared.resume`` is None) and the
-exchange is exactly what it was. With it on, a ``200 text/event-stream``
-answer is recorded: each event the tap decodes goes to the store's writer
-(without waiting), the head carries ``ssekit-stream-id``, and the original
-client leaving no longer ends the exchange at once: :class:`Detachable`
-swallows its departure and holds the exchange open while a reader is
-attached, or for ``--resume-grace`` with none, or until a DELETE.
+exchange is exactly what it was. With it on, a client's own key is claimed
+before anything goes upstream (409 while a stream under it is live or kept),
+and a ``200 text/event-stream`` answer is recorded: its head waits for the
+store to have the stream, then carries ``ssekit-stream-id`` (or, when the store
+cannot keep it, ``ssekit-not-resumable`` and why); each event the tap decodes
+goes to the store's writer (without waiting); and the original client leaving
+no longer ends the exchange at once: :class:`Detachable` swallows its
+departure and holds the exchange open while a reader is attached, or for
+``--resume-grace`` with none, or until a DELETE. How a kept stream was cut
+(``Cut``) is stored with it and logged.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from typing import Final
 
 import anyio
 
@@ -23,15 +28,37 @@ from ..._http import BadRequest, ClientGone, Downstream, RequestHead, get_header
 from .._config import ProxyConfig
 from .._relay import bearer_token
 from .._stats import Metrics, StreamStats
-from ._records import State, event_body, grace_expired, new_stream_id, scoped_key, valid_key
-from ._store import Store, Writer
+from ._records import (
+    Cut,
+    State,
+    Unkept,
+    event_body,
+    grace_expired,
+    new_stream_id,
+    redacted,
+    scoped_key,
+    valid_key,
+)
+from ._store import Store, StoreUnavailable, Writer
 
-__all__ = ("STREAM_ID_HEADER", "Detachable", "Recording", "Resume", "client_token")
+__all__ = (
+    "NOT_RESUMABLE_HEADER",
+    "STREAM_ID_HEADER",
+    "Detachable",
+    "Recording",
+    "Resume",
+    "client_token",
+)
 
 log = logging.getLogger("ssekit.proxy")
 
 STREAM_ID_HEADER = b"ssekit-stream-id"
 RESUME_KEY_HEADER = b"ssekit-resume-key"
+#: On an event stream the store is on for but could not keep: why (``Unkept``).
+NOT_RESUMABLE_HEADER = b"ssekit-not-resumable"
+#: The longest a response head waits for the store to have its stream (seconds); past it
+#: the stream flows on without an id, not resumable.
+KEPT_WITHIN: Final = 1.0
 
 
 def client_token(headers: list[tuple[bytes, bytes]], config: ProxyConfig) -> str | None:
@@ -48,62 +75,130 @@ class Resume:
         self.metrics = metrics
         metrics.resume_on = True
 
-    def begin(
-        self,
-        request: RequestHead,
-        upstream_headers: list[tuple[bytes, bytes]],
-        stats: StreamStats,
-    ) -> Recording:
+    def health(self) -> dict[str, str]:
+        """The store's state for the health endpoint: ``resume_store`` up or down (the
+        proxy forwards either way; only resumption waits for the store)."""
+        return {"resume_store": "up" if self.store.available else "down"}
+
+    def describe(self) -> str:
+        """The store and its state, for the start-up banner (no password)."""
+        store = self.config.resume_store or ""
+        if store == "memory":
+            return "resume store: memory (this process)"
+        where = f"resume store: {redacted(store)}"
+        if self.store.available:
+            return where
+        return f"{where} (DOWN: streams are not resumable until it answers; see the log)"
+
+    async def begin(self, request: RequestHead, stats: StreamStats) -> Recording:
         """At request time: the stream id (the client's ``ssekit-resume-key`` or a random
-        one), and the key header taken off what goes upstream. A bad key raises
-        :class:`BadRequest` 400: nothing goes upstream."""
+        one), claimed in the store so no other request takes it. A bad key raises
+        :class:`BadRequest` 400, a key naming a live or kept stream 409: nothing goes
+        upstream. A store that cannot answer leaves the stream unkept (it flows on)."""
         key = get_header(request.headers, RESUME_KEY_HEADER)
-        if key is None:
-            stream_id = new_stream_id(secrets.token_bytes(16))
-        else:
-            text = key.decode("latin-1")
-            if not valid_key(text):
-                raise BadRequest(
-                    400,
-                    f"ssekit-resume-key {text[:40]!r} is not 1 to 128 characters of "
-                    "A-Z a-z 0-9 . _ ~ -",
-                )
-            stream_id = text
-            upstream_headers[:] = [h for h in upstream_headers if h[0] != RESUME_KEY_HEADER]
         token = client_token(list(request.headers), self.config)
         method = request.method.decode("ascii", "replace")
-        return Recording(self, stream_id, scoped_key(stream_id, token), method, stats)
+        run = secrets.token_hex(8)
+        if key is None:  # 128 random bits: no other stream has it, nothing to claim
+            stream_id = new_stream_id(secrets.token_bytes(16))
+            return Recording(self, stream_id, scoped_key(stream_id, token), run, method, stats)
+        text = key.decode("latin-1")
+        if not valid_key(text):
+            raise BadRequest(
+                400,
+                f"ssekit-resume-key {text[:40]!r} is not 1 to 128 characters of "
+                "A-Z a-z 0-9 . _ ~ -",
+            )
+        recording = Recording(self, text, scoped_key(text, token), run, method, stats)
+        try:
+            recording.claimed = await self.store.claim(recording.key, run)
+        except StoreUnavailable:
+            recording.unkept = Unkept.STORE_DOWN  # not resumable; the stream flows on
+            return recording
+        if not recording.claimed:
+            raise BadRequest(
+                409,
+                f"ssekit-resume-key {text!r} is in use: it names a stream that is live or "
+                "still kept (--resume-ttl). Send a new key, or DELETE the stream first",
+            )
+        return recording
 
 
 class Recording:
     """One exchange's stream as it is recorded (armed once its head shows an event stream)."""
 
-    __slots__ = ("client", "key", "method", "resume", "stats", "stream_id", "writer")
+    __slots__ = (
+        "claimed",
+        "client",
+        "key",
+        "method",
+        "resume",
+        "run",
+        "stats",
+        "stream_id",
+        "unkept",
+        "writer",
+    )
 
     def __init__(
-        self, resume: Resume, stream_id: str, key: str, method: str, stats: StreamStats
+        self, resume: Resume, stream_id: str, key: str, run: str, method: str, stats: StreamStats
     ) -> None:
         self.resume = resume
         self.stats = stats
         self.stream_id = stream_id
         self.key = key
+        self.run = run
         self.method = method
+        self.claimed = False  # the key is reserved for this exchange (a client's own key)
+        self.unkept: Unkept | None = None  # the store could not take the stream: why
         self.writer: Writer | None = None
         self.client: Detachable | None = None
+
+    @staticmethod
+    def strip(upstream_headers: list[tuple[bytes, bytes]]) -> None:
+        """Take ``ssekit-resume-key`` off what goes upstream: it is the proxy's."""
+        upstream_headers[:] = [h for h in upstream_headers if h[0] != RESUME_KEY_HEADER]
+
+    async def close(self) -> None:
+        """The exchange is over: a key claimed for an answer that was not kept is free
+        again (at once, even when the exchange was cancelled)."""
+        if self.claimed and self.writer is None:
+            self.claimed = False
+            with anyio.CancelScope(shield=True), anyio.move_on_after(KEPT_WITHIN):
+                await self.resume.store.release(self.key, self.run)
 
     def wrap(self, client: Downstream) -> Downstream:
         """The client the exchange forwards to from now on."""
         self.client = Detachable(client, self)
         return self.client
 
-    def arm(self, status: int, content_type: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    async def arm(
+        self, status: int, content_type: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         """At the response head: record a ``200 text/event-stream`` answer (not to HEAD),
-        adding ``ssekit-stream-id`` to the head; anything else is not kept."""
+        adding ``ssekit-stream-id`` to the head; anything else is not kept.
+
+        The head waits until the store has the stream (one round trip to Redis, at
+        most ``KEPT_WITHIN``): an id handed out resolves on every instance at once.
+        """
         if status != 200 or self.method == "HEAD" or not is_event_stream(content_type):
             return
-        writer = self.resume.store.open(self.key, secrets.token_hex(8))
+        writer = None if self.unkept else self.resume.store.open(self.key, self.run)
+        if writer is not None:
+            with anyio.move_on_after(KEPT_WITHIN):
+                await writer.kept()
+            if not writer.stored or not writer.resumable:
+                writer.give_up(f"the store did not take the stream within {KEPT_WITHIN:g}s")
+                writer.end(State.CUT)
+                self.unkept = self.unkept or Unkept.STORE_SLOW
+                writer = None
         if writer is None:
-            return  # the store is down: this stream flows on, not resumable
+            # This stream flows on, not resumable: say so, and why (the log line too).
+            down = not self.resume.store.available
+            why = Unkept.STORE_DOWN if down else self.unkept or Unkept.STORE_SLOW
+            self.stats.not_resumable = why.value
+            headers.append((NOT_RESUMABLE_HEADER, why.value.encode()))
+            return
         self.writer = writer
         self.resume.metrics.resume_recorded += 1
         self.stats.stream_id = self.stream_id
@@ -135,10 +230,26 @@ class Recording:
             writer.reason,
         )
 
-    def end(self, done: bool) -> None:
-        """The exchange is over: the stream ended cleanly, or was cut."""
-        if self.writer is not None:
-            self.writer.end(State.DONE if done else State.CUT)
+    def end(self, done: bool, *, shutdown: bool = False) -> None:
+        """The exchange is over: the stream ended cleanly, or was cut (by a DELETE, the
+        grace running out, the proxy shutting down, else the upstream failing)."""
+        writer = self.writer
+        if writer is None:
+            return
+        if done:
+            writer.end(State.DONE)
+            return
+        if writer.cancelled:
+            cut = Cut.DELETED
+        elif self.client is not None and self.client.expired:
+            cut = Cut.GRACE
+        elif shutdown:
+            cut = Cut.OWNER_GONE
+        else:
+            cut = Cut.UPSTREAM
+        writer.end(State.CUT, cut)
+        if writer.resumable:
+            self.stats.cut = (writer.cut or cut).value
 
 
 class Detachable(Downstream):
@@ -153,7 +264,7 @@ class Detachable(Downstream):
     closes its upstream exactly as for a client leaving.
     """
 
-    __slots__ = ("armed", "gone", "recording")
+    __slots__ = ("armed", "expired", "gone", "recording")
 
     def __init__(self, client: Downstream, recording: Recording) -> None:
         # Share the real connection's socket and HTTP state; only the two methods differ.
@@ -166,6 +277,7 @@ class Detachable(Downstream):
         self.recording = recording
         self.armed = anyio.Event()
         self.gone = False
+        self.expired = False  # the grace ran out with no reader: the upstream is let go
 
     def _keeps(self) -> bool:
         writer = self.recording.writer
@@ -222,6 +334,7 @@ class Detachable(Downstream):
             now = time.monotonic()
             since = now if since is None else since
             if grace_expired(now=now, unattached_since=since, grace=grace):
+                self.expired = True
                 return
             with anyio.move_on_after(since + grace - now):
                 await writer.control_changed()

@@ -1,13 +1,16 @@
 """The memory store: streams kept in this process, for resuming on the same instance.
 
-Bounded twice: each stream by ``max_bytes`` (then it is given up, its events
-freed), all of them by ``limit`` (then the oldest finished streams go first;
-with none left to drop, the stream that grew is given up). An ended stream is
-replayable for ``ttl`` seconds, on the monotonic clock.
+Bounded twice: each stream by ``max_bytes`` of event bodies (then it is given
+up, its events freed), all of them by ``limit`` (then the oldest finished
+streams go first; with none left to drop, the stream that grew is given up).
+The limit counts the bytes really held, not only the bodies' lengths: each
+event is a bytes object and a list slot, which for tiny events is most of it.
+An ended stream is replayable for ``ttl`` seconds, on the monotonic clock.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
@@ -15,10 +18,15 @@ from collections.abc import AsyncGenerator, Callable
 import anyio
 import anyio.abc
 
-from ._records import State, StreamInfo
+from ._records import PIECE, Cut, End, State, StreamInfo
 from ._store import Batch, Writer
 
-__all__ = ("MemoryStore",)
+__all__ = ("MemoryStore", "held")
+
+
+def held(body: bytes) -> int:
+    """The bytes the store holds for one event: the bytes object and its list slot."""
+    return sys.getsizeof(body) + 8
 
 
 class _Record(Writer):
@@ -26,12 +34,14 @@ class _Record(Writer):
         super().__init__(key=key, run=run, owner=owner, max_bytes=store.max_bytes)
         self.store = store
         self.events: list[bytes] = []
+        self.held = 0  # bytes held for the events (see held()), counted in store.total
         self.readers = 0
         self.expires: float | None = None
 
     def _store_event(self, position: int, body: bytes) -> None:
         self.events.append(body)
-        self.store._grew(self, len(body))
+        self.held += held(body)
+        self.store._grew(self, held(body))
         self.signal(data_only=True)
 
     def _store_end(self, state: State) -> None:
@@ -70,9 +80,11 @@ class MemoryStore:
         self.owner = owner
         self.now = clock
         self.commands = 0
-        self.total = 0  # bytes of event bodies held, all streams
+        self.available = True  # memory does not fail
+        self.total = 0  # bytes held for events (see held()), all streams
         self._streams: dict[str, _Record] = {}
         self._finished: OrderedDict[str, _Record] = OrderedDict()  # by end time, by run
+        self._claims: dict[str, str] = {}  # key -> run, claimed by a request not yet opened
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         task_status.started()
@@ -83,14 +95,32 @@ class MemoryStore:
     async def aclose(self) -> None:
         self._streams.clear()
         self._finished.clear()
+        self._claims.clear()
         self.total = 0
+
+    async def claim(self, key: str, run: str) -> bool:
+        self._sweep()
+        if key in self._streams or key in self._claims:
+            return False
+        self._claims[key] = run
+        return True
+
+    async def release(self, key: str, run: str) -> None:
+        if self._claims.get(key) == run:
+            del self._claims[key]
+        record = self._streams.get(key)
+        if record is not None and record.run == run:
+            self._forget(record, "not kept")
 
     def open(self, key: str, run: str) -> Writer:
         self._sweep()
+        if self._claims.get(key) == run:
+            del self._claims[key]  # the claim becomes the stream
         old = self._streams.get(key)
         if old is not None:
             self._forget(old, "replaced by a newer stream with the same key")
         record = _Record(self, key=key, run=run, owner=self.owner)
+        record.stored = True  # found by lookups from now on
         self._streams[key] = record
         return record
 
@@ -102,7 +132,7 @@ class MemoryStore:
     async def read(self, info: StreamInfo, after: int) -> AsyncGenerator[Batch, None]:
         record = self._streams.get(info.key)
         if record is None or record.run != info.run:
-            yield State.CUT
+            yield End(State.CUT, Cut.NOT_KEPT)
             return
         record.readers += 1
         record.attached = True
@@ -111,14 +141,21 @@ class MemoryStore:
             position = after
             while True:
                 if not record.resumable:
-                    yield State.CUT
+                    yield End(State.CUT, Cut.NOT_KEPT)
                     return
                 if position < record.count:
-                    batch = record.events[position:]
-                    yield [(position + 1 + i, body) for i, body in enumerate(batch)]
-                    position += len(batch)
+                    # About PIECE bytes at a time: the endpoint writes each batch before it
+                    # asks for the next, so a stalled reader holds one, not the backlog.
+                    batch: list[tuple[int, bytes]] = []
+                    size = 0
+                    while position < record.count and (not batch or size < PIECE):
+                        body = record.events[position]
+                        position += 1
+                        batch.append((position, body))
+                        size += len(body)
+                    yield batch
                 elif record.state is not State.LIVE:
-                    yield record.state
+                    yield End(record.state, record.cut)
                     return
                 else:
                     await record.changed()
@@ -134,7 +171,7 @@ class MemoryStore:
             return False
         if record.state is State.LIVE:
             record.cancelled = True
-            record.end(State.CUT)  # readers see the cut now; the owner closes its upstream
+            record.end(State.CUT, Cut.DELETED)  # readers see it now; the owner closes upstream
         else:
             self._forget(record, "deleted")  # an ended stream: DELETE removes it
         return True
@@ -155,9 +192,9 @@ class MemoryStore:
             self._finished[record.run] = record
 
     def _freed(self, record: _Record) -> None:
-        self.total -= record.size
+        self.total -= record.held
         record.events = []
-        record.size = 0
+        record.size = record.held = 0
 
     def _forget(self, record: _Record, reason: str) -> None:
         """Drop ``record`` (expired, evicted or replaced): new lookups miss it, its memory
