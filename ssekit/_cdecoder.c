@@ -59,6 +59,7 @@ static PyTypeObject *Event_type;
 static PyTypeObject *Comment_type;
 static PyObject *LimitExceeded;
 static PyObject *StateError;
+static PyObject *InputTypeError;
 static Py_ssize_t off_data, off_event, off_id, off_retry, off_text;
 static PyObject *str_message;          /* "message" */
 static PyObject *str_empty;            /* "" */
@@ -173,6 +174,48 @@ static void
 raise_instance(PyObject *exc)
 {
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+}
+
+/* Raise InputTypeError(message, argument=argument, got=<the type's __name__>),
+ * as the pure decoder does for a value of the wrong type. Returns -1. */
+static int
+wrong_type(const char *message, const char *argument, PyObject *value)
+{
+    PyObject *got = PyType_GetName(Py_TYPE(value));
+    if (got == NULL) {
+        return -1;
+    }
+    PyObject *text = PyUnicode_FromFormat(message, got);
+    PyObject *kwargs = text == NULL ? NULL
+                                    : Py_BuildValue("{sssO}", "argument", argument, "got", got);
+    PyObject *exc = NULL;
+    if (kwargs != NULL) {
+        PyObject *args = PyTuple_Pack(1, text);
+        if (args != NULL) {
+            exc = PyObject_Call(InputTypeError, args, kwargs);
+            Py_DECREF(args);
+        }
+    }
+    Py_XDECREF(kwargs);
+    Py_XDECREF(text);
+    Py_DECREF(got);
+    if (exc != NULL) {
+        raise_instance(exc);
+        Py_DECREF(exc);
+    }
+    return -1;
+}
+
+/* feed() was given something that is not a buffer: the pure decoder's _not_bytes. */
+static int
+not_bytes(PyObject *data)
+{
+    const char *message =
+        PyUnicode_Check(data)
+            ? "Decoder.feed takes bytes (a chunk of the stream), got %U: encode it first "
+              "(text.encode())"
+            : "Decoder.feed takes bytes (a chunk of the stream), got %U: pass bytes";
+    return wrong_type(message, "data", data);
 }
 
 static int
@@ -794,6 +837,12 @@ parse(DecoderObject *self, const char *chunk, Py_ssize_t n, PyObject *out)
 static PyObject *
 Decoder_feed(DecoderObject *self, PyObject *arg)
 {
+    /* The type first, as the pure decoder: a str is InputTypeError even once
+     * closed or failed, and leaves the decoder as it was. */
+    if (!PyBytes_CheckExact(arg) && !PyObject_CheckBuffer(arg)) {
+        not_bytes(arg);
+        return NULL;
+    }
     if (check_usable(self) < 0) {
         return NULL;
     }
@@ -807,12 +856,6 @@ Decoder_feed(DecoderObject *self, PyObject *arg)
         n = PyBytes_GET_SIZE(arg);
     }
     else {
-        if (!PyObject_CheckBuffer(arg)) {
-            PyErr_Format(PyExc_TypeError,
-                         "Decoder.feed() takes bytes, bytearray or memoryview, not %.100s",
-                         Py_TYPE(arg)->tp_name);
-            return NULL;
-        }
         if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) == 0) {
             viewed = 1;
             chunk = view.buf;
@@ -899,6 +942,44 @@ Decoder_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(k
     return (PyObject *)self;
 }
 
+/* max_event_size (NULL: the default) and last_event_id checked as the pure
+ * decoder checks them: *max_obj is a new reference to the bound as an int,
+ * *max the bound in bytes. */
+static int
+check_settings(PyObject *max_arg, PyObject *last_event_id, PyObject **max_obj, Py_ssize_t *max)
+{
+    if (max_arg != NULL && !PyIndex_Check(max_arg)) {
+        return wrong_type("max_event_size must be an int (a number of bytes), got %U",
+                          "max_event_size", max_arg);
+    }
+    PyObject *bound = max_arg != NULL ? PyNumber_Index(max_arg)
+                                      : PyLong_FromLong(DEFAULT_MAX_EVENT_SIZE);
+    if (bound == NULL) {
+        return -1;
+    }
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(bound, &overflow);
+    if (value == -1 && PyErr_Occurred()) {
+        Py_DECREF(bound);
+        return -1;
+    }
+    if (overflow < 0 || (overflow == 0 && value < 1)) {
+        PyErr_Format(PyExc_ValueError, "max_event_size must be at least 1, got %S", bound);
+        Py_DECREF(bound);
+        return -1;
+    }
+    if (!PyUnicode_Check(last_event_id)) {
+        Py_DECREF(bound);
+        return wrong_type("last_event_id must be a str, got %U", "last_event_id",
+                          last_event_id);
+    }
+    /* A bound past what memory can hold is no bound: the largest size. */
+    *max = (overflow > 0 || value > (long long)PY_SSIZE_T_MAX) ? PY_SSIZE_T_MAX
+                                                               : (Py_ssize_t)value;
+    *max_obj = bound;
+    return 0;
+}
+
 static int
 Decoder_init(DecoderObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -913,33 +994,14 @@ Decoder_init(DecoderObject *self, PyObject *args, PyObject *kwargs)
     if (self->busy) {
         return check_usable(self);
     }
-    PyObject *max_obj = max_arg != NULL ? PyNumber_Index(max_arg)
-                                        : PyLong_FromLong(DEFAULT_MAX_EVENT_SIZE);
-    if (max_obj == NULL) {
-        return -1;
-    }
-    int overflow = 0;
-    long long max = PyLong_AsLongLongAndOverflow(max_obj, &overflow);
-    if (max == -1 && PyErr_Occurred()) {
-        Py_DECREF(max_obj);
-        return -1;
-    }
-    if (overflow < 0 || (overflow == 0 && max < 1)) {
-        PyErr_Format(PyExc_ValueError, "max_event_size must be at least 1, got %S", max_obj);
-        Py_DECREF(max_obj);
-        return -1;
-    }
-    if (!PyUnicode_Check(last_event_id)) {
-        PyErr_Format(PyExc_TypeError, "last_event_id must be a str, got %.100s",
-                     Py_TYPE(last_event_id)->tp_name);
-        Py_DECREF(max_obj);
+    PyObject *max_obj;
+    Py_ssize_t max;
+    if (check_settings(max_arg, last_event_id, &max_obj, &max) < 0) {
         return -1;
     }
     reset(self);
     self->comments = comments;
-    /* A bound past what memory can hold is no bound: the largest size. */
-    self->max = (overflow > 0 || max > (long long)PY_SSIZE_T_MAX) ? PY_SSIZE_T_MAX
-                                                                 : (Py_ssize_t)max;
+    self->max = max;
     Py_XSETREF(self->max_obj, max_obj);
     Py_SETREF(self->last_event_id, Py_NewRef(last_event_id));
     Py_SETREF(self->id_buffer, Py_NewRef(last_event_id));
@@ -1049,6 +1111,242 @@ Decoder_get_data_size(DecoderObject *self, void *Py_UNUSED(closure))
     return PyLong_FromSsize_t(self->data.len);
 }
 
+/* -- copying and pickling ---------------------------------------------------------- */
+
+/* The state is the pure decoder's, as object.__getstate__ gives it for its
+ * __slots__: (None, {"_block_retry": ..., ...}). A copy or a pickle goes on
+ * exactly where the original was, and the differential tests compare the two
+ * decoders' whole state after every call. */
+
+/* dict[key] = value, stealing value (NULL: an error already set). */
+static int
+put(PyObject *dict, const char *key, PyObject *value)
+{
+    if (value == NULL) {
+        return -1;
+    }
+    int status = PyDict_SetItemString(dict, key, value);
+    Py_DECREF(value);
+    return status;
+}
+
+/* The data buffer as the pure decoder keeps it: a list of its values (each
+ * is followed by LF in the buffer, and no value holds a line break). */
+static PyObject *
+data_values(DecoderObject *self)
+{
+    PyObject *values = PyList_New(0);
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; values != NULL && i < self->data.len; i++) {
+        if (self->data.bytes[i] != '\n') {
+            continue;
+        }
+        PyObject *value = PyBytes_FromStringAndSize(self->data.bytes + start, i - start);
+        if (value == NULL || PyList_Append(values, value) < 0) {
+            Py_CLEAR(values);
+        }
+        Py_XDECREF(value);
+        start = i + 1;
+    }
+    return values;
+}
+
+static PyObject *
+Decoder_getstate(DecoderObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->busy) {
+        check_usable(self);
+        return NULL;
+    }
+    PyObject *slots = PyDict_New();
+    if (slots == NULL) {
+        return NULL;
+    }
+    PyObject *bom_pending =
+        self->bom_decided ? Py_NewRef(Py_None)
+                          : PyBytes_FromStringAndSize((const char *)self->bom_held, self->bom_len);
+    int slow = self->error != NULL || self->closed || !self->bom_decided || self->skip_lf
+               || self->skipping;
+    if (put(slots, "_block_retry", Py_NewRef(self->block_retry ? self->block_retry : Py_None)) < 0
+        || put(slots, "_bom_pending", bom_pending) < 0
+        || put(slots, "_closed", PyBool_FromLong(self->closed)) < 0
+        || put(slots, "_comments", PyBool_FromLong(self->comments)) < 0
+        || put(slots, "_data", data_values(self)) < 0
+        || put(slots, "_data_size", PyLong_FromSsize_t(self->data.len)) < 0
+        || put(slots, "_error", Py_NewRef(self->error ? self->error : Py_None)) < 0
+        || put(slots, "_event_type", PyBytes_FromStringAndSize(self->type.bytes, self->type.len)) < 0
+        || put(slots, "_id_buffer", Py_NewRef(self->id_buffer)) < 0
+        || put(slots, "_last_event_id", Py_NewRef(self->last_event_id)) < 0
+        || put(slots, "_line", PyByteArray_FromStringAndSize(self->line.bytes, self->line.len)) < 0
+        || put(slots, "_max", Py_NewRef(self->max_obj)) < 0
+        || put(slots, "_pending", PyBool_FromLong(self->pending)) < 0
+        || put(slots, "_retry", Py_NewRef(self->retry ? self->retry : Py_None)) < 0
+        || put(slots, "_skip_lf", PyBool_FromLong(self->skip_lf)) < 0
+        || put(slots, "_skipping", PyBool_FromLong(self->skipping)) < 0
+        || put(slots, "_slow", PyBool_FromLong(slow)) < 0) {
+        Py_DECREF(slots);
+        return NULL;
+    }
+    return Py_BuildValue("(ON)", Py_None, slots);
+}
+
+/* slots[key], borrowed; NULL with ValueError when it is missing. */
+static PyObject *
+state_item(PyObject *slots, const char *key)
+{
+    PyObject *value = PyDict_GetItemString(slots, key);
+    if (value == NULL && !PyErr_Occurred()) {
+        PyErr_Format(PyExc_ValueError, "not a Decoder state: no %s", key);
+    }
+    return value;
+}
+
+/* Append a bytes-like object's bytes to b; with a final LF when `line_end`,
+ * refusing a value that holds a line break (no data value can). */
+static int
+buffer_from(Buffer *b, PyObject *obj, int line_end)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    int status = 0;
+    if (line_end && (memchr(view.buf, '\n', (size_t)view.len) != NULL
+                     || memchr(view.buf, '\r', (size_t)view.len) != NULL)) {
+        PyErr_SetString(PyExc_ValueError, "not a Decoder state: a data value holds a line break");
+        status = -1;
+    }
+    if (status == 0) {
+        status = buffer_append(b, view.buf, view.len, PY_SSIZE_T_MAX);
+    }
+    if (status == 0 && line_end) {
+        status = buffer_append(b, "\n", 1, PY_SSIZE_T_MAX);
+    }
+    PyBuffer_Release(&view);
+    return status;
+}
+
+static int
+optional_int(PyObject *value, const char *key)
+{
+    if (value != Py_None && !PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "not a Decoder state: %s must be an int or None", key);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Decoder_setstate(DecoderObject *self, PyObject *state)
+{
+    if (self->busy) {
+        check_usable(self);
+        return NULL;
+    }
+    if (!PyTuple_Check(state) || PyTuple_GET_SIZE(state) != 2
+        || PyTuple_GET_ITEM(state, 0) != Py_None || !PyDict_Check(PyTuple_GET_ITEM(state, 1))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "Decoder.__setstate__ takes (None, {slot: value}), as __getstate__ gives");
+        return NULL;
+    }
+    PyObject *slots = PyTuple_GET_ITEM(state, 1);
+    PyObject *block_retry, *bom_pending, *error, *id_buffer, *last_event_id, *retry, *data,
+        *max_arg, *line, *type;
+    if ((block_retry = state_item(slots, "_block_retry")) == NULL
+        || (bom_pending = state_item(slots, "_bom_pending")) == NULL
+        || (error = state_item(slots, "_error")) == NULL
+        || (id_buffer = state_item(slots, "_id_buffer")) == NULL
+        || (last_event_id = state_item(slots, "_last_event_id")) == NULL
+        || (retry = state_item(slots, "_retry")) == NULL
+        || (data = state_item(slots, "_data")) == NULL
+        || (max_arg = state_item(slots, "_max")) == NULL
+        || (line = state_item(slots, "_line")) == NULL
+        || (type = state_item(slots, "_event_type")) == NULL) {
+        return NULL;
+    }
+    int flags[5];
+    static const char *const flag_keys[5] = {"_closed", "_comments", "_pending", "_skip_lf",
+                                             "_skipping"};
+    for (int i = 0; i < 5; i++) {
+        PyObject *flag = state_item(slots, flag_keys[i]);
+        if (flag == NULL || (flags[i] = PyObject_IsTrue(flag)) < 0) {
+            return NULL;
+        }
+    }
+    if (optional_int(block_retry, "_block_retry") < 0 || optional_int(retry, "_retry") < 0) {
+        return NULL;
+    }
+    if (!PyUnicode_Check(id_buffer)) {
+        PyErr_SetString(PyExc_TypeError, "not a Decoder state: _id_buffer must be a str");
+        return NULL;
+    }
+    if (error != Py_None && PyObject_IsInstance(error, LimitExceeded) != 1) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError,
+                            "not a Decoder state: _error must be a LimitExceeded or None");
+        }
+        return NULL;
+    }
+    Py_ssize_t bom_len = 0;
+    if (bom_pending != Py_None) {
+        if (!PyBytes_Check(bom_pending) || (bom_len = PyBytes_GET_SIZE(bom_pending)) > 2
+            || memcmp(PyBytes_AS_STRING(bom_pending), BOM, (size_t)bom_len) != 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "not a Decoder state: _bom_pending must be None or a BOM's first bytes");
+            return NULL;
+        }
+    }
+    if (!PyList_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "not a Decoder state: _data must be a list of bytes");
+        return NULL;
+    }
+    PyObject *max_obj;
+    Py_ssize_t max;
+    if (check_settings(max_arg, last_event_id, &max_obj, &max) < 0) {
+        return NULL;
+    }
+    Buffer new_line = {NULL, 0, 0}, new_data = {NULL, 0, 0}, new_type = {NULL, 0, 0};
+    int status = buffer_from(&new_line, line, 0) < 0 || buffer_from(&new_type, type, 0) < 0
+                     ? -1
+                     : 0;
+    for (Py_ssize_t i = 0; status == 0 && i < PyList_GET_SIZE(data); i++) {
+        status = buffer_from(&new_data, PyList_GET_ITEM(data, i), 1);
+    }
+    if (status < 0 || self->busy) {
+        /* (a buffer's export may have run Python code that called feed()) */
+        buffer_free(&new_line);
+        buffer_free(&new_data);
+        buffer_free(&new_type);
+        Py_DECREF(max_obj);
+        if (status == 0) {
+            check_usable(self);
+        }
+        return NULL;
+    }
+    reset(self);
+    self->line = new_line;
+    self->data = new_data;
+    self->type = new_type;
+    self->max = max;
+    Py_SETREF(self->max_obj, max_obj);
+    self->closed = flags[0];
+    self->comments = flags[1];
+    self->pending = flags[2];
+    self->skip_lf = flags[3];
+    self->skipping = flags[4];
+    self->bom_decided = bom_pending == Py_None;
+    self->bom_len = (int)bom_len;
+    if (bom_len > 0) {
+        memcpy(self->bom_held, PyBytes_AS_STRING(bom_pending), (size_t)bom_len);
+    }
+    Py_SETREF(self->last_event_id, Py_NewRef(last_event_id));
+    Py_SETREF(self->id_buffer, Py_NewRef(id_buffer));
+    self->retry = retry == Py_None ? NULL : Py_NewRef(retry);
+    self->block_retry = block_retry == Py_None ? NULL : Py_NewRef(block_retry);
+    self->error = error == Py_None ? NULL : Py_NewRef(error);
+    Py_RETURN_NONE;
+}
+
 static PyGetSetDef Decoder_getset[] = {
     {"last_event_id", (getter)Decoder_get_last_event_id, NULL,
      "The EventSource's last event ID: \"\" until a block with an id is dispatched.", NULL},
@@ -1070,10 +1368,16 @@ static PyMethodDef Decoder_methods[] = {
      "feed($self, data, /)\n--\n\n"
      "Consume one chunk; return the events (and comments) it completed.\n\n"
      "Raises LimitExceeded when a line or an event's data passes max_event_size,\n"
-     "and StateError after close() or after an earlier error."},
+     "and StateError after close() or after an earlier error; InputTypeError (a\n"
+     "TypeError) for a str or anything else that is not bytes, leaving the decoder\n"
+     "as it was."},
     {"close", (PyCFunction)Decoder_close, METH_NOARGS,
      "close($self, /)\n--\n\n"
      "End the stream. Returns []: the spec drops an unterminated event."},
+    {"__getstate__", (PyCFunction)Decoder_getstate, METH_NOARGS,
+     "The pure decoder's state: (None, {slot: value}); copy and pickle use it."},
+    {"__setstate__", (PyCFunction)Decoder_setstate, METH_O,
+     "Go on from a state __getstate__ gave (this decoder's or the pure one's)."},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
      "Decoder[Event] and Decoder[Event | Comment], as for the pure class."},
     {NULL, NULL, 0, NULL},
@@ -1194,8 +1498,9 @@ PyInit__cdecoder(void)
     Comment_type = (PyTypeObject *)import_attr("ssekit._event", "Comment");
     LimitExceeded = import_attr("ssekit._errors", "LimitExceeded");
     StateError = import_attr("ssekit._errors", "StateError");
+    InputTypeError = import_attr("ssekit._errors", "InputTypeError");
     if (Event_type == NULL || Comment_type == NULL || LimitExceeded == NULL
-        || StateError == NULL) {
+        || StateError == NULL || InputTypeError == NULL) {
         return NULL;
     }
     if (!PyType_Check(Event_type) || !PyType_Check(Comment_type)) {

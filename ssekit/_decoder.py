@@ -18,9 +18,10 @@ that class when it was built, unless ``SSEKIT_PURE`` is set (see
 
 from __future__ import annotations
 
+import operator
 import os
 import warnings
-from typing import TYPE_CHECKING, Final, Generic, Literal, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Final, Generic, Literal, NoReturn, TypeVar, cast, overload
 
 from ._errors import InputTypeError, LimitExceeded, StateError
 from ._event import Comment, Event
@@ -189,11 +190,24 @@ class Decoder(Generic[T]):
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         last_event_id: str = "",
     ) -> None:
+        try:
+            # An int, or what stands for one (operator.index): never a float.
+            max_event_size = operator.index(max_event_size)
+        except TypeError:
+            kind = type(max_event_size).__name__
+            raise InputTypeError(
+                f"max_event_size must be an int (a number of bytes), got {kind}",
+                argument="max_event_size",
+                got=kind,
+            ) from None
         if max_event_size < 1:
             raise ValueError(f"max_event_size must be at least 1, got {max_event_size}")
         if not isinstance(last_event_id, str):
-            raise TypeError(f"last_event_id must be a str, got {type(last_event_id).__name__}")
-        self._comments = comments
+            kind = type(last_event_id).__name__
+            raise InputTypeError(
+                f"last_event_id must be a str, got {kind}", argument="last_event_id", got=kind
+            )
+        self._comments = bool(comments)
         self._max = max_event_size
         self._last_event_id = last_event_id
         self._retry: int | None = None
@@ -222,6 +236,25 @@ class Decoder(Generic[T]):
         # A field other than data or a comment (event, id, retry, unknown) was
         # seen since the last blank line.
         self._pending = False
+
+    def __getstate__(self) -> tuple[None, dict[str, object]]:
+        """What copy and pickle keep: ``(None, {slot: value})``, the buffers copied.
+
+        So a copy goes on from where the original was without sharing its partial
+        line or data buffer. The compiled Decoder gives and takes the same state.
+        """
+        _, slots = cast("tuple[None, dict[str, object]]", object.__getstate__(self))
+        slots["_line"] = bytearray(self._line)
+        slots["_data"] = list(self._data)
+        return None, slots
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        """Go on from a state ``__getstate__`` gave (this Decoder's or the compiled one's)."""
+        _, slots = state
+        for name, value in slots.items():
+            setattr(self, name, value)
+        self._line = bytearray(self._line)  # never the state's own buffers
+        self._data = list(self._data)
 
     @property
     def last_event_id(self) -> str:
@@ -294,7 +327,7 @@ class Decoder(Generic[T]):
             # CRLF, lone CR and LF all end lines: bytes.splitlines splits on
             # exactly these three, in one pass. A CR ending the chunk ends its
             # line now (latency); the LF that may open the next chunk is dropped.
-            chunk = data if type(data) is bytes else bytes(data)
+            chunk = data if type(data) is bytes else _bytes_of(data)
             last = chunk[-1]
             if last == 0x0D:
                 self._skip_lf = self._slow = True
@@ -323,12 +356,17 @@ class Decoder(Generic[T]):
             # is amortised O(len(chunk)) with no rescan, and memory stays the
             # line's length. Any buffer type appends as it is.
             line = self._line
-            line += data  # in place
+            try:
+                line += data  # in place
+            except (TypeError, BufferError):
+                # Not a buffer (a list of ints), or a strided one: its bytes or
+                # InputTypeError; the line is unchanged either way.
+                line += _bytes_of(data)
             if len(line) > self._max:
                 self._overflow()
             return []
         else:
-            chunk = data if type(data) is bytes else bytes(data)
+            chunk = data if type(data) is bytes else _bytes_of(data)
             if (
                 chunk[-1] == 0x0A
                 and chunk[:6] == b"data: "
@@ -610,3 +648,5 @@ decoder_implementation: Final[Literal["compiled", "pure"]] = (
 if not TYPE_CHECKING and CompiledDecoder is not None:
     # Type checkers keep seeing the pure class above: its overloads are the API.
     Decoder = CompiledDecoder
+    # Pickle finds a class by its qualified name: the pure one is now PureDecoder.
+    PureDecoder.__qualname__ = "PureDecoder"

@@ -2,18 +2,21 @@
 
 The differential properties feed both the same bytes under the same splits and compare
 everything either gives: the items of every feed() (and their exact types), the state
-after it (last event ID, reconnection time, closed, at_boundary, the partial line and
-the data buffer held), and any error (type, limit, size, maximum, setting, the events
-carried), then StateError from both once closed or failed. The rest pins what only one
+after it (last event ID, reconnection time, closed, at_boundary, and the whole state
+``__getstate__`` gives, which copy and pickle keep), and any error (type, limit, size,
+maximum, setting, the events carried; InputTypeError's argument and type for what is not
+bytes), then StateError from both once closed or failed. The rest pins what only one
 of them can get wrong: the choice at import, buffer types, re-entrant calls, the C
 compiler's warnings.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import itertools
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -29,7 +32,7 @@ from implementations import IMPLEMENTATIONS, NOT_BUILT, CompiledDecoder, PureDec
 from oracle import parse
 
 import ssekit
-from ssekit import Comment, Event, LimitExceeded, StateError
+from ssekit import Comment, Event, InputTypeError, LimitExceeded, StateError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,6 +54,8 @@ def outcome(decoder: Any, call: Any) -> tuple[object, ...]:
         )
     except StateError as exc:
         result = ("StateError", type(exc.__cause__))
+    except InputTypeError as exc:
+        result = ("InputTypeError", exc.argument, exc.got)
     else:
         assert type(items) is list
         result = ("items", [(type(item), item) for item in items])
@@ -61,21 +66,28 @@ def outcome(decoder: Any, call: Any) -> tuple[object, ...]:
         decoder.at_boundary,
         decoder.ended_mid_event,
     )
-    # White-box: what each holds between feeds (a failed decoder holds nothing usable).
-    held = (bytes(decoder._line), decoder._data_size) if result[0] == "items" else ()
+    # White-box: all each holds between feeds, as copy and pickle see it (a failed
+    # decoder holds nothing usable, and its LimitExceeded is its own object).
+    none, slots = decoder.__getstate__()
+    assert none is None
+    held = (bytes(decoder._line), decoder._data_size, slots) if slots["_error"] is None else ()
     return (result, state, held)
 
 
+#: Where run_both closes both decoders (None is a piece: not bytes).
+CLOSE = object()
+
+
 def run_both(
-    pieces: list[bytes | bytearray | memoryview], close: bool = True, **options: Any
+    pieces: list[bytes | bytearray | memoryview] | list[object], close: bool = True, **options: Any
 ) -> list[tuple[object, ...]]:
     """Feed both decoders ``pieces``, one outcome per call; assert they agree, call by call."""
     assert CompiledDecoder is not None
     pure, compiled = PureDecoder(**options), CompiledDecoder(**options)
     outcomes = []
-    calls = [*pieces, None] if close else pieces
+    calls = [*pieces, CLOSE] if close else pieces
     for piece in calls:
-        if piece is None:
+        if piece is CLOSE:
             mine, theirs = outcome(pure, pure.close), outcome(compiled, compiled.close)
         else:
             mine = outcome(pure, lambda p=piece: pure.feed(p))
@@ -187,6 +199,33 @@ def test_both_decoders_agree_on_every_kind_of_buffer(
         pieces.append(kind(piece))  # type: ignore[arg-type]
         start += len(piece)
     run_both(pieces, **settings)
+
+
+# Things callers pass that are not bytes; a list of ints would pass a fast `in` check.
+NOT_BYTES = ["data: x\n\n", "", "\r", 7, None, 1.5, [100, 10], [13], [], (), {0x0A: 1}]
+
+
+@needs_compiled
+@given(
+    byte_soup,
+    st.lists(st.integers(0, 200), max_size=6),
+    st.lists(st.tuples(st.integers(0, 8), st.sampled_from(NOT_BYTES)), min_size=1, max_size=4),
+    options,
+)
+def test_both_decoders_refuse_what_is_not_bytes_alike_and_go_on(
+    stream: bytes, cuts: list[int], bad: list[tuple[int, object]], settings: dict[str, Any]
+) -> None:
+    pieces: list[object] = list(split(stream, cuts))
+    for at, value in sorted(bad, key=lambda pair: pair[0], reverse=True):
+        pieces.insert(min(at, len(pieces)), value)
+    outcomes = run_both(pieces, **settings)
+    for piece, (result, _, _) in zip(pieces, outcomes, strict=False):
+        if not isinstance(piece, bytes):
+            # Even once closed or failed: the type is checked first, and nothing changes.
+            assert result == ("InputTypeError", "data", type(piece).__name__)
+    # The same stream without them: the same items, as if those calls never happened.
+    clean = [o for p, o in zip(pieces, outcomes, strict=False) if isinstance(p, bytes)]
+    assert clean == run_both(split(stream, cuts), **settings)[: len(clean)]
 
 
 @needs_compiled
@@ -384,10 +423,23 @@ def test_the_compiled_decoder_keeps_the_documented_constants_and_docstring() -> 
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-def test_only_buffers_are_fed(implementation: type) -> None:
-    for bad in ("data: x\n\n", 5, None, 1.5):
-        with pytest.raises(TypeError):
-            implementation().feed(bad)
+@pytest.mark.parametrize("state", ["fresh", "primed", "closed", "failed"])
+def test_only_buffers_are_fed(implementation: type, state: str) -> None:
+    for bad in NOT_BYTES:
+        decoder = implementation(max_event_size=8)
+        if state == "primed":
+            decoder.feed(b"id: 1\n")
+        elif state == "closed":
+            decoder.close()
+        elif state == "failed":
+            with pytest.raises(LimitExceeded):
+                decoder.feed(b"data: 123456789\n")
+        before = decoder.__getstate__()
+        with pytest.raises(InputTypeError) as info:
+            decoder.feed(bad)
+        assert isinstance(info.value, TypeError)
+        assert (info.value.argument, info.value.got) == ("data", type(bad).__name__)
+        assert decoder.__getstate__() == before
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -414,15 +466,39 @@ def test_a_bytearray_fed_is_not_kept(implementation: type) -> None:
     [
         ({"max_event_size": 0}, ValueError),
         ({"max_event_size": -(2**100)}, ValueError),
-        ({"last_event_id": 5}, TypeError),
-        ({"last_event_id": b"5"}, TypeError),
+        ({"max_event_size": 0.5}, InputTypeError),
+        ({"max_event_size": 1.0}, InputTypeError),
+        ({"max_event_size": 1e9}, InputTypeError),
+        ({"max_event_size": "64"}, InputTypeError),
+        ({"max_event_size": None}, InputTypeError),
+        ({"last_event_id": 5}, InputTypeError),
+        ({"last_event_id": b"5"}, InputTypeError),
+        ({"last_event_id": None}, InputTypeError),
     ],
 )
 def test_bad_settings_are_refused_alike(
     implementation: type, kwargs: dict[str, Any], error: type[Exception]
 ) -> None:
-    with pytest.raises(error):
+    with pytest.raises(error) as info:
         implementation(**kwargs)
+    if error is InputTypeError:
+        ((name, value),) = kwargs.items()
+        assert isinstance(info.value, TypeError)
+        assert (info.value.argument, info.value.got) == (name, type(value).__name__)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_an_int_like_bound_is_taken_as_its_int(implementation: type) -> None:
+    # operator.index: an int subclass or any __index__ (a numpy integer), never a float.
+    class Size:
+        def __index__(self) -> int:
+            return 8
+
+    decoder = implementation(max_event_size=Size())
+    assert decoder.__getstate__()[1]["_max"] == 8
+    with pytest.raises(LimitExceeded) as info:
+        decoder.feed(b"data: 123456789\n")
+    assert info.value.maximum == 8
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -458,6 +534,100 @@ def test_subscripting_and_subclassing_work_alike(implementation: type) -> None:
             return [*super().feed(data)]
 
     assert Counting(comments=True).feed(b":hb\n") == [Comment(text="hb")]
+
+
+COPIES = {
+    "copy": copy.copy,
+    "deepcopy": copy.deepcopy,
+    "pickle": lambda decoder: pickle.loads(pickle.dumps(decoder)),
+}
+
+
+def feed_or_close(decoder: Any, piece: bytes | None) -> tuple[object, ...]:
+    return outcome(decoder, decoder.close if piece is None else lambda: decoder.feed(piece))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("how", list(COPIES))
+@example(b"data: a\r", [7], 1, {}).via("a CR owed its LF")
+@example(b"\xef\xbbdata: a\n\n", [1], 1, {}).via("a BOM undecided")
+@example(b"data: 1234\ndata: 12345678\n\n", [], 1, {"max_event_size": 8}).via("failed")
+@example(b": " + b"c" * 30 + b"\ndata: a\n\n", [10], 1, {"max_event_size": 8}).via("skipping")
+@given(byte_soup, st.lists(st.integers(0, 200), max_size=8), st.integers(0, 10), options)
+def test_a_copy_or_pickle_goes_on_where_the_original_was(
+    implementation: type,
+    how: str,
+    stream: bytes,
+    cuts: list[int],
+    at: int,
+    settings: dict[str, Any],
+) -> None:
+    pieces: list[bytes | None] = [*split(stream, cuts), None]
+    at = min(at, len(pieces) - 1)
+    original, reference = implementation(**settings), implementation(**settings)
+    for piece in pieces[:at]:
+        assert feed_or_close(original, piece) == feed_or_close(reference, piece)
+    copied = COPIES[how](original)
+    assert type(copied) is implementation
+    mine, theirs = original.__getstate__()[1], copied.__getstate__()[1]
+    assert type(mine.pop("_error")) is type(theirs.pop("_error"))
+    assert mine == theirs
+    # Fed in turns, each goes on as a decoder that was never copied: nothing is shared.
+    for piece in pieces[at:]:
+        expected = feed_or_close(reference, piece)
+        assert feed_or_close(original, piece) == expected
+        assert feed_or_close(copied, piece) == expected
+
+
+@needs_compiled
+@given(byte_soup, st.lists(st.integers(0, 200), max_size=8), st.integers(0, 10), options)
+def test_each_decoder_goes_on_from_the_others_state(
+    stream: bytes, cuts: list[int], at: int, settings: dict[str, Any]
+) -> None:
+    assert CompiledDecoder is not None
+    pieces: list[bytes | None] = [*split(stream, cuts), None]
+    at = min(at, len(pieces) - 1)
+    pure, compiled = PureDecoder(**settings), CompiledDecoder(**settings)
+    for piece in pieces[:at]:
+        feed_or_close(pure, piece)
+        feed_or_close(compiled, piece)
+    from_compiled, from_pure = PureDecoder(), CompiledDecoder()
+    from_compiled.__setstate__(compiled.__getstate__())
+    from_pure.__setstate__(pure.__getstate__())
+    for piece in pieces[at:]:
+        expected = feed_or_close(pure, piece)
+        assert feed_or_close(from_compiled, piece) == expected
+        assert feed_or_close(from_pure, piece) == expected
+        assert feed_or_close(compiled, piece) == expected
+
+
+@needs_compiled
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda state: state[1],  # the dict alone
+        lambda state: ({}, state[1]),
+        lambda state: (None, {**state[1], "_data": (b"a",)}),
+        lambda state: (None, {**state[1], "_data": [b"a\nb"]}),
+        lambda state: (None, {**state[1], "_line": "text"}),
+        lambda state: (None, {**state[1], "_bom_pending": b"\xef\xbb\xbf"}),
+        lambda state: (None, {**state[1], "_max": 0}),
+        lambda state: (None, {**state[1], "_max": 1.5}),
+        lambda state: (None, {**state[1], "_retry": "5"}),
+        lambda state: (None, {**state[1], "_error": ValueError("x")}),
+        lambda state: (None, {**state[1], "_id_buffer": b"1"}),
+        lambda state: (None, {k: v for k, v in state[1].items() if k != "_pending"}),
+    ],
+)
+def test_the_compiled_decoder_refuses_a_state_it_could_not_have(mangle: Any) -> None:
+    assert CompiledDecoder is not None
+    decoder = CompiledDecoder()
+    decoder.feed(b"id: 1\ndata: a\nda")
+    before = decoder.__getstate__()
+    with pytest.raises((TypeError, ValueError)):
+        decoder.__setstate__(mangle(before))
+    assert decoder.__getstate__() == before
+    assert decoder.feed(b"ta: b\n\n") == [Event(data="a\nb", id="1")]
 
 
 @needs_compiled
