@@ -123,7 +123,9 @@ def outcome(decoder: Any, call: Callable[[], list[Any]]) -> tuple[object, ...]:
         result = ("LimitExceeded", exc.limit, exc.size, exc.maximum, exc.setting, events)
     except ssekit.StateError as exc:
         result = ("StateError", type(exc.__cause__))
-    held = (bytes(decoder._line), decoder._data_size) if result[0] == "items" else ()
+    # All it holds, as copy and pickle see it (the same state for both implementations).
+    slots = decoder.__getstate__()[1]
+    held = (bytes(decoder._line), decoder._data_size, slots) if result[0] == "items" else ()
     state = (decoder.last_event_id, decoder.retry, decoder.closed, decoder.at_boundary)
     return result, state, held
 
