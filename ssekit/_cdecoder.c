@@ -1162,13 +1162,13 @@ Decoder_getstate(DecoderObject *self, PyObject *Py_UNUSED(ignored))
     if (slots == NULL) {
         return NULL;
     }
-    PyObject *bom_pending =
-        self->bom_decided ? Py_NewRef(Py_None)
-                          : PyBytes_FromStringAndSize((const char *)self->bom_held, self->bom_len);
     int slow = self->error != NULL || self->closed || !self->bom_decided || self->skip_lf
                || self->skipping;
     if (put(slots, "_block_retry", Py_NewRef(self->block_retry ? self->block_retry : Py_None)) < 0
-        || put(slots, "_bom_pending", bom_pending) < 0
+        || put(slots, "_bom_pending",
+               self->bom_decided ? Py_NewRef(Py_None)
+                                 : PyBytes_FromStringAndSize((const char *)self->bom_held,
+                                                             self->bom_len)) < 0
         || put(slots, "_closed", PyBool_FromLong(self->closed)) < 0
         || put(slots, "_comments", PyBool_FromLong(self->comments)) < 0
         || put(slots, "_data", data_values(self)) < 0
@@ -1188,17 +1188,6 @@ Decoder_getstate(DecoderObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     return Py_BuildValue("(ON)", Py_None, slots);
-}
-
-/* slots[key], borrowed; NULL with ValueError when it is missing. */
-static PyObject *
-state_item(PyObject *slots, const char *key)
-{
-    PyObject *value = PyDict_GetItemString(slots, key);
-    if (value == NULL && !PyErr_Occurred()) {
-        PyErr_Format(PyExc_ValueError, "not a Decoder state: no %s", key);
-    }
-    return value;
 }
 
 /* Append a bytes-like object's bytes to b; with a final LF when `line_end`,
@@ -1236,9 +1225,20 @@ optional_int(PyObject *value, const char *key)
     return 0;
 }
 
+/* The slots a state must have, in the order Decoder_setstate reads them. */
+enum {
+    S_BLOCK_RETRY, S_BOM_PENDING, S_ERROR, S_ID_BUFFER, S_LAST_EVENT_ID, S_RETRY, S_DATA, S_MAX,
+    S_LINE, S_TYPE, S_CLOSED, S_COMMENTS, S_PENDING, S_SKIP_LF, S_SKIPPING, S_COUNT
+};
+
 static PyObject *
 Decoder_setstate(DecoderObject *self, PyObject *state)
 {
+    static const char *const keys[S_COUNT] = {
+        "_block_retry", "_bom_pending", "_error", "_id_buffer", "_last_event_id",
+        "_retry",       "_data",        "_max",   "_line",      "_event_type",
+        "_closed",      "_comments",    "_pending", "_skip_lf", "_skipping",
+    };
     if (self->busy) {
         check_usable(self);
         return NULL;
@@ -1249,102 +1249,106 @@ Decoder_setstate(DecoderObject *self, PyObject *state)
                         "Decoder.__setstate__ takes (None, {slot: value}), as __getstate__ gives");
         return NULL;
     }
-    PyObject *slots = PyTuple_GET_ITEM(state, 1);
-    PyObject *block_retry, *bom_pending, *error, *id_buffer, *last_event_id, *retry, *data,
-        *max_arg, *line, *type;
-    if ((block_retry = state_item(slots, "_block_retry")) == NULL
-        || (bom_pending = state_item(slots, "_bom_pending")) == NULL
-        || (error = state_item(slots, "_error")) == NULL
-        || (id_buffer = state_item(slots, "_id_buffer")) == NULL
-        || (last_event_id = state_item(slots, "_last_event_id")) == NULL
-        || (retry = state_item(slots, "_retry")) == NULL
-        || (data = state_item(slots, "_data")) == NULL
-        || (max_arg = state_item(slots, "_max")) == NULL
-        || (line = state_item(slots, "_line")) == NULL
-        || (type = state_item(slots, "_event_type")) == NULL) {
-        return NULL;
-    }
-    int flags[5];
-    static const char *const flag_keys[5] = {"_closed", "_comments", "_pending", "_skip_lf",
-                                             "_skipping"};
-    for (int i = 0; i < 5; i++) {
-        PyObject *flag = state_item(slots, flag_keys[i]);
-        if (flag == NULL || (flags[i] = PyObject_IsTrue(flag)) < 0) {
-            return NULL;
+    /* Strong references: the checks below may run Python code (__bool__, a
+     * buffer's export) that could change the dict under borrowed ones. */
+    PyObject *slots = Py_NewRef(PyTuple_GET_ITEM(state, 1));
+    PyObject *item[S_COUNT] = {NULL};
+    PyObject *max_obj = NULL;
+    Buffer new_line = {NULL, 0, 0}, new_data = {NULL, 0, 0}, new_type = {NULL, 0, 0};
+    PyObject *result = NULL;
+    int flags[S_COUNT] = {0};
+    Py_ssize_t max = 0, bom_len = 0;
+    for (int i = 0; i < S_COUNT; i++) {
+        item[i] = Py_XNewRef(PyDict_GetItemString(slots, keys[i]));
+        if (item[i] == NULL) {
+            PyErr_Format(PyExc_ValueError, "not a Decoder state: no %s", keys[i]);
+            goto done;
         }
     }
-    if (optional_int(block_retry, "_block_retry") < 0 || optional_int(retry, "_retry") < 0) {
-        return NULL;
+    for (int i = S_CLOSED; i < S_COUNT; i++) {
+        if ((flags[i] = PyObject_IsTrue(item[i])) < 0) {
+            goto done;
+        }
     }
-    if (!PyUnicode_Check(id_buffer)) {
+    if (optional_int(item[S_BLOCK_RETRY], "_block_retry") < 0
+        || optional_int(item[S_RETRY], "_retry") < 0) {
+        goto done;
+    }
+    if (!PyUnicode_Check(item[S_ID_BUFFER])) {
         PyErr_SetString(PyExc_TypeError, "not a Decoder state: _id_buffer must be a str");
-        return NULL;
+        goto done;
     }
-    if (error != Py_None && PyObject_IsInstance(error, LimitExceeded) != 1) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError,
-                            "not a Decoder state: _error must be a LimitExceeded or None");
-        }
-        return NULL;
+    PyObject *error = item[S_ERROR];
+    if (error != Py_None && !PyObject_TypeCheck(error, (PyTypeObject *)LimitExceeded)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "not a Decoder state: _error must be a LimitExceeded or None");
+        goto done;
     }
-    Py_ssize_t bom_len = 0;
-    if (bom_pending != Py_None) {
-        if (!PyBytes_Check(bom_pending) || (bom_len = PyBytes_GET_SIZE(bom_pending)) > 2
-            || memcmp(PyBytes_AS_STRING(bom_pending), BOM, (size_t)bom_len) != 0) {
-            PyErr_SetString(PyExc_ValueError,
-                            "not a Decoder state: _bom_pending must be None or a BOM's first bytes");
-            return NULL;
-        }
+    PyObject *bom_pending = item[S_BOM_PENDING];
+    if (bom_pending != Py_None
+        && (!PyBytes_Check(bom_pending) || (bom_len = PyBytes_GET_SIZE(bom_pending)) > 2
+            || memcmp(PyBytes_AS_STRING(bom_pending), BOM, (size_t)bom_len) != 0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "not a Decoder state: _bom_pending must be None or a BOM's first bytes");
+        goto done;
     }
+    PyObject *data = item[S_DATA];
     if (!PyList_Check(data)) {
         PyErr_SetString(PyExc_TypeError, "not a Decoder state: _data must be a list of bytes");
-        return NULL;
+        goto done;
     }
-    PyObject *max_obj;
-    Py_ssize_t max;
-    if (check_settings(max_arg, last_event_id, &max_obj, &max) < 0) {
-        return NULL;
+    if (check_settings(item[S_MAX], item[S_LAST_EVENT_ID], &max_obj, &max) < 0
+        || buffer_from(&new_line, item[S_LINE], 0) < 0
+        || buffer_from(&new_type, item[S_TYPE], 0) < 0) {
+        goto done;
     }
-    Buffer new_line = {NULL, 0, 0}, new_data = {NULL, 0, 0}, new_type = {NULL, 0, 0};
-    int status = buffer_from(&new_line, line, 0) < 0 || buffer_from(&new_type, type, 0) < 0
-                     ? -1
-                     : 0;
-    for (Py_ssize_t i = 0; status == 0 && i < PyList_GET_SIZE(data); i++) {
-        status = buffer_from(&new_data, PyList_GET_ITEM(data, i), 1);
-    }
-    if (status < 0 || self->busy) {
-        /* (a buffer's export may have run Python code that called feed()) */
-        buffer_free(&new_line);
-        buffer_free(&new_data);
-        buffer_free(&new_type);
-        Py_DECREF(max_obj);
-        if (status == 0) {
-            check_usable(self);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(data); i++) {
+        PyObject *value = Py_NewRef(PyList_GET_ITEM(data, i));
+        int status = buffer_from(&new_data, value, 1);
+        Py_DECREF(value);
+        if (status < 0) {
+            goto done;
         }
-        return NULL;
+    }
+    if (self->busy) {
+        /* a buffer's export ran Python code that is feeding this decoder */
+        check_usable(self);
+        goto done;
     }
     reset(self);
     self->line = new_line;
     self->data = new_data;
     self->type = new_type;
+    new_line = new_data = new_type = (Buffer){NULL, 0, 0};
     self->max = max;
     Py_SETREF(self->max_obj, max_obj);
-    self->closed = flags[0];
-    self->comments = flags[1];
-    self->pending = flags[2];
-    self->skip_lf = flags[3];
-    self->skipping = flags[4];
+    max_obj = NULL;
+    self->closed = flags[S_CLOSED];
+    self->comments = flags[S_COMMENTS];
+    self->pending = flags[S_PENDING];
+    self->skip_lf = flags[S_SKIP_LF];
+    self->skipping = flags[S_SKIPPING];
     self->bom_decided = bom_pending == Py_None;
     self->bom_len = (int)bom_len;
     if (bom_len > 0) {
         memcpy(self->bom_held, PyBytes_AS_STRING(bom_pending), (size_t)bom_len);
     }
-    Py_SETREF(self->last_event_id, Py_NewRef(last_event_id));
-    Py_SETREF(self->id_buffer, Py_NewRef(id_buffer));
-    self->retry = retry == Py_None ? NULL : Py_NewRef(retry);
-    self->block_retry = block_retry == Py_None ? NULL : Py_NewRef(block_retry);
+    Py_SETREF(self->last_event_id, Py_NewRef(item[S_LAST_EVENT_ID]));
+    Py_SETREF(self->id_buffer, Py_NewRef(item[S_ID_BUFFER]));
+    self->retry = item[S_RETRY] == Py_None ? NULL : Py_NewRef(item[S_RETRY]);
+    self->block_retry = item[S_BLOCK_RETRY] == Py_None ? NULL : Py_NewRef(item[S_BLOCK_RETRY]);
     self->error = error == Py_None ? NULL : Py_NewRef(error);
-    Py_RETURN_NONE;
+    result = Py_NewRef(Py_None);
+done:
+    buffer_free(&new_line);
+    buffer_free(&new_data);
+    buffer_free(&new_type);
+    Py_XDECREF(max_obj);
+    for (int i = 0; i < S_COUNT; i++) {
+        Py_XDECREF(item[i]);
+    }
+    Py_DECREF(slots);
+    return result;
 }
 
 static PyGetSetDef Decoder_getset[] = {
