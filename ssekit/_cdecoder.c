@@ -60,6 +60,7 @@ static PyTypeObject *Comment_type;
 static PyObject *LimitExceeded;
 static PyObject *StateError;
 static PyObject *InputTypeError;
+static PyObject *copyreg_newobj;       /* copyreg.__newobj__: cls.__new__(cls) */
 static Py_ssize_t off_data, off_event, off_id, off_retry, off_text;
 static PyObject *str_message;          /* "message" */
 static PyObject *str_empty;            /* "" */
@@ -1225,6 +1226,19 @@ optional_int(PyObject *value, const char *key)
     return 0;
 }
 
+/* (copyreg.__newobj__, (type,), state): what object.__reduce_ex__ gives a
+ * pure Decoder at protocol 2 and above, here at every protocol (at 0 and 1
+ * copyreg would call the C base class with the decoder as an argument). */
+static PyObject *
+Decoder_reduce(DecoderObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *state = Decoder_getstate(self, NULL);
+    if (state == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(O(O)N)", copyreg_newobj, (PyObject *)Py_TYPE(self), state);
+}
+
 /* The slots a state must have, in the order Decoder_setstate reads them. */
 enum {
     S_BLOCK_RETRY, S_BOM_PENDING, S_ERROR, S_ID_BUFFER, S_LAST_EVENT_ID, S_RETRY, S_DATA, S_MAX,
@@ -1378,6 +1392,8 @@ static PyMethodDef Decoder_methods[] = {
     {"close", (PyCFunction)Decoder_close, METH_NOARGS,
      "close($self, /)\n--\n\n"
      "End the stream. Returns []: the spec drops an unterminated event."},
+    {"__reduce__", (PyCFunction)Decoder_reduce, METH_NOARGS,
+     "For copy and pickle: a new Decoder, then __setstate__ with __getstate__'s state."},
     {"__getstate__", (PyCFunction)Decoder_getstate, METH_NOARGS,
      "The pure decoder's state: (None, {slot: value}); copy and pickle use it."},
     {"__setstate__", (PyCFunction)Decoder_setstate, METH_O,
@@ -1503,8 +1519,9 @@ PyInit__cdecoder(void)
     LimitExceeded = import_attr("ssekit._errors", "LimitExceeded");
     StateError = import_attr("ssekit._errors", "StateError");
     InputTypeError = import_attr("ssekit._errors", "InputTypeError");
+    copyreg_newobj = import_attr("copyreg", "__newobj__");
     if (Event_type == NULL || Comment_type == NULL || LimitExceeded == NULL
-        || StateError == NULL || InputTypeError == NULL) {
+        || StateError == NULL || InputTypeError == NULL || copyreg_newobj == NULL) {
         return NULL;
     }
     if (!PyType_Check(Event_type) || !PyType_Check(Comment_type)) {

@@ -540,6 +540,8 @@ COPIES = {
     "copy": copy.copy,
     "deepcopy": copy.deepcopy,
     "pickle": lambda decoder: pickle.loads(pickle.dumps(decoder)),
+    "pickle-0": lambda decoder: pickle.loads(pickle.dumps(decoder, protocol=0)),
+    "pickle-highest": lambda decoder: pickle.loads(pickle.dumps(decoder, pickle.HIGHEST_PROTOCOL)),
 }
 
 
