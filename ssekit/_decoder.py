@@ -134,6 +134,10 @@ class Decoder(Generic[T]):
     reconnection time in ms, None until a valid ``retry`` field). A ``retry``
     value over :data:`MAX_RETRY` is ignored, as Chromium ignores it, and is
     never converted to an int (a megabyte of digits would take seconds).
+
+    A Decoder copies and pickles mid-stream (``copy.copy``, ``copy.deepcopy``,
+    ``pickle``): the copy goes on where the original was and shares nothing
+    with it. Both implementations keep the same state (``__getstate__``).
     """
 
     __slots__ = (
