@@ -37,9 +37,12 @@ def run_ci(tmp_path: Path, **env: str) -> tuple[int, Path]:
         (stubs / name).chmod(0o755)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
+    # Never the venv of a .ci/run this suite may be running under (SSEKIT_CI_VENV=...):
+    # the stubs would be written into it, through its python symlink to the real one.
+    inherited = {k: v for k, v in os.environ.items() if k != "SSEKIT_CI_VENV"}
     result = subprocess.run(
         ["bash", str(ROOT / ".ci" / "run")],
-        env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "TMPDIR": str(scratch),
+        env={**inherited, "PATH": f"{stubs}:{os.environ['PATH']}", "TMPDIR": str(scratch),
              **env},
         capture_output=True,
         text=True,
