@@ -58,7 +58,7 @@ class Recorder:
         redact: Iterable[str] = (),
         secrets: Iterable[str] = (),
         as_json: bool = False,
-        queue_size: int = QUEUE_SIZE,
+        queue_size: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ class Recorder:
         self.as_json = as_json
         self.recorded = 0
         self.dropped = 0
-        self._queue: queue.Queue[_Message | None] = queue.Queue(queue_size)
+        self._queue: queue.Queue[_Message | None] = queue.Queue(queue_size or QUEUE_SIZE)
         self._abandoned: collections.deque[Take] = collections.deque()
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()

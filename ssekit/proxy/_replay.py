@@ -28,13 +28,12 @@ from .._http import (
     close_now,
 )
 from ..cassette import CassetteError, Library, Pace, Playback
+from ..replay import replay_headers
 
-__all__ = ("FRAMING", "ReplayConfig", "serve_replay")
+__all__ = ("ReplayConfig", "serve_replay")
 
 log = logging.getLogger("ssekit.proxy")
 
-#: Response fields the replaying server writes itself (the body is re-framed).
-FRAMING = frozenset({"transfer-encoding", "content-length", "connection", "keep-alive"})
 MAX_BODY = 1 << 24
 
 
@@ -124,11 +123,7 @@ async def answer(
         return True
     playback = Playback(cassette, pace)
     response = cassette.response
-    headers = [
-        (k.encode("latin-1"), v.encode("latin-1"))
-        for k, v in response.headers
-        if k.lower() not in FRAMING
-    ]
+    headers = replay_headers(cassette)
     await _until(started + playback.head_due)
     await client.send_response(response.status, headers, response.reason.encode("latin-1"))
     try:
