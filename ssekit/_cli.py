@@ -468,8 +468,8 @@ def _run_replay(args: argparse.Namespace) -> int:
             async with anyio.create_task_group() as tg:
                 bound = await tg.start(serve_replay, config)
                 print(
-                    f"ssekit mock upstream replaying {args.replay} on "
-                    f"http://{bound[0]}:{bound[1]} (http: {config.http})",
+                    f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]}, "
+                    f"replaying {args.replay} (http: {config.http})",
                     flush=True,
                 )
                 await _first_signal(signals)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import enum
 import itertools
 import json
 import os
@@ -60,6 +61,7 @@ __all__ = (
     "Library",
     "Pace",
     "Playback",
+    "Problem",
     "Request",
     "Response",
     "chunk_line",
@@ -81,15 +83,29 @@ DEFAULT_MATCH: Final = ("method", "path", "body")
 Headers = tuple[tuple[str, str], ...]
 
 
+class Problem(enum.Enum):
+    """What is wrong with a cassette that cannot be read."""
+
+    NOT_A_CASSETTE = "not_a_cassette"  # empty, or no format version on line 1
+    FUTURE_VERSION = "future_version"  # written by a newer ssekit
+    NOT_JSON = "not_json"  # a line that is not a JSON object: corrupted
+    BAD_FIELD = "bad_field"  # a field missing or of the wrong type
+    TIME_BACK = "time_back"  # a chunk earlier than the one before it
+    TRUNCATED = "truncated"  # cut off: no end line, or a last line without its newline
+    COUNTS = "counts"  # the end line's totals disagree with the chunks: lines lost
+    AFTER_END = "after_end"  # lines after the end line
+
+
 class CassetteError(SSEError, ValueError):
     """A cassette that cannot be read: ``path``, ``line`` (1-based; None for the file
-    as a whole) and ``reason``, what was wrong, are attributes."""
+    as a whole), ``problem`` (a :class:`Problem`) and ``reason``, said for people."""
 
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
+    def __init__(self, path: str, line: int | None, problem: Problem, reason: str) -> None:
         where = path if line is None else f"{path}, line {line}"
         super().__init__(f"cassette {where}: {reason}")
         self.path = path
         self.line = line
+        self.problem = problem
         self.reason = reason
 
 
@@ -204,15 +220,20 @@ def read_header(path: str | os.PathLike[str]) -> Cassette:
     with open(name, "rb") as file:
         first = file.readline()
     if not first:
-        raise CassetteError(name, None, "the file is empty (not a cassette)")
+        raise CassetteError(
+            name, None, Problem.NOT_A_CASSETTE, "the file is empty (not a cassette)"
+        )
     obj = _json(first, name, 1)
     version = obj.get("ssekit_cassette")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise CassetteError(name, 1, "no 'ssekit_cassette' format version: not a cassette")
+        raise CassetteError(
+            name, 1, Problem.NOT_A_CASSETTE, "no 'ssekit_cassette' format version: not a cassette"
+        )
     if version > VERSION or version < 1:
         raise CassetteError(
             name,
             1,
+            Problem.FUTURE_VERSION,
             f"format version {version}: this ssekit reads versions 1 to {VERSION} "
             "(written by a newer ssekit? upgrade to read it)",
         )
@@ -232,7 +253,7 @@ def read_header(path: str | os.PathLike[str]) -> Cassette:
         )
         recorded_at = _str(obj.get("recorded_at", ""))
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise CassetteError(name, 1, f"bad header line: {_what(exc)}") from None
+        raise CassetteError(name, 1, Problem.BAD_FIELD, f"bad header line: {_what(exc)}") from None
     return Cassette(
         path=name, version=version, recorded_at=recorded_at, request=request, response=response
     )
@@ -255,7 +276,9 @@ def _chunks(file: IO[bytes], name: str, end_box: list[End] | None) -> Iterator[C
     number = 1
     for number, raw in enumerate(file, start=2):
         if not raw.endswith(b"\n"):
-            raise CassetteError(name, number, "truncated: the last line is cut off")
+            raise CassetteError(
+                name, number, Problem.TRUNCATED, "truncated: the last line is cut off"
+            )
         if not raw.strip():
             continue
         obj = _json(raw, name, number)
@@ -268,16 +291,19 @@ def _chunks(file: IO[bytes], name: str, end_box: list[End] | None) -> Iterator[C
                     bytes=_int(obj["bytes"]),
                 )
             except (KeyError, TypeError, ValueError) as exc:
-                raise CassetteError(name, number, f"bad end line: {_what(exc)}") from None
+                raise CassetteError(
+                    name, number, Problem.BAD_FIELD, f"bad end line: {_what(exc)}"
+                ) from None
             if (end.chunks, end.bytes) != (count, total):
                 raise CassetteError(
                     name,
                     number,
+                    Problem.COUNTS,
                     f"the end line counts {end.chunks} chunks of {end.bytes} bytes, the file "
                     f"holds {count} of {total}: lines were lost or changed",
                 )
             if any(line.strip() for line in file):
-                raise CassetteError(name, number + 1, "lines after the end line")
+                raise CassetteError(name, number + 1, Problem.AFTER_END, "lines after the end line")
             if end_box is not None:
                 end_box.append(end)
             return
@@ -288,10 +314,15 @@ def _chunks(file: IO[bytes], name: str, end_box: list[End] | None) -> Iterator[C
             else:
                 data = _str(obj["data"]).encode()
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            raise CassetteError(name, number, f"bad chunk line: {_what(exc)}") from None
+            raise CassetteError(
+                name, number, Problem.BAD_FIELD, f"bad chunk line: {_what(exc)}"
+            ) from None
         if t < last_t:
             raise CassetteError(
-                name, number, f"chunk time {t} goes back (the previous chunk is at {last_t})"
+                name,
+                number,
+                Problem.TIME_BACK,
+                f"chunk time {t} goes back (the previous chunk is at {last_t})",
             )
         last_t = t
         count += 1
@@ -300,6 +331,7 @@ def _chunks(file: IO[bytes], name: str, end_box: list[End] | None) -> Iterator[C
     raise CassetteError(
         name,
         number,
+        Problem.TRUNCATED,
         f"truncated: no end line after {count} chunks (the recording was cut off)",
     )
 
@@ -308,9 +340,13 @@ def _json(raw: bytes, name: str, number: int) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CassetteError(name, number, f"not JSON (corrupted?): {exc}") from None
+        raise CassetteError(
+            name, number, Problem.NOT_JSON, f"not JSON (corrupted?): {exc}"
+        ) from None
     if not isinstance(obj, dict):
-        raise CassetteError(name, number, f"a JSON {type(obj).__name__}, not an object")
+        raise CassetteError(
+            name, number, Problem.NOT_JSON, f"a JSON {type(obj).__name__}, not an object"
+        )
     return obj
 
 
