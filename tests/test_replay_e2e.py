@@ -9,6 +9,7 @@ through the proxy, or read piece by piece, and compared with the first cassette.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import time
@@ -382,3 +383,68 @@ async def test_no_secret_reaches_the_recording_directory(tmp_path: Path) -> None
     headers = dict(cassette.request.headers)
     assert headers["authorization"] == headers["x-internal-token"] == "[redacted]"
     assert cassette.response.header("set-cookie") == "[redacted]"
+
+
+FAST = [(0.001, b"data: %d\n\n" % i) for i in range(40)]
+
+
+async def stream_with_disk_trouble(tmp_path: Path) -> tuple[bytes, float, bytes]:
+    """A fast stream through a recording proxy: what the client got, how long, the metrics."""
+    async with deadline(20) as tg:
+        upstream, _ = await start_upstream(tg, script_upstream(FAST))
+        proxy = await start_proxy(tg, upstream, record=str(tmp_path))
+        async with httpx.AsyncClient(timeout=10) as client:
+            started = time.monotonic()
+            response = await client.post(proxy + "/v1/chat/completions", json=CHAT)
+            took = time.monotonic() - started
+            await anyio.sleep(1.0)  # the writer works through what was queued (4 x 0.2 s)
+            with anyio.fail_after(10):  # and gives the partial file up
+                while list(tmp_path.iterdir()):  # noqa: ASYNC240
+                    await anyio.sleep(0.05)
+            metrics = (await client.get(proxy + "/_ssekit/metrics")).content
+    return response.content, took, metrics
+
+
+def dropped_notices(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [
+        r.ssekit  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "ssekit", {}).get("notice") == "record_dropped"
+    ]
+
+
+async def test_a_slow_disk_drops_the_recording_never_the_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ssekit.proxy import _record
+
+    real_write = _record.Take.write
+
+    def slow_write(self: _record.Take, line: bytes) -> None:
+        time.sleep(0.2)
+        real_write(self, line)
+
+    monkeypatch.setattr(_record, "QUEUE_SIZE", 4)
+    monkeypatch.setattr(_record.Take, "write", slow_write)
+    got, took, metrics = await stream_with_disk_trouble(tmp_path)
+    assert got == b"".join(data for _, data in FAST)
+    assert took < 2.0  # the disk would have taken 40 x 0.2 s
+    assert b"ssekit_record_dropped_total 1\n" in metrics
+    assert b"ssekit_record_cassettes_total 0\n" in metrics
+    [notice] = dropped_notices(caplog)
+    assert str(notice["cassette"]).endswith(".jsonl")
+
+
+async def test_a_full_disk_drops_the_recording_never_the_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ssekit.proxy import _record
+
+    def full(self: _record.Take, line: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_record.Take, "write", full)
+    got, _, metrics = await stream_with_disk_trouble(tmp_path)
+    assert got == b"".join(data for _, data in FAST)
+    assert b"ssekit_record_dropped_total 1\n" in metrics
+    assert len(dropped_notices(caplog)) == 1
