@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import tracemalloc
 from pathlib import Path
@@ -278,3 +279,25 @@ def test_cassette_show_prints_the_timeline_and_json(tmp_path: Path) -> None:
     assert json.loads(data) == json.loads(json.dumps(timeline(load(path)), ensure_ascii=False))
     status, _ = run_cli("cassette", "show", str(damaged(tmp_path, "no end")))
     assert status == 1
+
+
+def test_the_shipped_benchmark_cassettes_are_irregular_real_cuts() -> None:
+    from benchmarks import payloads
+
+    works = payloads.from_cassettes(payloads.CASSETTES)
+    assert len(works) == 3
+    for work in works:
+        assert work.expected == list(iter_events(work.chunks))
+        assert len(work.expected) >= 10
+    cassettes = [load(p) for p in sorted(payloads.CASSETTES.glob("*.jsonl"))]
+    for cassette in cassettes:
+        times = [c.t for c in cassette.chunks()]
+        gaps = {round(b - a, 3) for a, b in itertools.pairwise(times)}
+        assert len(gaps) > 3  # irregular
+        assert any(cut["cuts"] for cut in timeline(cassette)["cuts"])  # events really split
+    ends = {c.name: c.read_end().outcome for c in cassettes}
+    assert ends == {
+        "mock-chat-coalesced.jsonl": "complete",
+        "mock-chat-small-reads.jsonl": "complete",
+        "mock-events-cut.jsonl": "upstream_cut",
+    }
