@@ -24,6 +24,7 @@ from ssekit.cassette import (
     end_line,
     header_line,
     load,
+    render_timeline,
     timeline,
 )
 
@@ -301,3 +302,14 @@ def test_the_shipped_benchmark_cassettes_are_irregular_real_cuts() -> None:
         "mock-chat-small-reads.jsonl": "complete",
         "mock-events-cut.jsonl": "upstream_cut",
     }
+
+
+def test_the_readme_shows_what_cassette_show_prints() -> None:
+    from benchmarks import payloads
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Record and replay", 1)[1]
+    shown = section.split("\n```\n", 3)[2]  # the block after the python example
+    path = payloads.CASSETTES / "mock-events-cut.jsonl"
+    printed = render_timeline(timeline(load(path)))
+    assert shown.splitlines()[1:] == printed.splitlines()[1:]  # the file's path aside
