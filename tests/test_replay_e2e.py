@@ -448,3 +448,37 @@ async def test_a_full_disk_drops_the_recording_never_the_stream(
     assert got == b"".join(data for _, data in FAST)
     assert b"ssekit_record_dropped_total 1\n" in metrics
     assert len(dropped_notices(caplog)) == 1
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "benchmarks" / "cassettes"
+
+
+async def test_ssekit_client_and_ssekit_httpx_read_a_replay_as_a_live_stream() -> None:
+    from ssekit.client import RetryPolicy, connect
+    from ssekit.httpx import aconnect_sse
+
+    cassette = load(SHIPPED / "mock-events-cut.jsonl")
+    recorded = list(iter_events(chunks(cassette)))
+    assert len(recorded) == 13  # the open event, then 12 before the cut
+    seen: list[Event] = []
+    read: list[Event] = []
+    async with deadline(20) as tg:
+        config = ReplayConfig(source=cassette.path, listen_port=0, pace=Pace(speed=4))
+        host, port = await tg.start(serve_replay, config)
+        url = f"http://{host}:{port}{cassette.request.target}"
+        async with connect(url, policy=RetryPolicy(max_retries=2)) as events:
+            async for event in events:  # after the cut it reconnects: the replay answers again
+                seen.append(event)
+                if len(seen) == 15:
+                    break
+        transport = ReplayTransport(cassette, speed=None)
+        async with (
+            httpx.AsyncClient(transport=transport) as client,
+            aconnect_sse(client, "GET", "http://replay" + cassette.request.target) as source,
+        ):
+            with pytest.raises(httpx.RemoteProtocolError):  # the recording was cut
+                async for event in source.aiter_sse():
+                    read.append(event)
+    assert seen[:13] == recorded
+    assert seen[13:] == recorded[:2]
+    assert read == recorded
