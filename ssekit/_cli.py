@@ -48,6 +48,10 @@ examples:
       one process per core; an answer survives a dropped connection, resumed on any
       instance sharing that Redis at GET /_ssekit/streams/<id>
   ssekit mock-upstream --listen 127.0.0.1:9000 --tokens 100 --delay 0.02
+  ssekit proxy --upstream https://api.openai.com --api-key-env OPENAI_API_KEY --record cassettes/
+      write each exchange as a cassette (chunks and their timing; secrets redacted), then
+  ssekit mock-upstream --replay cassettes/ --rechunk 1
+      serve them again, at their pace, re-cut into 1-byte reads; ssekit cassette show FILE
 
 try it:
   curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\

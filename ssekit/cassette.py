@@ -195,14 +195,12 @@ class Cassette:
         """``end``, reading the file through if the header was all that was read."""
         if self.end is not None:
             return self.end
-        end = None
+        box: list[End] = []
         with open(self.path, "rb") as file:
             next(file, b"")
-            box: list[End] = []
             for _ in _chunks(file, self.path, box):
                 pass
-            end = box[0]
-        return end
+        return box[0]
 
 
 def load(path: str | os.PathLike[str]) -> Cassette:

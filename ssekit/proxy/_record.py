@@ -95,10 +95,11 @@ class Recorder:
             self._drop(take, "the recording queue is full (the disk is slower than the streams)")
 
     def _drop(self, take: Take, why: str) -> None:
-        if take.dropped:
-            return
-        take.dropped = True
-        self.dropped += 1
+        with self._lock:  # from the event loop (queue full) or the writer (disk error)
+            if take.dropped:
+                return
+            take.dropped = True
+            self.dropped += 1
         self._abandoned.append(take)  # the writer removes its partial file
         report(
             logging.WARNING,
