@@ -310,7 +310,15 @@ def _match(value: str) -> tuple[str, ...]:
 def _speed(value: str) -> float | None:
     if value == "max":
         return None
-    return _seconds(value) if value != "max" else None
+    try:
+        speed = float(value)
+    except ValueError:
+        speed = -1.0
+    if not 0 < speed < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a positive speed (2: twice as fast) or max"
+        )
+    return speed
 
 
 def _cassette_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
