@@ -157,10 +157,11 @@ async def _forward(
                 await _write(client, lock, head)
             async for batch in upstream.receive_body_batches(idle_timeout=idle_timeout):
                 # One socket write per upstream read, each chunk still its own HTTP chunk.
+                _to_cassette(cassette, batch)  # stamped as it arrived, before the write
                 await _write(client, lock, b"".join([client.conn.send_data(c) for c in batch]))
                 if not relay.open:
                     return False  # the client left while we wrote (the watcher saw it)
-                _forwarded(relay, stats, tap, batch, cassette)
+                _forwarded(relay, stats, tap, batch)
         if read_to_close and tap is not None and not tap.at_boundary:
             raise UpstreamError(
                 "upstream closed the connection inside an event (a body without a length: "
@@ -218,13 +219,14 @@ class _ToClient:
     def deliver(self, batch: list[bytes], resume: Callable[[], None], last: bool) -> bool:
         if not self._relay.open:
             raise ClientGone  # the watcher saw the client leave; the exchange is ending
+        _to_cassette(self._cassette, batch)
         data = frame_chunks(batch)
         if self._head:
             data, self._head = self._head + data, b""
         if last:
             data += self._client.conn.send_end()
         room = self._client.write_now(data, self._drained)
-        _forwarded(self._relay, self._stats, self._tap, batch, self._cassette)
+        _forwarded(self._relay, self._stats, self._tap, batch)
         if not room:
             self._resume = resume
             limit = self._client.send_timeout
@@ -255,12 +257,15 @@ class _ToClient:
             self._client.write_now(head, self._drained)
 
 
-def _forwarded(
-    relay: Relay, stats: StreamStats, tap: Tap | None, batch: list[bytes], cassette: Take | None
-) -> None:
-    for chunk in batch:
-        if cassette is not None:
+def _to_cassette(cassette: Take | None, batch: list[bytes]) -> None:
+    """``--record``: queue each chunk of one upstream read (never waits)."""
+    if cassette is not None:
+        for chunk in batch:
             cassette.chunk(chunk)
+
+
+def _forwarded(relay: Relay, stats: StreamStats, tap: Tap | None, batch: list[bytes]) -> None:
+    for chunk in batch:
         relay.on(Input.CHUNK)
         stats.body_bytes += len(chunk)
         if tap is not None:
