@@ -94,6 +94,7 @@ def assert_same_pace(recorded: list[float], replayed: list[float]) -> None:
     assert abs((replayed[-1] - replayed[0]) - (recorded[-1] - recorded[0])) < 0.08
 
 
+@pytest.mark.usefixtures("http_engine")  # the splice path and the batch path
 async def test_recording_keeps_bytes_chunks_and_gaps_and_does_not_change_the_stream(
     tmp_path: Path,
 ) -> None:
@@ -114,6 +115,7 @@ async def test_recording_keeps_bytes_chunks_and_gaps_and_does_not_change_the_str
     assert cassette.response.header("content-type") == "text/event-stream"
 
 
+@pytest.mark.usefixtures("http_engine")  # the splice path and the batch path
 async def test_mock_upstream_replay_gives_the_same_chunks_at_the_same_pace(
     tmp_path: Path,
 ) -> None:
