@@ -106,7 +106,7 @@ async def test_recording_keeps_bytes_chunks_and_gaps_and_does_not_change_the_str
     times = [c.t for c in cassette.chunks()]
     wanted = [sum(gap for gap, _ in SCRIPT[: i + 1]) for i in range(len(SCRIPT))]
     for was, now in zip(gaps(wanted), gaps(times), strict=True):
-        assert now >= was - 0.005  # never early; late only by scheduling
+        assert now >= was - 0.03  # not early, beyond the scheduling of two reads
     assert cassette.end is not None
     assert cassette.end.outcome == "complete"
     assert cassette.request.method == "POST"
