@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 
 __all__ = ("Cassette", "CassetteError", "Pace", "ReplayApp", "ReplayTransport", "load")
 
-#: Response fields a replay does not copy: the body is framed anew.
-FRAMING = frozenset({"transfer-encoding", "content-length", "connection", "keep-alive"})
+#: Response fields a replay does not copy: the connection's own (a body of unknown
+#: length is framed anew; a Content-Length stays, so a cut sized body is short, as live).
+FRAMING = frozenset({"transfer-encoding", "connection", "keep-alive"})
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

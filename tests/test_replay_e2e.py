@@ -484,3 +484,24 @@ async def test_ssekit_client_and_ssekit_httpx_read_a_replay_as_a_live_stream() -
     assert seen[:13] == recorded
     assert seen[13:] == recorded[:2]
     assert read == recorded
+
+
+async def test_a_plain_json_answer_replays_with_its_length(tmp_path: Path) -> None:
+    plain = {**CHAT, "stream": False}
+    async with deadline(20) as tg:
+        mock = await start_mock(tg, tokens=4, delay=0)
+        proxy = await start_proxy(tg, mock, record=str(tmp_path))
+        async with httpx.AsyncClient() as client:
+            live = await client.post(proxy + "/v1/chat/completions", json=plain)
+        await wait_cassettes(tmp_path, 1)
+        host, port = await tg.start(serve_replay, ReplayConfig(source=str(tmp_path), listen_port=0))
+        async with httpx.AsyncClient() as client:
+            replayed = await client.post(f"http://{host}:{port}/v1/chat/completions", json=plain)
+    transport = ReplayTransport(tmp_path)
+    with httpx.Client(transport=transport) as client:
+        via_transport = client.post("http://replay/v1/chat/completions", json=plain)
+    for response in (replayed, via_transport):
+        assert response.status_code == 200
+        assert response.content == live.content
+        assert response.headers["content-length"] == str(len(live.content))
+        assert "transfer-encoding" not in response.headers
