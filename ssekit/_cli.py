@@ -462,7 +462,7 @@ def _run_cassette(args: argparse.Namespace) -> int:
 def _run_replay(args: argparse.Namespace) -> int:
     import anyio
 
-    from .cassette import Library, Pace
+    from .cassette import CassetteError, Library, Pace
     from .proxy._replay import ReplayConfig, serve_replay
 
     host, port = args.listen
@@ -473,7 +473,10 @@ def _run_replay(args: argparse.Namespace) -> int:
         source=args.replay, listen_host=host, listen_port=port, match=args.match, pace=pace,
         http=args.http,
     )  # fmt: skip
-    Library(config.source, config.match).cassettes  # noqa: B018 -- a bad cassette fails now
+    try:
+        Library(config.source, config.match).cassettes  # noqa: B018 -- a bad cassette fails now
+    except CassetteError as exc:
+        raise ConfigError(str(exc)) from exc
 
     async def run() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -131,3 +131,34 @@ def test_replay_of_a_missing_path_is_a_configuration_error(tmp_path: Path) -> No
     )
     assert result.returncode == 2
     assert result.stdout == ""
+
+
+def test_replay_of_a_file_that_is_not_a_cassette_is_a_configuration_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"bad": 1}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "ssekit", "mock-upstream", "--replay", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1  # one line, no traceback
+
+
+def test_record_into_a_directory_that_cannot_be_made_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "ssekit", "proxy", "--listen", "127.0.0.1:0",
+         "--upstream", "http://127.0.0.1:9", "--record", str(blocker / "cassettes")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stdout == ""  # no banner: it never started
+    assert len(result.stderr.splitlines()) == 1

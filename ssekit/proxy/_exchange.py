@@ -22,7 +22,7 @@ from typing import Final
 import anyio
 import anyio.abc
 
-from .._errors import UpstreamError
+from .._errors import ConfigError, UpstreamError
 from .._http import (
     BadRequest,
     ClientGone,
@@ -99,12 +99,15 @@ class Shared:
         # --record DIR: every exchange with a response head becomes a cassette.
         self.recorder: Recorder | None = None
         if config.record is not None:
-            self.recorder = Recorder(
-                config.record,
-                redact=config.record_redact,
-                secrets=(*config.api_keys, *config.client_tokens, *config.admin_tokens),
-                as_json=config.log_format == "json",
-            )
+            try:
+                self.recorder = Recorder(
+                    config.record,
+                    redact=config.record_redact,
+                    secrets=(*config.api_keys, *config.client_tokens, *config.admin_tokens),
+                    as_json=config.log_format == "json",
+                )
+            except OSError as exc:  # the directory cannot be made
+                raise ConfigError(f"--record {config.record}: {exc.strerror or exc}") from exc
 
     def snapshot_path(self) -> Path | None:
         """This process's counters file among its siblings', when there are workers."""
