@@ -48,6 +48,10 @@ examples:
       one process per core; an answer survives a dropped connection, resumed on any
       instance sharing that Redis at GET /_ssekit/streams/<id>
   ssekit mock-upstream --listen 127.0.0.1:9000 --tokens 100 --delay 0.02
+  ssekit proxy --upstream https://api.openai.com --api-key-env OPENAI_API_KEY --record cassettes/
+      write each exchange as a cassette (chunks and their timing; secrets redacted), then
+  ssekit mock-upstream --replay cassettes/ --rechunk 1
+      serve them again, at their pace, re-cut into 1-byte reads; ssekit cassette show FILE
 
 try it:
   curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -212,6 +216,15 @@ def _parser() -> argparse.ArgumentParser:
         help="env var holding token(s) for GET PATH/metrics (default: the client tokens; "
         "metrics are open only when no token of either kind is set; health is always open)",
     )
+    groups[Group.OPERATIONS].add_argument(
+        "--record-redact",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --record: also redact this header's value (repeatable); Authorization, "
+        "Proxy-Authorization, Cookie, Set-Cookie, x-api-key, api-key and the proxy's own "
+        "keys and tokens always are",
+    )
 
     mock = sub.add_parser(
         "mock-upstream",
@@ -238,7 +251,93 @@ def _parser() -> argparse.ArgumentParser:
         default=_default("http"),
         help="HTTP/1.1 engine: ssekit's own (fast), or h11, the reference it is held to",
     )
+    _replay_options(mock)
+    _cassette_parser(sub, fmt)
     return parser  # fmt: skip
+
+
+def _replay_options(mock: argparse.ArgumentParser) -> None:
+    replay = mock.add_argument_group(
+        "replay", "serve recorded cassettes (ssekit proxy --record) instead of the mock's routes"
+    )
+    replay.add_argument(
+        "--replay",
+        metavar="DIR|FILE",
+        help="answer each request with the cassette matching it, at its recorded pace; "
+        "no match: 404 naming the closest cassettes",
+    )
+    replay.add_argument(
+        "--match",
+        type=_match,
+        default="method,path,body",
+        metavar="KEYS",
+        help="what must be equal for a cassette to answer, comma-separated among "
+        "method, path, query, body (JSON bodies compare as data)",
+    )
+    replay.add_argument(
+        "--speed",
+        type=_speed,
+        default="1",
+        metavar="N|max",
+        help="play N times as fast as recorded (0.5: half speed); max: no waiting",
+    )
+    replay.add_argument(
+        "--rechunk",
+        choices=("1", "random"),
+        help="re-cut the same bytes into 1-byte or random pieces (each at its chunk's time)",
+    )
+    replay.add_argument(
+        "--cut-after",
+        type=_non_negative_int,
+        metavar="N",
+        help="end the connection after N events, without the last chunk (a cut stream)",
+    )
+    replay.add_argument("--seed", type=int, default=0, metavar="N", help="seed of --rechunk random")
+
+
+def _match(value: str) -> tuple[str, ...]:
+    from .cassette import MATCH_KEYS
+
+    keys = tuple(k.strip() for k in value.split(",") if k.strip())
+    unknown = [k for k in keys if k not in MATCH_KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: match keys are comma-separated among {', '.join(MATCH_KEYS)}"
+        )
+    return keys
+
+
+def _speed(value: str) -> float | None:
+    if value == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        speed = -1.0
+    if not 0 < speed < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a positive speed (2: twice as fast) or max"
+        )
+    return speed
+
+
+def _cassette_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    cassette = sub.add_parser(
+        "cassette",
+        help="look at a recorded cassette",
+        description="Cassettes are written by ssekit proxy --record DIR (one JSON-lines file "
+        "per exchange) and served by ssekit mock-upstream --replay.",
+        formatter_class=fmt,
+    )
+    actions = cassette.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser(
+        "show",
+        help="the stream's timeline: time to first byte, each event with its offset and gap, "
+        "the chunk boundaries that cut an event or a UTF-8 character, the end",
+        formatter_class=fmt,
+    )
+    show.add_argument("file", metavar="FILE")
+    show.add_argument("--json", action="store_true", help="the timeline as one JSON object")
 
 
 def _workers(value: str) -> int:
@@ -302,6 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     try:
+        if args.command == "cassette":
+            return _run_cassette(args)
+        if args.command == "mock-upstream" and args.replay is not None:
+            return _run_replay(args)
         if args.command == "mock-upstream":
             return _run_mock(args)
         return _run_proxy(args)
@@ -341,6 +444,56 @@ def _run_mock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_cassette(args: argparse.Namespace) -> int:
+    from .cassette import CassetteError, load, render_timeline, timeline
+
+    try:
+        view = timeline(load(args.file))
+    except (CassetteError, OSError) as exc:
+        print(f"ssekit: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(view, ensure_ascii=False, indent=1))
+    else:
+        print(render_timeline(view))
+    return 0
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .cassette import CassetteError, Library, Pace
+    from .proxy._replay import ReplayConfig, serve_replay
+
+    host, port = args.listen
+    if not os.path.exists(args.replay):
+        raise ConfigError(f"--replay {args.replay}: no such file or directory")
+    pace = Pace(speed=args.speed, rechunk=args.rechunk, cut_after=args.cut_after, seed=args.seed)
+    config = ReplayConfig(
+        source=args.replay, listen_host=host, listen_port=port, match=args.match, pace=pace,
+        http=args.http,
+    )  # fmt: skip
+    try:
+        Library(config.source, config.match).cassettes  # noqa: B018 -- a bad cassette fails now
+    except CassetteError as exc:
+        raise ConfigError(str(exc)) from exc
+
+    async def run() -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as tg:
+                bound = await tg.start(serve_replay, config)
+                print(
+                    f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]}, "
+                    f"replaying {args.replay} (http: {config.http})",
+                    flush=True,
+                )
+                await _first_signal(signals)
+                tg.cancel_scope.cancel()
+
+    anyio.run(run)
+    return 0
+
+
 async def _first_signal(signals: AsyncIterator[int]) -> None:
     async for _ in signals:
         return
@@ -359,6 +512,7 @@ def _run_proxy(args: argparse.Namespace) -> int:
         api_keys=_keys(args.api_key_env, "--api-key-env"),
         client_tokens=_keys(args.client_token_env, "--client-token-env"),
         admin_tokens=_keys(args.admin_token_env, "--admin-token-env"),
+        record_redact=tuple(args.record_redact),
     )
     # Validate every option before starting anything (the mock included).
     ProxyConfig(upstream=args.upstream or "http://127.0.0.1", **settings)

@@ -210,6 +210,18 @@ class ProxyConfig:
         group=Group.RESUME,
     )
 
+    # -- recording (ssekit.proxy._record); off unless record is set --
+    record: str | None = _option(
+        None,
+        "write every exchange as a cassette file in DIR (request, response head, each body "
+        "chunk with its arrival time, how it ended) for ssekit mock-upstream --replay and "
+        "ssekit.replay; secrets redacted; a slow or full disk drops the recording, never "
+        "the stream",
+        "DIR",
+        group=Group.OPERATIONS,
+    )
+    record_redact: tuple[str, ...] = ()
+
     #: ``upstream`` parsed, once (a bad URL fails at construction, not per request).
     origin: Origin = field(init=False, repr=False, compare=False)
 

@@ -22,7 +22,7 @@ from typing import Final
 import anyio
 import anyio.abc
 
-from .._errors import UpstreamError
+from .._errors import ConfigError, UpstreamError
 from .._http import (
     BadRequest,
     ClientGone,
@@ -40,6 +40,7 @@ from .._http import (
 from ._config import ProxyConfig
 from ._headers import request_headers, response_headers, underscored
 from ._pump import pump
+from ._record import Recorder, Take
 from ._relay import (
     Admin,
     Forward,
@@ -95,6 +96,18 @@ class Shared:
         self.resume: Resume | None = (
             None if config.resume_store is None else make_resume(config, self.metrics)
         )
+        # --record DIR: every exchange with a response head becomes a cassette.
+        self.recorder: Recorder | None = None
+        if config.record is not None:
+            try:
+                self.recorder = Recorder(
+                    config.record,
+                    redact=config.record_redact,
+                    secrets=(*config.api_keys, *config.client_tokens, *config.admin_tokens),
+                    as_json=config.log_format == "json",
+                )
+            except OSError as exc:  # the directory cannot be made
+                raise ConfigError(f"--record {config.record}: {exc.strerror or exc}") from exc
 
     def snapshot_path(self) -> Path | None:
         """This process's counters file among its siblings', when there are workers."""
@@ -112,13 +125,27 @@ class Shared:
         """Prometheus text: this process's counters, plus every sibling worker's."""
         mine = self.snapshot_path()
         if self.metrics_dir is None or mine is None:
-            return self.metrics.render()
+            return self.metrics.render() + self._record_metrics()
         others = []
         for path in self.metrics_dir.glob("*.json"):
             if path != mine:
                 with contextlib.suppress(OSError, ValueError):
                     others.append(json.loads(path.read_text()))
-        return self.metrics.plus(others).render()
+        return self.metrics.plus(others).render() + self._record_metrics()
+
+    def _record_metrics(self) -> bytes:
+        """--record's counters (this process's), when recording."""
+        if self.recorder is None:
+            return b""
+        return (
+            "# HELP ssekit_record_cassettes_total Exchanges written as cassettes (--record).\n"
+            "# TYPE ssekit_record_cassettes_total counter\n"
+            f"ssekit_record_cassettes_total {self.recorder.recorded}\n"
+            "# HELP ssekit_record_dropped_total Recordings dropped (slow or full disk); "
+            "their streams went on.\n"
+            "# TYPE ssekit_record_dropped_total counter\n"
+            f"ssekit_record_dropped_total {self.recorder.dropped}\n"
+        ).encode()
 
     def next_api_key(self) -> str | None:
         keys = self.config.api_keys
@@ -211,8 +238,9 @@ async def serve_exchange(shared: Shared, client: Downstream, request: RequestHea
     method = request.method.decode("ascii", "replace")
     stats = StreamStats(client=client.addr, method=method, path=target.split("?")[0])
     keep = False
+    take = None if shared.recorder is None else shared.recorder.take(started)  # --record
     try:
-        keep = await _serve(shared, client, request, target, relay, stats, started)
+        keep = await _serve(shared, client, request, target, relay, stats, started, take)
     except ClientGone:
         if relay.open:
             relay.on(Input.CLIENT_GONE)
@@ -243,6 +271,8 @@ async def serve_exchange(shared: Shared, client: Downstream, request: RequestHea
                 f"the client took none of the response for {client.send_timeout:g}s "
                 "(--send-timeout): cut"
             )
+        if take is not None:  # --record: the cassette ends as the exchange did
+            take.end(relay.outcome.value)
         shared.finish(stats, relay, started)
     return keep
 
@@ -255,6 +285,7 @@ async def _serve(
     relay: Relay,
     stats: StreamStats,
     started: float,
+    take: Take | None = None,
 ) -> bool:
     cfg = shared.config
     decision = admit(stats.method, target, request.headers, cfg, request.http_version)
@@ -281,11 +312,13 @@ async def _serve(
         relay.on(Input.LOCAL)
         return True
     if shared.resume is None:
-        return await _forward(shared, client, request, decision, relay, stats, started)
+        return await _forward(shared, client, request, decision, relay, stats, started, take=take)
     # Resume hook: the stream id, claimed (a bad or taken ssekit-resume-key: 4xx, nothing sent).
     recording = await shared.resume.begin(request, stats)
     try:
-        return await _forward(shared, client, request, decision, relay, stats, started, recording)
+        return await _forward(
+            shared, client, request, decision, relay, stats, started, recording, take=take
+        )
     finally:
         await recording.close()
 
@@ -299,6 +332,8 @@ async def _forward(
     stats: StreamStats,
     started: float,
     recording: Recording | None = None,
+    *,
+    take: Take | None = None,
 ) -> bool:
     cfg = shared.config
     headers = request_headers(
@@ -329,6 +364,10 @@ async def _forward(
     if chunked:
         # Transfer-Encoding is hop-by-hop: our own hop streams the body chunked too.
         headers.append((b"transfer-encoding", b"chunked"))
+    if take is not None:  # --record: a body streamed on (past --request-buffer) is not kept
+        take.request(
+            method, decision.target, request.headers, body if isinstance(body, bytes) else b""
+        )
 
     attempt = 0
     reuse = True
@@ -362,7 +401,7 @@ async def _forward(
                 failure = exc
             else:
                 failure, done = await _answer(
-                    shared, client, upstream, relay, stats, started, recording
+                    shared, client, upstream, relay, stats, started, recording, take
                 )
                 if failure is None:
                     return done
@@ -391,6 +430,7 @@ async def _answer(
     stats: StreamStats,
     started: float,
     recording: Recording | None = None,
+    take: Take | None = None,
 ) -> tuple[UpstreamError | None, bool]:
     """Wait for the response head and forward the response, watching the client leave.
 
@@ -419,6 +459,8 @@ async def _answer(
                 headers = response_headers(response.headers, response.status_code)
                 if recording is not None:  # resume hook: keep a 200 event stream
                     await recording.arm(response.status_code, content_type, headers)
+                if take is not None:  # --record: the upstream's head, as it came
+                    take.head(response.status_code, response.reason, response.headers)
                 head = client.conn.send_response(response.status_code, headers, response.reason)
                 relay.on(Input.HEAD)  # written by pump, with the first body bytes if here
                 done = await pump(
@@ -433,6 +475,7 @@ async def _answer(
                     sized=get_header(headers, b"content-length") is not None,
                     head=head,
                     record=recording,
+                    cassette=take,
                 )
     except* ClientGone:
         if relay.open:

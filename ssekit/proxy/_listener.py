@@ -19,6 +19,7 @@ from typing import Final
 import anyio
 import anyio.abc
 import anyio.streams.stapled
+import anyio.to_thread
 
 from .._errors import ConfigError
 from .._http import (
@@ -230,6 +231,8 @@ class Proxy:
                 await self.shared.pool.aclose()
                 if self.shared.resume is not None:
                     await self.shared.resume.store.aclose()
+                if self.shared.recorder is not None:  # --record: what is queued is written
+                    await anyio.to_thread.run_sync(self.shared.recorder.close)
 
     async def _share_metrics(self) -> None:
         """Leave this worker's counters for its siblings every METRICS_EVERY seconds."""

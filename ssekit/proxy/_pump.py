@@ -28,6 +28,7 @@ from ._relay import Input, Relay, heartbeat_due
 from ._stats import StreamStats
 
 if TYPE_CHECKING:
+    from ._record import Take
     from ._resume import Recording
 
 __all__ = ("Tap", "pump")
@@ -90,6 +91,7 @@ async def pump(
     sized: bool,
     head: bytes,
     record: Recording | None = None,
+    cassette: Take | None = None,
 ) -> bool:
     """Write the response ``head``, forward the body and its end; True when
     it ended cleanly (the upstream may be reused).
@@ -102,7 +104,8 @@ async def pump(
     with a Content-Length (``sized``) gets nothing inserted: it would not fit.
     A response the client gets chunk-framed takes the callback path when it
     can (each read's chunks framed in one piece, one write). ``record``: the
-    events the tap decodes are also kept for resumption.
+    events the tap decodes are also kept for resumption. ``cassette``: every
+    chunk forwarded is also queued for ``--record`` (never waits).
     """
     tap = Tap(stats, started, record) if sse else None
     heartbeat = None if sized else config.heartbeat
@@ -110,7 +113,7 @@ async def pump(
     if tap is None or heartbeat is None:
         return await _forward(
             client, upstream, relay, stats, config.idle_timeout, error_event, tap, None,
-            read_to_close, head,
+            read_to_close, head, cassette,
         )  # fmt: skip
     await client.send_raw(head)  # before any heartbeat
     lock = anyio.Lock()  # the heartbeat task writes too: one writer at a time
@@ -119,7 +122,7 @@ async def pump(
         tg.start_soon(_heartbeats, client, tap, lock, heartbeat, relay, tg.cancel_scope)
         done = await _forward(
             client, upstream, relay, stats, config.idle_timeout, error_event, tap, lock,
-            read_to_close, b"",
+            read_to_close, b"", cassette,
         )  # fmt: skip
         tg.cancel_scope.cancel()
     return done
@@ -136,12 +139,13 @@ async def _forward(
     lock: anyio.Lock | None,
     read_to_close: bool,
     head: bytes,
+    cassette: Take | None = None,
 ) -> bool:
     try:
         fast = isinstance(client.stream, FastStream)
         if client.conn.chunked and fast and upstream.spliceable and type(client) is Downstream:
             # The hot path: forwarded in the upstream's read callback, no task per read.
-            splice = _ToClient(client, relay, stats, tap, head)
+            splice = _ToClient(client, relay, stats, tap, head, cassette)
             try:
                 await upstream.splice_chunked(
                     splice.deliver, idle_timeout=idle_timeout, caught_up=splice.flush
@@ -153,6 +157,7 @@ async def _forward(
                 await _write(client, lock, head)
             async for batch in upstream.receive_body_batches(idle_timeout=idle_timeout):
                 # One socket write per upstream read, each chunk still its own HTTP chunk.
+                _to_cassette(cassette, batch)  # stamped as it arrived, before the write
                 await _write(client, lock, b"".join([client.conn.send_data(c) for c in batch]))
                 if not relay.open:
                     return False  # the client left while we wrote (the watcher saw it)
@@ -191,11 +196,18 @@ class _ToClient:
     drains (TCP pushes back on the upstream), as a waiting write does elsewhere.
     """
 
-    __slots__ = ("_client", "_head", "_relay", "_resume", "_stall", "_stats", "_tap")
+    __slots__ = ("_cassette", "_client", "_head", "_relay", "_resume", "_stall", "_stats", "_tap")
 
     def __init__(
-        self, client: Downstream, relay: Relay, stats: StreamStats, tap: Tap | None, head: bytes
+        self,
+        client: Downstream,
+        relay: Relay,
+        stats: StreamStats,
+        tap: Tap | None,
+        head: bytes,
+        cassette: Take | None = None,
     ) -> None:
+        self._cassette = cassette
         self._client = client
         self._relay = relay
         self._stats = stats
@@ -207,6 +219,7 @@ class _ToClient:
     def deliver(self, batch: list[bytes], resume: Callable[[], None], last: bool) -> bool:
         if not self._relay.open:
             raise ClientGone  # the watcher saw the client leave; the exchange is ending
+        _to_cassette(self._cassette, batch)
         data = frame_chunks(batch)
         if self._head:
             data, self._head = self._head + data, b""
@@ -242,6 +255,13 @@ class _ToClient:
         if self._head:
             head, self._head = self._head, b""
             self._client.write_now(head, self._drained)
+
+
+def _to_cassette(cassette: Take | None, batch: list[bytes]) -> None:
+    """``--record``: queue each chunk of one upstream read (never waits)."""
+    if cassette is not None:
+        for chunk in batch:
+            cassette.chunk(chunk)
 
 
 def _forwarded(relay: Relay, stats: StreamStats, tap: Tap | None, batch: list[bytes]) -> None:
