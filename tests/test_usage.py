@@ -520,9 +520,16 @@ async def test_a_client_that_leaves_under_cancel_is_partial_and_billed_nothing_r
     assert tokens == {}
 
 
+MESSAGES_BODY = {"model": "a", "stream": True, "max_tokens": 100, "messages": MESSAGES}
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
-    [("/v1/chat/completions", CHAT_WITH_USAGE), ("/v1/responses", RESPONSES_BODY)],
+    [
+        ("/v1/chat/completions", CHAT_WITH_USAGE),
+        ("/v1/responses", RESPONSES_BODY),
+        ("/v1/messages", MESSAGES_BODY),
+    ],
 )
 async def test_a_client_that_leaves_under_finish_is_billed_what_the_provider_generated(
     tmp_path: Path, path: str, body: dict[str, Any]
@@ -607,3 +614,37 @@ async def test_other_paths_have_usage_none_and_invalid_counts_are_counted(tmp_pa
     assert [line["usage"] for line in lines] == ["invalid", "none"]
     assert lines[0]["prompt_tokens"] is None
     assert exchanges == {("invalid", "complete"): 1}
+
+
+async def test_an_anthropic_stream_the_client_leaves_under_cancel_keeps_only_its_input(
+    tmp_path: Path,
+) -> None:
+    log_path = tmp_path / "usage.jsonl"
+    async with deadline(30) as tg:
+        mock = await start_mock(tg, tokens=20, delay=0.02)
+        base = await start_proxy(tg, mock, usage_log=str(log_path))
+        await cut_by_client(base, "/v1/messages", MESSAGES_BODY, 4)
+        (line,) = await wait_for_lines(log_path, 1)
+        tokens = await tokens_metric(base)
+    assert (line["outcome"], line["partial"], line["usage"]) == (
+        "client_disconnect",
+        True,
+        "reported",
+    )
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (PROMPT, None)
+    assert tokens == {("prompt", "a", "none"): PROMPT, ("cached", "a", "none"): 7}
+
+
+async def test_with_a_resume_store_a_departed_client_s_stream_is_read_and_billed_whole(
+    tmp_path: Path,
+) -> None:
+    log_path = tmp_path / "usage.jsonl"
+    async with deadline(30) as tg:
+        mock = await start_mock(tg, tokens=20, delay=0.02)
+        base = await start_proxy(tg, mock, usage_log=str(log_path), resume_store="memory")
+        await cut_by_client(base, "/v1/chat/completions", CHAT_WITH_USAGE, 3)
+        (line,) = await wait_for_lines(log_path, 1)
+    assert line["usage"] == "reported"
+    assert (line["prompt_tokens"], line["completion_tokens"]) == (PROMPT, 20)
+    assert isinstance(line["stream_id"], str)
+    assert line["stream_id"]
