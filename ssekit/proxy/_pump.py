@@ -55,7 +55,7 @@ class Tap:
         self._stats = stats
         self._started = started
         self._record = record  # resume hook: the stream's events are kept (never waits)
-        self._meter = None if meter is None else meter.see  # usage and first token
+        self._meter = meter  # usage and first token (its ``see`` changes as it reads)
         self.failed = False
 
     def feed(self, chunk: bytes) -> None:
@@ -79,7 +79,7 @@ class Tap:
                 if self._record is not None:
                     self._record.event(item)
                 if self._meter is not None:
-                    self._meter(item)
+                    self._meter.see(item)
 
     @property
     def at_boundary(self) -> bool:

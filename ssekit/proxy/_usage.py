@@ -184,9 +184,9 @@ class Meter:
     def _chat_rest(self, event: Event) -> None:
         """After the first token only a chunk with a usage object is parsed."""
         data = event.data
-        at = data.find('"usage"')
-        if at < 0:
+        if '"usage"' not in data:  # the common case, one scan
             return
+        at = data.find('"usage"')
         end = len(data)
         at += 7
         while at < end and data[at] in " \t\r\n:":
