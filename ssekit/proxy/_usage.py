@@ -184,9 +184,10 @@ class Meter:
     def _chat_rest(self, event: Event) -> None:
         """After the first token only a chunk with a usage object is parsed."""
         data = event.data
-        if '"usage"' not in data:  # the common case, one scan
+        # From the end: with include_usage every chunk ends in "usage":null (a short scan).
+        at = data.rfind('"usage"')
+        if at < 0:
             return
-        at = data.find('"usage"')
         end = len(data)
         at += 7
         while at < end and data[at] in " \t\r\n:":
