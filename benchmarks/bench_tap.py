@@ -19,11 +19,13 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from benchmarks.payloads import EN, SEED, openai_events
-from ssekit.proxy._pump import Tap
-from ssekit.proxy._stats import StreamStats
-from ssekit.proxy._usage import Meter, Shape, UsageSource
+from benchmarks import needs
+
+if TYPE_CHECKING:
+    from ssekit.proxy._stats import StreamStats
+    from ssekit.proxy._usage import Shape
 
 
 def with_usage_null(events: list[bytes]) -> list[bytes]:
@@ -39,6 +41,8 @@ def with_usage_null(events: list[bytes]) -> list[bytes]:
 
 
 def responses_events(n: int, rnd: random.Random) -> list[bytes]:
+    from benchmarks.payloads import EN
+
     out = []
     for i in range(n):
         data = {"type": "response.output_text.delta", "sequence_number": i, "item_id": "msg_1",
@@ -52,6 +56,8 @@ def responses_events(n: int, rnd: random.Random) -> list[bytes]:
 
 
 def messages_events(n: int, rnd: random.Random) -> list[bytes]:
+    from benchmarks.payloads import EN
+
     start = {"type": "message_start", "message": {"model": "c", "usage": {"input_tokens": 5}}}
     out = [b"event: message_start\ndata: " + json.dumps(start).encode() + b"\n\n"]
     for _ in range(n):
@@ -65,6 +71,10 @@ def messages_events(n: int, rnd: random.Random) -> list[bytes]:
 
 def run(events: list[bytes], shape: Shape | None) -> tuple[float, StreamStats]:
     """CPU seconds to feed ``events``, one per chunk, through a fresh tap."""
+    from ssekit.proxy._pump import Tap
+    from ssekit.proxy._stats import StreamStats
+    from ssekit.proxy._usage import Meter
+
     stats = StreamStats(shape=shape)
     meter = None if shape is None else Meter(shape, stats, 0.0, time.monotonic)
     tap = Tap(stats, 0.0, None, meter)
@@ -79,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_tap", description=__doc__)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    needs.require(parser.prog, needs.PROXY)
+    from benchmarks.payloads import EN, SEED, openai_events
+    from ssekit.proxy._usage import Shape, UsageSource
+
     n, repeat = (2000, 5) if args.quick else (20000, 15)
     rnd = random.Random(SEED)
     chat = openai_events(n, EN, rnd)
