@@ -648,3 +648,58 @@ async def test_with_a_resume_store_a_departed_client_s_stream_is_read_and_billed
     assert (line["prompt_tokens"], line["completion_tokens"]) == (PROMPT, 20)
     assert isinstance(line["stream_id"], str)
     assert line["stream_id"]
+
+
+async def test_include_usage_rewrites_only_streamed_chat_bodies_and_their_length() -> None:
+    from _servers import start_upstream
+
+    async def answer(stream: Any, seen: Any) -> None:
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+
+    streamed = json.dumps({"model": "m", "stream": True, "messages": MESSAGES}).encode()
+    plain = json.dumps({"model": "m", "stream": False, "messages": MESSAGES}).encode()
+    async with deadline(30) as tg:
+        upstream, seen = await start_upstream(tg, answer)
+        base = await start_proxy(tg, upstream, include_usage=True)
+        async with httpx.AsyncClient() as client:
+            for body in (streamed, plain):
+                headers = {"content-type": "application/json"}
+                response = await client.post(
+                    base + "/v1/chat/completions", content=body, headers=headers
+                )
+                assert response.status_code == 200
+            await client.post(base + "/v1/embeddings", content=streamed, headers=headers)
+    bodies = [request.partition(b"\r\n\r\n")[2] for request in seen.requests]
+    lengths = [seen.header(b"content-length", i) for i in range(3)]
+    assert json.loads(bodies[0]) == {
+        **json.loads(streamed),
+        "stream_options": {"include_usage": True},
+    }
+    assert lengths[0] == str(len(bodies[0])).encode()
+    assert bodies[1:] == [plain, streamed]  # unchanged: not streamed, not a chat path
+    assert lengths[1:] == [str(len(plain)).encode(), str(len(streamed)).encode()]
+
+
+async def test_client_tokens_are_labelled_in_the_usage_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "usage.jsonl"
+    async with deadline(30) as tg:
+        mock = await start_mock(tg, tokens=3, delay=0.0)
+        base = await start_proxy(
+            tg,
+            mock,
+            usage_log=str(log_path),
+            client_tokens=("tok-one", "tok-two"),
+            client_token_labels=("alice", "bob"),
+        )
+        async with httpx.AsyncClient() as client:
+            for token in ("tok-two", "tok-one"):
+                response = await client.post(
+                    base + "/v1/chat/completions",
+                    json={"model": "m", "messages": MESSAGES},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert response.status_code == 200
+        lines = await wait_for_lines(log_path, 2)
+    assert [line["client_token"] for line in lines] == ["bob", "alice"]
+    assert [line["completion_tokens"] for line in lines] == [3, 3]
+    assert all("tok-" not in json.dumps(line) for line in lines)
