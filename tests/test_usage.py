@@ -703,3 +703,28 @@ async def test_client_tokens_are_labelled_in_the_usage_log(tmp_path: Path) -> No
     assert [line["client_token"] for line in lines] == ["bob", "alice"]
     assert [line["completion_tokens"] for line in lines] == [3, 3]
     assert all("tok-" not in json.dumps(line) for line in lines)
+
+
+async def test_the_text_access_log_carries_the_usage_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="ssekit.proxy")
+    async with deadline(30) as tg:
+        mock = await start_mock(tg, tokens=4, delay=0.0)
+        base = await start_proxy(tg, mock, include_usage=True)
+        async with httpx.AsyncClient() as client:
+            body = {"model": "txt", "stream": True, "messages": MESSAGES}
+            response = await client.post(base + "/v1/chat/completions", json=body)
+            assert response.status_code == 200
+        await anyio.sleep(0.05)
+    texts = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "ssekit.proxy" and "outcome=" in record.getMessage()
+    ]
+    (line,) = texts
+    fields = dict(token.partition("=")[::2] for token in line.split(" "))
+    assert (fields["model"], fields["usage"]) == ("txt", "reported")
+    assert (fields["prompt_tokens"], fields["completion_tokens"]) == (str(PROMPT), "4")
+    assert float(fields["ttft_ms"]) >= float(fields["first_event_ms"])
+    assert "partial" not in fields  # only said when true
