@@ -30,6 +30,7 @@ GROUP_HELP = {
     Group.LIMITS: "sizes and counts; each says what a client gets past it",
     Group.KEYS: "secrets come from environment variables, never the command line",
     Group.RESUME: "resumable streams: off unless --resume-store is set",
+    Group.USAGE: "token usage per key and model, read from the streams (see README)",
     Group.OPERATIONS: "processes, logs, metrics",
 }
 
@@ -64,7 +65,12 @@ An OpenAI-compatible upstream for demos, tests and offline work. Routes:
 
   POST /v1/chat/completions  {"stream": true}: chat.completion.chunk events (English and
                              Chinese, --tokens of them, --delay apart), then data: [DONE];
-                             otherwise one JSON chat.completion ("max_tokens" caps both)
+                             otherwise one JSON chat.completion ("max_tokens" caps both);
+                             usage in the last chunk with stream_options.include_usage
+  POST /v1/responses         the Responses API, streamed (response.completed has usage) or not
+  POST /v1/messages          Anthropic Messages, streamed (message_start, message_delta) or not
+                             (usage is exact: prompt 10 + words of the request, cached half
+                             of it; ?cut_after=K on a POST cuts a stream after K tokens)
   GET  /v1/models            the one mock model
   GET  /v1/events            numbered events with id: fields, resuming after Last-Event-ID:
                              ?count=N events (default 10), ?cut_after=K cuts the connection
@@ -101,7 +107,11 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 
 #: ProxyConfig fields that take one of a few names, and those names.
-_CHOICES: dict[str, tuple[str, ...]] = {"log_format": ("text", "json"), "http": ENGINES}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log_format": ("text", "json"),
+    "http": ENGINES,
+    "on_client_disconnect": ("cancel", "finish"),
+}
 
 
 def group_of(option: Field[Any]) -> Group:
@@ -201,14 +211,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     groups[Group.KEYS].add_argument(
         "--api-key-env",
-        metavar="VAR",
+        metavar="[NAME=]VAR",
+        action="append",
         help="env var holding the upstream API key(s), comma-separated, rotated; "
-        "replaces the client's Authorization",
+        "replaces the client's Authorization; repeatable; NAME labels its keys in the "
+        "usage log and metrics (else key1, key2...)",
     )
     groups[Group.KEYS].add_argument(
         "--client-token-env",
-        metavar="VAR",
-        help="env var holding token(s) clients must send as 'Authorization: Bearer <token>'",
+        metavar="[NAME=]VAR",
+        action="append",
+        help="env var holding token(s) clients must send as 'Authorization: Bearer <token>'; "
+        "repeatable; NAME labels them in the usage log (else token1, token2...)",
     )
     groups[Group.KEYS].add_argument(
         "--admin-token-env",
@@ -367,6 +381,27 @@ def _default(name: str) -> Any:
     return next(f.default for f in fields(ProxyConfig) if f.name == name)
 
 
+def _labelled_keys(
+    specs: list[str] | None, option: str, prefix: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The values of each ``[NAME=]VAR`` of a repeated ``option``, and their labels
+    (a variable's NAME, ``NAME-2`` for its second value on; unnamed: ``<prefix><position>``)."""
+    from .proxy._usage import key_labels
+
+    names: list[str | None] = []
+    values: list[tuple[str, ...]] = []
+    for spec in specs or ():
+        name, sep, var = spec.rpartition("=")
+        if sep and not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(
+                f"{option} {spec}: the label {name!r} must be letters, digits, '-', '_' or '.'"
+            )
+        names.append(name if sep else None)
+        values.append(_keys(var, option))
+    labels = key_labels(names, [len(v) for v in values], prefix)
+    return tuple(k for v in values for k in v), labels
+
+
 def _keys(var: str | None, option: str) -> tuple[str, ...]:
     """The comma-separated values of environment variable ``var`` (for ``option``).
 
@@ -509,10 +544,14 @@ def _run_proxy(args: argparse.Namespace) -> int:
     settings.update(
         listen_host=host,
         listen_port=port,
-        api_keys=_keys(args.api_key_env, "--api-key-env"),
-        client_tokens=_keys(args.client_token_env, "--client-token-env"),
         admin_tokens=_keys(args.admin_token_env, "--admin-token-env"),
         record_redact=tuple(args.record_redact),
+    )
+    settings["api_keys"], settings["api_key_labels"] = _labelled_keys(
+        args.api_key_env, "--api-key-env", "key"
+    )
+    settings["client_tokens"], settings["client_token_labels"] = _labelled_keys(
+        args.client_token_env, "--client-token-env", "token"
     )
     # Validate every option before starting anything (the mock included).
     ProxyConfig(upstream=args.upstream or "http://127.0.0.1", **settings)
@@ -592,6 +631,9 @@ async def _serve_until_signal(
                 finally:
                     finished.set()
 
+            usage_log = proxy.shared.usage_log
+            if usage_log is not None:  # SIGHUP reopens it (log rotation)
+                await tg.start(_reopen_on_hangup, usage_log)
             bound = await tg.start(run_proxy)  # the resume store was checked by then
             started(bound, "" if proxy.shared.resume is None else proxy.shared.resume.describe())
             await _first_signal(signals)
@@ -604,6 +646,18 @@ async def _serve_until_signal(
             shutdown.set()
             await finished.wait()
             tg.cancel_scope.cancel()
+
+
+async def _reopen_on_hangup(usage_log: Any, *, task_status: Any) -> None:
+    """Reopen ``--usage-log`` on each SIGHUP (a worker's come from its supervisor)."""
+    import signal as signals
+
+    import anyio
+
+    with anyio.open_signal_receiver(signals.SIGHUP) as hangups:
+        task_status.started()
+        async for _ in hangups:
+            usage_log.reopen()
 
 
 def _run_single(args: argparse.Namespace, settings: dict[str, Any], loop: tuple[str, Any]) -> int:
@@ -660,6 +714,7 @@ def _run_workers(args: argparse.Namespace, settings: dict[str, Any], loop: tuple
             settings["drain_timeout"],
             metrics_dir=metrics_dir,
             notice=_notifier(settings["log_format"]),
+            hangup_workers=settings["usage_log"] is not None,
         )
         upstream = args.upstream
         if upstream is None:

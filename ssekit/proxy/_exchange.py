@@ -37,7 +37,8 @@ from .._http import (
     is_event_stream,
     make_ssl_context,
 )
-from ._config import ProxyConfig
+from ._config import ProxyConfig, token_index
+from ._finish import Finishing
 from ._headers import request_headers, response_headers, underscored
 from ._pump import pump
 from ._record import Recorder, Take
@@ -49,12 +50,23 @@ from ._relay import (
     Refuse,
     Relay,
     admit,
+    bearer_token,
     retry_delay,
     retry_on_fresh_connection,
 )
 from ._resume import Recording, Resume, make_resume
 from ._resume._endpoint import serve_streams
 from ._stats import Metrics, Outcome, StreamStats
+from ._usage import (
+    Meter,
+    Shape,
+    UsageLog,
+    add_include_usage,
+    new_request_id,
+    request_model,
+    shape_of,
+    usage_record,
+)
 
 __all__ = ("Shared", "serve_exchange")
 
@@ -75,7 +87,14 @@ class Shared:
 
     def __init__(self, config: ProxyConfig, metrics_dir: str | None = None) -> None:
         self.config = config
-        self.metrics = Metrics(engine=config.http)
+        self.metrics = Metrics(engine=config.http, usage_log=config.usage_log is not None)
+        self.metrics.usage.max_models = config.usage_max_models
+        #: --usage-log: one JSON line per exchange (reopened on SIGHUP).
+        self.usage_log = (
+            None
+            if config.usage_log is None
+            else UsageLog(config.usage_log, self.metrics.usage, config.log_format)
+        )
         #: Where sibling worker processes leave their counters (None: one process).
         self.metrics_dir = None if metrics_dir is None else Path(metrics_dir)
         ssl_context = (
@@ -154,11 +173,32 @@ class Shared:
         self._key = (self._key + 1) % len(keys)
         return keys[self._key]
 
+    def key_label(self) -> str:
+        """The label of the key :meth:`next_api_key` returned last ("" with no keys)."""
+        return self.config.key_label(self._key) if self.config.api_keys else ""
+
     def finish(self, stats: StreamStats, relay: Relay, started: float) -> None:
         """The one place an exchange ends: its outcome, one metrics count, one log line."""
         stats.outcome = relay.outcome
         stats.duration = time.monotonic() - started
+        if stats.shape is not None:
+            stats.partial = stats.outcome is not Outcome.COMPLETE
+            if stats.events_delivered is not None and stats.outcome is Outcome.COMPLETE:
+                # --on-client-disconnect finish: read to its end, but its client left.
+                stats.outcome = Outcome.CLIENT_DISCONNECT
         self.metrics.record(stats)
+        if self.usage_log is not None and stats.outcome is not Outcome.LOCAL:
+            stats.request_id = new_request_id()
+            self.usage_log.write(usage_record(stats))
+        if stats.usage.value == "invalid" and not self.metrics.usage.invalid_logged:
+            self.metrics.usage.invalid_logged = True  # once: the metrics count every one
+            log.warning(
+                "ssekit: %s %s: the upstream reported a usage object with a non-integer or "
+                "negative count; its usage is 'invalid' (ssekit_usage_exchanges_total counts "
+                "them; this is said once)",
+                stats.method,
+                stats.path,
+            )
         if self.config.no_access_log and not stats.error and stats.outcome in _QUIET:
             return
         fields = stats.as_log()
@@ -237,6 +277,7 @@ async def serve_exchange(shared: Shared, client: Downstream, request: RequestHea
     target = request.target.decode("ascii", "replace")
     method = request.method.decode("ascii", "replace")
     stats = StreamStats(client=client.addr, method=method, path=target.split("?")[0])
+    stats.shape = shape_of(method, stats.path)
     keep = False
     take = None if shared.recorder is None else shared.recorder.take(started)  # --record
     try:
@@ -336,6 +377,9 @@ async def _forward(
     take: Take | None = None,
 ) -> bool:
     cfg = shared.config
+    if cfg.client_tokens:  # usage hook: whose token (admitted: it is one of them)
+        index = token_index(bearer_token(request.headers), cfg.client_tokens)
+        stats.client_label = "" if index is None else cfg.client_label(index)
     headers = request_headers(
         request.headers,
         origin=cfg.origin,
@@ -344,6 +388,7 @@ async def _forward(
         strip_authorization=bool(cfg.client_tokens),
         underscores=cfg.underscores_in_headers,
     )
+    stats.key_label = shared.key_label()
     if not cfg.underscores_in_headers:
         stats.dropped_headers = underscored(request.headers)
     if recording is not None:
@@ -361,6 +406,15 @@ async def _forward(
                 chunked = False
     else:
         await discard_body(client, cfg.body_timeout)  # an empty body ends at once
+    if stats.shape is not None and isinstance(body, bytes) and body:  # usage hook
+        stats.model = request_model(body)
+        if cfg.include_usage and stats.shape is Shape.CHAT:
+            rewritten = add_include_usage(body)
+            if rewritten is not None:
+                body = rewritten
+                headers = [h for h in headers if h[0].lower() != b"content-length"]
+                headers.append((b"content-length", b"%d" % len(body)))
+    meter = None if stats.shape is None else Meter(stats.shape, stats, started, time.monotonic)
     if chunked:
         # Transfer-Encoding is hop-by-hop: our own hop streams the body chunked too.
         headers.append((b"transfer-encoding", b"chunked"))
@@ -401,7 +455,7 @@ async def _forward(
                 failure = exc
             else:
                 failure, done = await _answer(
-                    shared, client, upstream, relay, stats, started, recording, take
+                    shared, client, upstream, relay, stats, started, recording, take, meter
                 )
                 if failure is None:
                     return done
@@ -431,6 +485,7 @@ async def _answer(
     started: float,
     recording: Recording | None = None,
     take: Take | None = None,
+    meter: Meter | None = None,
 ) -> tuple[UpstreamError | None, bool]:
     """Wait for the response head and forward the response, watching the client leave.
 
@@ -442,6 +497,8 @@ async def _answer(
     done = False
     if recording is not None:  # resume hook: the client may leave while the stream is kept
         client = recording.wrap(client)
+    elif meter is not None and cfg.on_client_disconnect == "finish":  # usage hook
+        client = Finishing(client, stats, cfg.finish_timeout)
     try:
         # From here the client is only read to notice it leaving.
         async with _watching(client, relay, cfg.max_header_size):
@@ -476,6 +533,7 @@ async def _answer(
                     head=head,
                     record=recording,
                     cassette=take,
+                    meter=meter,
                 )
     except* ClientGone:
         if relay.open:
@@ -483,6 +541,8 @@ async def _answer(
     finally:
         if recording is not None:  # resume hook: the stored stream ends as this one did
             recording.end(relay.phase is Phase.DONE, shutdown=shared.cutting)
+        if meter is not None:
+            meter.close()  # a non-streamed answer's usage
     return failure, done
 
 

@@ -30,6 +30,7 @@ from ._stats import StreamStats
 if TYPE_CHECKING:
     from ._record import Take
     from ._resume import Recording
+    from ._usage import Meter
 
 __all__ = ("Tap", "pump")
 
@@ -42,13 +43,20 @@ class Tap:
     False from then on: nothing more may be inserted into that stream.
     """
 
-    __slots__ = ("_decoder", "_record", "_started", "_stats", "failed")
+    __slots__ = ("_decoder", "_meter", "_record", "_started", "_stats", "failed")
 
-    def __init__(self, stats: StreamStats, started: float, record: Recording | None = None) -> None:
+    def __init__(
+        self,
+        stats: StreamStats,
+        started: float,
+        record: Recording | None = None,
+        meter: Meter | None = None,
+    ) -> None:
         self._decoder: Decoder[Event | Comment] = Decoder(comments=True)
         self._stats = stats
         self._started = started
         self._record = record  # resume hook: the stream's events are kept (never waits)
+        self._meter = meter  # usage and first token (its ``see`` changes as it reads)
         self.failed = False
 
     def feed(self, chunk: bytes) -> None:
@@ -71,6 +79,8 @@ class Tap:
                     stats.done_seen = True
                 if self._record is not None:
                     self._record.event(item)
+                if self._meter is not None:
+                    self._meter.see(item)
 
     @property
     def at_boundary(self) -> bool:
@@ -92,6 +102,7 @@ async def pump(
     head: bytes,
     record: Recording | None = None,
     cassette: Take | None = None,
+    meter: Meter | None = None,
 ) -> bool:
     """Write the response ``head``, forward the body and its end; True when
     it ended cleanly (the upstream may be reused).
@@ -105,11 +116,16 @@ async def pump(
     A response the client gets chunk-framed takes the callback path when it
     can (each read's chunks framed in one piece, one write). ``record``: the
     events the tap decodes are also kept for resumption. ``cassette``: every
-    chunk forwarded is also queued for ``--record`` (never waits).
+    chunk forwarded is also queued for ``--record`` (never waits). ``meter``: the
+    events (or a non-streamed body) are read for usage and the first token.
     """
-    tap = Tap(stats, started, record) if sse else None
-    heartbeat = None if sized else config.heartbeat
-    error_event = config.error_event and not sized
+    tap: Tap | None = None
+    if sse:
+        tap = Tap(stats, started, record, meter)
+    elif meter is not None:
+        tap = _BodyTap(stats, started, meter)
+    heartbeat = None if sized or not sse else config.heartbeat
+    error_event = config.error_event and not sized and sse
     if tap is None or heartbeat is None:
         return await _forward(
             client, upstream, relay, stats, config.idle_timeout, error_event, tap, None,
@@ -185,6 +201,23 @@ async def _forward(
         await client.send_end()
     relay.on(Input.END)
     return True
+
+
+class _BodyTap(Tap):
+    """A non-streamed answer's chunks, to the meter (its usage is read at the end)."""
+
+    __slots__ = ("_feed",)
+
+    def __init__(self, stats: StreamStats, started: float, meter: Meter) -> None:
+        super().__init__(stats, started)
+        self._feed = meter.body
+
+    def feed(self, chunk: bytes) -> None:
+        self._feed(chunk)
+
+    @property
+    def at_boundary(self) -> bool:
+        return True
 
 
 class _ToClient:
