@@ -505,3 +505,24 @@ async def test_a_plain_json_answer_replays_with_its_length(tmp_path: Path) -> No
         assert response.content == live.content
         assert response.headers["content-length"] == str(len(live.content))
         assert "transfer-encoding" not in response.headers
+
+
+async def test_include_usage_records_the_request_the_client_sent_and_replays_to_it(
+    tmp_path: Path,
+) -> None:
+    """--include-usage rewrites the body for the upstream; the cassette keeps the client's
+    request (body and Content-Length agree), so the same request matches it on replay."""
+    async with deadline(20) as tg:
+        mock = await start_mock(tg, tokens=3, delay=0)
+        live, cassette = await record(tg, mock, tmp_path, 1, include_usage=True)
+        request = cassette.request
+        assert json.loads(request.body) == CHAT  # no stream_options: the client's body
+        lengths = [v for n, v in request.headers if n.lower() == "content-length"]
+        assert lengths == [str(len(request.body))]
+        host, port = await tg.start(serve_replay, ReplayConfig(source=str(tmp_path), listen_port=0))
+        async with httpx.AsyncClient() as client:
+            replayed = await client.post(f"http://{host}:{port}/v1/chat/completions", json=CHAT)
+    assert replayed.status_code == 200
+    assert replayed.content == live
+    usage = [json.loads(e.data)["usage"] for e in iter_events([live]) if e.data != "[DONE]"]
+    assert usage[-1]["completion_tokens"] == 3  # the upstream got include_usage

@@ -406,6 +406,7 @@ async def _forward(
                 chunked = False
     else:
         await discard_body(client, cfg.body_timeout)  # an empty body ends at once
+    sent = body if isinstance(body, bytes) else b""  # as the client sent it, for --record
     if stats.shape is not None and isinstance(body, bytes) and body:  # usage hook
         stats.model = request_model(body)
         if cfg.include_usage and stats.shape is Shape.CHAT:
@@ -419,9 +420,7 @@ async def _forward(
         # Transfer-Encoding is hop-by-hop: our own hop streams the body chunked too.
         headers.append((b"transfer-encoding", b"chunked"))
     if take is not None:  # --record: a body streamed on (past --request-buffer) is not kept
-        take.request(
-            method, decision.target, request.headers, body if isinstance(body, bytes) else b""
-        )
+        take.request(method, decision.target, request.headers, sent)
 
     attempt = 0
     reuse = True
