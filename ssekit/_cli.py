@@ -399,6 +399,12 @@ def _labelled_keys(
         names.append(name if sep else None)
         values.append(_keys(var, option))
     labels = key_labels(names, [len(v) for v in values], prefix)
+    if len(set(labels)) < len(labels):  # two keys under one label could not be told apart
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        raise ConfigError(
+            f"{option}: the label {twice[0]!r} names more than one key; give each variable "
+            "its own NAME"
+        )
     return tuple(k for v in values for k in v), labels
 
 
