@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from .._event import Comment, Event
 from .._http import ClientGone, Downstream, FastStream, OriginConnection, frame_chunks
 from ..openai import DONE
 from ._config import ProxyConfig
+from ._histograms import SECONDS, new_gaps
 from ._relay import Input, Relay, heartbeat_due
 from ._stats import StreamStats
 
@@ -41,13 +43,14 @@ class Tap:
     False from then on: nothing more may be inserted into that stream.
     """
 
-    __slots__ = ("_decoder", "_record", "_started", "_stats", "failed")
+    __slots__ = ("_decoder", "_gaps", "_record", "_started", "_stats", "failed")
 
     def __init__(self, stats: StreamStats, started: float, record: Recording | None = None) -> None:
         self._decoder: Decoder[Event | Comment] = Decoder(comments=True)
         self._stats = stats
         self._started = started
         self._record = record  # resume hook: the stream's events are kept (never waits)
+        self._gaps = stats.gaps = new_gaps()  # the gap between events, per bucket
         self.failed = False
 
     def feed(self, chunk: bytes) -> None:
@@ -61,15 +64,28 @@ class Tap:
                 self._record.fail()
             return
         stats = self._stats
+        seen = 0
         for item in items:
             if isinstance(item, Event):
-                stats.events += 1
-                if stats.first_event is None:
-                    stats.first_event = time.monotonic() - self._started
+                seen += 1
                 if item.data == DONE:
                     stats.done_seen = True
                 if self._record is not None:
                     self._record.event(item)
+        if seen:
+            # One clock read and one bisect per read, not per event: the events of one
+            # read arrived together (gap 0, the first bucket).
+            at = time.monotonic() - self._started
+            stats.events += seen
+            gaps = self._gaps
+            last = stats.last_event
+            if last is None:
+                stats.first_event = at
+            else:
+                gaps[bisect_left(SECONDS, at - last)] += 1
+                stats.gap_sum += at - last
+            gaps[0] += seen - 1
+            stats.last_event = at
 
     @property
     def at_boundary(self) -> bool:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ._histograms import Histograms
+
 __all__ = ("Metrics", "Outcome", "StreamStats")
 
 
@@ -62,6 +64,14 @@ class StreamStats:
     cut: str = ""  # a resumable stream was cut: why (upstream_failure, grace_expired...)
     not_resumable: str = ""  # an event stream the resume store could not keep: why
     dropped_headers: int = 0  # request fields with "_" in their name, not forwarded
+    # For the histograms and the status page (_histograms, _status). The usage ledger
+    # sets first_token, model and key_label; they stay None/"" without it.
+    first_token: float | None = None
+    model: str = ""
+    key_label: str = ""
+    last_event: float | None = None  # seconds from the request, like first_event
+    gaps: list[int] | None = None  # an event stream's gap counts per bucket (the tap's)
+    gap_sum: float = 0.0
 
     def as_log(self) -> dict[str, object]:
         return {
@@ -141,6 +151,7 @@ class Metrics:
     #: The HTTP/1.1 engine serving both sides (``--http``), shown as an info gauge.
     engine: str = "ssekit"
     resume_evicted: int = 0
+    histograms: Histograms = field(default_factory=Histograms)
 
     def snapshot(self) -> dict[str, object]:
         """The counters as JSON-able data, for another worker process to add up."""
@@ -148,6 +159,7 @@ class Metrics:
             "requests": {str(k): v for k, v in self.requests.items()},
             "outcomes": {k.value: v for k, v in self.outcomes.items()},
             **{name: getattr(self, name) for name in _SUMMED},
+            "histograms": self.histograms.snapshot(),
         }
 
     @staticmethod
@@ -163,6 +175,7 @@ class Metrics:
             outcomes=dict(self.outcomes),
             resume_on=self.resume_on,
             engine=self.engine,
+            histograms=self.histograms.copy(),
         )
         for name in _SUMMED:
             setattr(total, name, getattr(self, name))
@@ -175,6 +188,7 @@ class Metrics:
                 total.outcomes[key] = total.outcomes.get(key, 0) + count
             for name in _SUMMED:
                 setattr(total, name, getattr(total, name) + snap[name])
+            total.histograms.add(snap.get("histograms", {}))
         return total
 
     def record(self, stats: StreamStats) -> None:
@@ -186,6 +200,7 @@ class Metrics:
         if stats.first_event is not None:
             self.first_event_seconds_sum += stats.first_event
             self.first_event_count += 1
+        self.histograms.record(stats)
 
     def render(self) -> bytes:
         lines = [
@@ -230,6 +245,7 @@ class Metrics:
             "# HELP ssekit_http_engine The HTTP/1.1 engine serving both sides (--http).",
             "# TYPE ssekit_http_engine gauge",
             f'ssekit_http_engine{{engine="{self.engine}"}} 1',
+            *self.histograms.render(),
         ]
         if self.resume_on:
             lines += [
