@@ -54,6 +54,7 @@ from ._relay import (
 from ._resume import Recording, Resume, make_resume
 from ._resume._endpoint import serve_streams
 from ._stats import Metrics, Outcome, StreamStats
+from ._status import Board, serve_status
 
 __all__ = ("Shared", "serve_exchange")
 
@@ -95,6 +96,10 @@ class Shared:
         self.resume: Resume | None = (
             None if config.resume_store is None else make_resume(config, self.metrics)
         )
+        #: The open and recently finished exchanges, for the status page (_status).
+        self.board = Board(self.metrics, self.metrics_dir, config)
+        if self.resume is not None:
+            self.board.resume_health = self.resume.health
 
     def snapshot_path(self) -> Path | None:
         """This process's counters file among its siblings', when there are workers."""
@@ -107,6 +112,7 @@ class Shared:
             scratch = path.with_suffix(".tmp")
             scratch.write_text(json.dumps(self.metrics.snapshot()))
             scratch.replace(path)
+            self.board.write_share()  # only while a status page is open
 
     def render_metrics(self) -> bytes:
         """Prometheus text: this process's counters, plus every sibling worker's."""
@@ -132,6 +138,7 @@ class Shared:
         stats.outcome = relay.outcome
         stats.duration = time.monotonic() - started
         self.metrics.record(stats)
+        self.board.ended(stats)
         if self.config.no_access_log and not stats.error and stats.outcome in _QUIET:
             return
         fields = stats.as_log()
@@ -210,6 +217,7 @@ async def serve_exchange(shared: Shared, client: Downstream, request: RequestHea
     target = request.target.decode("ascii", "replace")
     method = request.method.decode("ascii", "replace")
     stats = StreamStats(client=client.addr, method=method, path=target.split("?")[0])
+    shared.board.opened(stats)
     keep = False
     try:
         keep = await _serve(shared, client, request, target, relay, stats, started)
@@ -270,6 +278,8 @@ async def _serve(
         await discard_body(client, cfg.body_timeout)
         if decision.name == "streams" and shared.resume is not None:  # resume hook
             return await serve_streams(shared.resume, client, request, relay, stats)
+        if decision.name in ("status", "events"):  # the status page and its feed
+            return await serve_status(shared, client, request, relay, stats, decision.name)
         if decision.name == "metrics":
             body = shared.render_metrics()
             await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
