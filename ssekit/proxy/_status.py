@@ -91,6 +91,7 @@ class Board:
         self.closing = False
         self._view: dict[str, Any] | None = None
         self._view_at = 0.0
+        self._view_ended = 0
         self._last_totals: tuple[float, int, int] | None = None
         self._rates = (0.0, 0.0)
 
@@ -151,9 +152,11 @@ class Board:
 
     def view(self) -> dict[str, Any]:
         """Every worker's open and finished exchanges and the totals, computed at most once
-        per half tick whatever the number of pages open."""
+        per half tick whatever the number of pages open (sooner when one of this worker's
+        exchanges finished meanwhile)."""
         now = time.monotonic()
-        if self._view is not None and now - self._view_at < TICK / 2:
+        fresh = now - self._view_at < TICK / 2 and self._view_ended == self._ended
+        if self._view is not None and fresh:
             return self._view
         shares = [self.share()]
         outcomes = {k.value: v for k, v in self._metrics.outcomes.items()}
@@ -207,6 +210,7 @@ class Board:
             },
         }
         self._view_at = now
+        self._view_ended = self._ended
         return self._view
 
 
