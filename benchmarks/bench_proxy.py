@@ -17,6 +17,8 @@ With ``--resume``, also ssekit with ``--resume-store memory`` and (when Debian's
 redis-server is installed; one is started on a free port, no persistence)
 ``--resume-store redis://...``: added latency and CPU per event beside the store
 off, Redis commands per event, and memory per stored stream.
+With ``--status-page``, also ssekit with its status page open throughout (a reader
+on ``/_ssekit/events``, as a browser's EventSource), beside the same proxy unwatched.
 Everything runs on 127.0.0.1; every loop is bounded in count and time.
 """
 
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -525,6 +528,20 @@ def start_ssekit(
     return proxy, port
 
 
+def read_feed(port: int) -> None:
+    """The status page's feed, read as a browser would, until the proxy goes away
+    (reconnecting after a drop, at most 100 times)."""
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                sock.sendall(b"GET /_ssekit/events HTTP/1.1\r\nhost: bench\r\n\r\n")
+                while sock.recv(65536):
+                    pass
+        except OSError:
+            return
+        time.sleep(0.5)
+
+
 #: ``--http`` choices: the engines each choice runs, the first also for workers and resume.
 HTTP_CHOICES: dict[str, tuple[str, ...]] = {
     "both": ("ssekit", "h11"),
@@ -571,6 +588,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument(
         "--resume", action="store_true", help="also ssekit with the memory and Redis resume stores"
     )
+    parser.add_argument(
+        "--status-page",
+        action="store_true",
+        help="also ssekit with its status page open throughout (a reader on /_ssekit/events)",
+    )
     args = parser.parse_args(argv)
     needs.require(parser.prog, needs.PROXY)
     procs: list[subprocess.Popen[bytes]] = []
@@ -598,6 +620,12 @@ def main(argv: list[str] | None = None) -> list[str]:
             )
             procs.append(workers)
             paths[f"ssekit --workers {args.workers}"] = (workers_port, [workers.pid])
+
+        if args.status_page:
+            watched, watched_port = start_ssekit(up_port, tmp / "watched.log", *first)
+            procs.append(watched)
+            paths["ssekit, status page open"] = (watched_port, [watched.pid])
+            threading.Thread(target=read_feed, args=(watched_port,), daemon=True).start()
 
         resume_paths: dict[str, int | None] = {}  # name -> the Redis port (None: memory)
         if args.resume:

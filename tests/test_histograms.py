@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
 import signal
 import time
+from pathlib import Path
 
 import anyio
 import httpx
@@ -194,3 +196,12 @@ def test_histograms_are_summed_over_two_workers() -> None:
         assert value(found[name], "_sum", name, outcome="complete") == 8 * (3 + 3)
         name = "ssekit_stream_duration_seconds"
         assert bucket(found[name], name, "+Inf", outcome="complete") == 8
+
+
+def test_the_readme_lists_every_metric() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `(ssekit_[a-z_]+)", readme, re.MULTILINE))
+    rendered = Metrics(resume_on=True).render().decode()
+    for family in text_string_to_metric_families(rendered):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert name in listed, name
