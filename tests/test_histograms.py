@@ -76,7 +76,7 @@ def test_the_histograms_observe_an_exchange_under_its_outcome_and_labels() -> No
     hist = Histograms()
     stats = StreamStats(
         upstream_first_byte=0.02, first_event=0.03, first_token=0.2, duration=1.5,
-        events=4, gaps=[0] * (len(SECONDS) + 1), gap_sum=1.2, model="gpt-x", key_label="team-a",
+        events=4, gaps=[0] * (len(SECONDS) + 1), last_event=1.23, model="gpt-x", key_label="team-a",
     )  # fmt: skip
     assert stats.gaps is not None
     stats.gaps[0] += 1  # two events of one read

@@ -125,7 +125,8 @@ class Histograms:
             series = self._series(GAP, labels)
             for index, count in enumerate(stats.gaps):
                 series.counts[index] += count
-            series.total += stats.gap_sum
+            if stats.first_event is not None and stats.last_event is not None:
+                series.total += stats.last_event - stats.first_event  # every gap, summed
 
     def _pair(self, model: str, key: str) -> tuple[str, str]:
         pair = (model, key)

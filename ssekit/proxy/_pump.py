@@ -73,19 +73,19 @@ class Tap:
                 if self._record is not None:
                     self._record.event(item)
         if seen:
-            # One clock read and one bisect per read, not per event: the events of one
-            # read arrived together (gap 0, the first bucket).
+            # One clock read and at most one bisect per read, not per event: the events
+            # of one read arrived together (gap 0, the first bucket). The gaps' sum is
+            # last_event - first_event, taken when the stream ends.
             at = time.monotonic() - self._started
             stats.events += seen
-            gaps = self._gaps
             last = stats.last_event
+            stats.last_event = at
             if last is None:
                 stats.first_event = at
             else:
-                gaps[bisect_left(SECONDS, at - last)] += 1
-                stats.gap_sum += at - last
-            gaps[0] += seen - 1
-            stats.last_event = at
+                self._gaps[bisect_left(SECONDS, at - last)] += 1
+            if seen > 1:
+                self._gaps[0] += seen - 1
 
     @property
     def at_boundary(self) -> bool:

@@ -71,7 +71,6 @@ class StreamStats:
     key_label: str = ""
     last_event: float | None = None  # seconds from the request, like first_event
     gaps: list[int] | None = None  # an event stream's gap counts per bucket (the tap's)
-    gap_sum: float = 0.0
 
     def as_log(self) -> dict[str, object]:
         return {

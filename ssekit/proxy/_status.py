@@ -27,6 +27,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
+import heapq
 import json
 import os
 import time
@@ -79,7 +81,8 @@ class Board:
         self._metrics = metrics
         self._dir = metrics_dir
         self._config = config
-        self._open: dict[int, tuple[str, StreamStats]] = {}
+        self._pid = os.getpid()  # a worker makes its board after the fork
+        self._open: dict[int, tuple[int, StreamStats]] = {}
         self._serial = 0
         self._ended = 0  # the sequence number of the last finished exchange kept
         self.finished: deque[Row] = deque(maxlen=FINISHED_KEPT)
@@ -98,19 +101,26 @@ class Board:
     # -- the exchanges (called by the exchange, once each) --
 
     def opened(self, stats: StreamStats) -> None:
+        """An exchange began (all do; ``forget`` takes the page's own out)."""
         self._serial += 1
-        self._open[id(stats)] = (f"{os.getpid()}:{self._serial}", stats)
+        self._open[id(stats)] = (self._serial, stats)
 
     def forget(self, stats: StreamStats) -> None:
         """Not an exchange to show (the page and its own feed)."""
         self._open.pop(id(stats), None)
 
     def ended(self, stats: StreamStats) -> None:
+        """An exchange ended: kept among the finished ones, unless the proxy answered it
+        itself (its own endpoints). One refused before it began (a 503 over
+        --max-connections, a malformed head) was never opened: it gets its serial now."""
         entry = self._open.pop(id(stats), None)
-        if entry is None or stats.outcome is Outcome.LOCAL:
-            return  # the proxy's own endpoints are not streams
+        if stats.outcome is Outcome.LOCAL:
+            return
+        if entry is None:
+            self._serial += 1
+            entry = (self._serial, stats)
         self._ended += 1
-        row = _row(entry[0], stats)
+        row = _row(f"{self._pid}:{entry[0]}", stats)
         row["seq"] = self._ended
         row["ended"] = round(stats.arrived + stats.duration, 3)
         row["duration"] = _round(stats.duration)
@@ -121,13 +131,14 @@ class Board:
 
     def share(self) -> dict[str, Any]:
         """This worker's board as JSON-able data (for its siblings, and its own view)."""
-        rows = sorted(self._open.values(), key=lambda entry: entry[1].arrived)
-        events = self._metrics.events + sum(stats.events for _, stats in rows)
-        size = self._metrics.body_bytes + sum(stats.body_bytes for _, stats in rows)
+        entries = self._open.values()
+        events = self._metrics.events + sum(stats.events for _, stats in entries)
+        size = self._metrics.body_bytes + sum(stats.body_bytes for _, stats in entries)
+        oldest = heapq.nsmallest(OPEN_SHOWN, entries, key=lambda entry: entry[1].arrived)
         return {
-            "pid": os.getpid(),
-            "open": [_row(key, stats) for key, stats in rows[:OPEN_SHOWN]],
-            "open_count": len(rows),
+            "pid": self._pid,
+            "open": [_row(f"{self._pid}:{serial}", stats) for serial, stats in oldest],
+            "open_count": len(entries),
             "finished": list(self.finished),
             "events": events,
             "bytes": size,
@@ -143,7 +154,7 @@ class Board:
                 return
         except OSError:
             return
-        path = self._dir / f"{os.getpid()}.status"
+        path = self._dir / f"{self._pid}.status"
         scratch = path.with_suffix(".status-tmp")
         scratch.write_text(json.dumps(self.share()))
         scratch.replace(path)
@@ -164,7 +175,7 @@ class Board:
         if self._dir is not None:
             with contextlib.suppress(OSError):
                 (self._dir / "watching").touch()
-            mine = os.getpid()
+            mine = self._pid
             for path in self._dir.iterdir():
                 with contextlib.suppress(OSError, ValueError):
                     if path.suffix == ".status" and path.stem != str(mine):
@@ -193,7 +204,7 @@ class Board:
         self._last_totals = (now, events, size)
         self._view = {
             "time": round(wall, 3),
-            "worker": os.getpid(),
+            "worker": self._pid,
             "open": open_rows[:OPEN_SHOWN],
             "finished": {int(s["pid"]): s["finished"] for s in shares},
             "totals": {
@@ -313,6 +324,7 @@ def authorized(headers: list[tuple[bytes, bytes]], config: ProxyConfig) -> bool:
     return token_matches(token, tokens)
 
 
+@functools.cache
 def page() -> bytes:
     """The page: one HTML file, its script and style inline."""
     return resources.files(__package__).joinpath("status.html").read_bytes()
