@@ -219,8 +219,8 @@ def _admin(
     if method != "GET" or name not in ("metrics", "health"):
         return Refuse(
             404,
-            f"no endpoint {method} {path}; the proxy serves GET {config.admin_prefix}/metrics "
-            f"and GET {config.admin_prefix}/health",
+            f"no endpoint {method} {path}; the proxy serves GET {config.admin_prefix}/metrics, "
+            f"GET {config.admin_prefix}/health and the status page, GET {config.admin_prefix}/",
             Input.LOCAL,
         )
     tokens = config.admin_tokens or config.client_tokens
