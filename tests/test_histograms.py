@@ -13,6 +13,9 @@ import httpx
 import pytest
 from _procs import finish, listening, spawn
 from _servers import SSE_HEAD, Seen, chunk, deadline, start_mock, start_proxy, start_upstream
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -205,3 +208,24 @@ def test_the_readme_lists_every_metric() -> None:
     for family in text_string_to_metric_families(rendered):
         name = family.name + ("_total" if family.type == "counter" else "")
         assert name in listed, name
+
+
+@pytest.mark.anyio
+async def test_openmetrics_is_served_when_the_scraper_asks_for_it() -> None:
+    async with deadline(30) as tg:
+        mock = await start_mock(tg, tokens=2, delay=0.001)
+        base = await start_proxy(tg, mock)
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert (await client.post(base + "/v1/chat/completions", json=CHAT)).status_code == 200
+            accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            r = await client.get(base + "/_ssekit/metrics", headers={"accept": accept})
+    assert r.headers["content-type"].startswith("application/openmetrics-text")
+    found = {f.name: f for f in openmetrics_families(r.text)}
+    assert found["ssekit_streams"].type == "counter"
+    (sample,) = [s for s in found["ssekit_streams"].samples if s.labels["outcome"] == "complete"]
+    assert sample.name == "ssekit_streams_total"
+    assert sample.value == 1
+    name = "ssekit_stream_events"
+    assert found[name].type == "histogram"
+    check_histogram(name, found[name].samples)
+    assert value(found[name].samples, "_sum", name, outcome="complete") == 2 + 3

@@ -39,6 +39,7 @@ from .._http import (
 )
 from ._config import ProxyConfig
 from ._headers import request_headers, response_headers, underscored
+from ._histograms import OPENMETRICS, openmetrics, wants_openmetrics
 from ._pump import pump
 from ._relay import (
     Admin,
@@ -282,7 +283,10 @@ async def _serve(
             return await serve_status(shared, client, request, relay, stats, decision.name)
         if decision.name == "metrics":
             body = shared.render_metrics()
-            await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
+            if wants_openmetrics(get_header(request.headers, b"accept")):
+                await client.answer(200, openmetrics(body), OPENMETRICS)
+            else:
+                await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
         else:  # health: forwarding is up; with the resume store, its state beside it
             health = {} if shared.resume is None else shared.resume.health()
             body = json.dumps({"status": "ok", **health}, separators=(",", ":")).encode()

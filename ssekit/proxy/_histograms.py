@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from ._stats import StreamStats
 
-__all__ = ("EVENTS", "MEASURES", "SECONDS", "Histograms", "Measure", "new_gaps")
+__all__ = (
+    "EVENTS",
+    "MEASURES",
+    "OPENMETRICS",
+    "SECONDS",
+    "Histograms",
+    "Measure",
+    "new_gaps",
+    "openmetrics",
+    "wants_openmetrics",
+)
 
 #: Upper bounds (``le``) of the time buckets, seconds: 1 ms to 10 minutes.
 SECONDS: Final = (
@@ -214,3 +224,31 @@ def _labels(labels: Labels) -> str:
     if key:
         text += f'key="{_escape(key)}",'
     return text
+
+
+#: The media type of :func:`openmetrics`, asked for with ``Accept``.
+OPENMETRICS: Final = b"application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def wants_openmetrics(accept: bytes | None) -> bool:
+    """True when a scraper's ``Accept`` names OpenMetrics text (Prometheus sends it first)."""
+    return accept is not None and b"application/openmetrics-text" in accept.lower()
+
+
+def openmetrics(text: bytes) -> bytes:
+    """The Prometheus text exposition as OpenMetrics 1.0: a counter family is named
+    without its samples' ``_total``, and the exposition ends with ``# EOF``."""
+    lines = text.decode().splitlines()
+    counters = {
+        line.split()[2]
+        for line in lines
+        if line.startswith("# TYPE ") and line.endswith(" counter") and "_total " in line
+    }
+    out = []
+    for line in lines:
+        if line.startswith(("# HELP ", "# TYPE ")):
+            kind, name, rest = line[2:6], line.split()[2], line.split(" ", 3)[3]
+            if name in counters:
+                line = f"# {kind} {name.removesuffix('_total')} {rest}"
+        out.append(line)
+    return ("\n".join(out) + "\n# EOF\n").encode()
