@@ -56,6 +56,12 @@ def test_chromium_watches_a_stream_appear_count_stall_and_end_cut() -> None:
     assert seen["open_after"] == 0
     assert seen["counts"] == {"complete": "2", "upstream_cut": "1"}
     assert seen["workers"] == "1"
+    # Offline: the page asked for itself and its feed, nothing else.
+    assert seen["requested"] <= {
+        f"{seen['base']}/_ssekit/?stall=1",
+        f"{seen['base']}/_ssekit/events",
+    }
+    assert f"{seen['base']}/_ssekit/events" in seen["requested"]
 
 
 def drive(base: str, cut: threading.Event) -> dict[str, Any]:
@@ -70,7 +76,7 @@ def drive(base: str, cut: threading.Event) -> dict[str, Any]:
             except httpx.HTTPError:
                 pass  # the cut stream ends in an error, as it should
 
-    seen: dict[str, Any] = {}
+    seen: dict[str, Any] = {"base": base}
     profile = tempfile.mkdtemp(prefix="ssekit-chromium-")
     try:
         with sync_playwright() as pw:
@@ -84,6 +90,8 @@ def drive(base: str, cut: threading.Event) -> dict[str, Any]:
             )
             try:
                 page = browser.new_page()
+                requested: list[str] = []
+                page.on("request", lambda request: requested.append(request.url))
                 page.set_viewport_size({"width": 1400, "height": 820})
                 response = page.goto(f"{base}/_ssekit/?stall=1")
                 assert response is not None
@@ -115,6 +123,7 @@ def drive(base: str, cut: threading.Event) -> dict[str, Any]:
                     for name in ("complete", "upstream_cut")
                 }
                 seen["workers"] = page.get_attribute('[data-metric="workers_alive"]', "data-value")
+                seen["requested"] = set(requested)
                 slow.join(timeout=10)
             finally:
                 browser.close()
