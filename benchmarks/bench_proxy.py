@@ -17,6 +17,8 @@ With ``--resume``, also ssekit with ``--resume-store memory`` and (when Debian's
 redis-server is installed; one is started on a free port, no persistence)
 ``--resume-store redis://...``: added latency and CPU per event beside the store
 off, Redis commands per event, and memory per stored stream.
+With ``--status-page``, also ssekit with its status page open throughout (a reader
+on ``/_ssekit/events``, as a browser's EventSource), beside the same proxy unwatched.
 Everything runs on 127.0.0.1; every loop is bounded in count and time.
 """
 
@@ -555,6 +557,24 @@ def start_ssekit(
     return proxy, port
 
 
+#: The status page's feed, read as a browser's EventSource would, until the proxy goes away
+#: (reconnecting after a drop, at most 100 times).
+FEED_READER = textwrap.dedent(
+    """
+    import socket, sys, time
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60) as sock:
+                sock.sendall(b"GET /_ssekit/events HTTP/1.1\\r\\nhost: bench\\r\\n\\r\\n")
+                while sock.recv(65536):
+                    pass
+        except OSError:
+            sys.exit()
+        time.sleep(0.5)
+    """
+)
+
+
 #: ``--http`` choices: the engines each choice runs, the first also for workers and resume.
 HTTP_CHOICES: dict[str, tuple[str, ...]] = {
     "both": ("ssekit", "h11"),
@@ -607,6 +627,11 @@ def main(argv: list[str] | None = None) -> list[str]:
         help="streams as POST /v1/chat/completions of OpenAI chunks (the proxy reads their "
         "usage and first token) instead of GET of plain events",
     )
+    parser.add_argument(
+        "--status-page",
+        action="store_true",
+        help="also ssekit with its status page open throughout (a reader on /_ssekit/events)",
+    )
     args = parser.parse_args(argv)
     global CHAT
     CHAT = args.chat
@@ -636,6 +661,14 @@ def main(argv: list[str] | None = None) -> list[str]:
             )
             procs.append(workers)
             paths[f"ssekit --workers {args.workers}"] = (workers_port, [workers.pid])
+
+        if args.status_page:
+            watched, watched_port = start_ssekit(up_port, tmp / "watched.log", *first)
+            procs.append(watched)
+            paths["ssekit, status page open"] = (watched_port, [watched.pid])
+            # In a process of its own, as a browser is: a thread here would share the
+            # measuring client's GIL and show up in its latencies.
+            procs.append(subprocess.Popen([sys.executable, "-c", FEED_READER, str(watched_port)]))
 
         resume_paths: dict[str, int | None] = {}  # name -> the Redis port (None: memory)
         if args.resume:

@@ -113,8 +113,9 @@ class ProxyConfig:
     )
     admin_prefix: str = _option(
         "/_ssekit",
-        "path prefix of the proxy's own endpoints: GET PATH/metrics, PATH/health and, with "
-        "--resume-store, GET and DELETE PATH/streams/<id>",
+        "path prefix of the proxy's own endpoints: GET PATH/metrics, PATH/health, PATH/ (the "
+        "live status page) and PATH/events (its feed) and, with --resume-store, GET and "
+        "DELETE PATH/streams/<id>",
         "PATH",
         group=Group.OPERATIONS,
     )

@@ -40,6 +40,7 @@ from .._http import (
 from ._config import ProxyConfig, token_index
 from ._finish import Finishing
 from ._headers import request_headers, response_headers, underscored
+from ._histograms import OPENMETRICS, openmetrics, wants_openmetrics
 from ._pump import pump
 from ._record import Recorder, Take
 from ._relay import (
@@ -57,6 +58,7 @@ from ._relay import (
 from ._resume import Recording, Resume, make_resume
 from ._resume._endpoint import serve_streams
 from ._stats import Metrics, Outcome, StreamStats
+from ._status import Board, serve_status
 from ._usage import (
     Meter,
     Shape,
@@ -127,6 +129,10 @@ class Shared:
                 )
             except OSError as exc:  # the directory cannot be made
                 raise ConfigError(f"--record {config.record}: {exc.strerror or exc}") from exc
+        #: The open and recently finished exchanges, for the status page (_status).
+        self.board = Board(self.metrics, self.metrics_dir, config)
+        if self.resume is not None:
+            self.board.resume_health = self.resume.health
 
     def snapshot_path(self) -> Path | None:
         """This process's counters file among its siblings', when there are workers."""
@@ -139,6 +145,7 @@ class Shared:
             scratch = path.with_suffix(".tmp")
             scratch.write_text(json.dumps(self.metrics.snapshot()))
             scratch.replace(path)
+            self.board.write_share()  # only while a status page is open
 
     def render_metrics(self) -> bytes:
         """Prometheus text: this process's counters, plus every sibling worker's."""
@@ -199,6 +206,7 @@ class Shared:
                 stats.method,
                 stats.path,
             )
+        self.board.ended(stats)
         if self.config.no_access_log and not stats.error and stats.outcome in _QUIET:
             return
         fields = stats.as_log()
@@ -278,6 +286,7 @@ async def serve_exchange(shared: Shared, client: Downstream, request: RequestHea
     method = request.method.decode("ascii", "replace")
     stats = StreamStats(client=client.addr, method=method, path=target.split("?")[0])
     stats.shape = shape_of(method, stats.path)
+    shared.board.opened(stats)
     keep = False
     take = None if shared.recorder is None else shared.recorder.take(started)  # --record
     try:
@@ -342,9 +351,14 @@ async def _serve(
         await discard_body(client, cfg.body_timeout)
         if decision.name == "streams" and shared.resume is not None:  # resume hook
             return await serve_streams(shared.resume, client, request, relay, stats)
+        if decision.name in ("status", "events"):  # the status page and its feed
+            return await serve_status(shared, client, request, relay, stats, decision.name)
         if decision.name == "metrics":
             body = shared.render_metrics()
-            await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
+            if wants_openmetrics(get_header(request.headers, b"accept")):
+                await client.answer(200, openmetrics(body), OPENMETRICS)
+            else:
+                await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
         else:  # health: forwarding is up; with the resume store, its state beside it
             health = {} if shared.resume is None else shared.resume.health()
             body = json.dumps({"status": "ok", **health}, separators=(",", ":")).encode()

@@ -160,6 +160,7 @@ class Proxy:
         self._connections = 0
         self._accept_failing = False
         self._turns = Turns(STARTS_PER_TURN)
+        self.shared.board.connections = lambda: self._connections
 
     @property
     def metrics(self) -> Metrics:
@@ -216,6 +217,7 @@ class Proxy:
                 # Drain: stop accepting, close idle keep-alive connections, let
                 # exchanges in flight finish until the deadline, then cut them.
                 self._draining = True
+                self.shared.board.closing = True  # status feeds end: they hold no stream
                 accepting.cancel()
                 await listener.aclose()
                 for scope in list(self._idle_scopes):

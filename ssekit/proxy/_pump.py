@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from .._event import Comment, Event
 from .._http import ClientGone, Downstream, FastStream, OriginConnection, frame_chunks
 from ..openai import DONE
 from ._config import ProxyConfig
+from ._histograms import SECONDS, new_gaps
 from ._relay import Input, Relay, heartbeat_due
 from ._stats import StreamStats
 
@@ -43,7 +45,7 @@ class Tap:
     False from then on: nothing more may be inserted into that stream.
     """
 
-    __slots__ = ("_decoder", "_meter", "_record", "_started", "_stats", "failed")
+    __slots__ = ("_decoder", "_gaps", "_meter", "_record", "_started", "_stats", "failed")
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class Tap:
         self._started = started
         self._record = record  # resume hook: the stream's events are kept (never waits)
         self._meter = meter  # usage and first token (its ``see`` changes as it reads)
+        self._gaps = stats.gaps = new_gaps()  # the gap between events, per bucket
         self.failed = False
 
     def feed(self, chunk: bytes) -> None:
@@ -70,17 +73,30 @@ class Tap:
                 self._record.fail()
             return
         stats = self._stats
+        seen = 0
         for item in items:
             if isinstance(item, Event):
-                stats.events += 1
-                if stats.first_event is None:
-                    stats.first_event = time.monotonic() - self._started
+                seen += 1
                 if item.data == DONE:
                     stats.done_seen = True
                 if self._record is not None:
                     self._record.event(item)
                 if self._meter is not None:
                     self._meter.see(item)
+        if seen:
+            # One clock read and at most one bisect per read, not per event: the events
+            # of one read arrived together (gap 0, the first bucket). The gaps' sum is
+            # last_event - first_event, taken when the stream ends.
+            at = time.monotonic() - self._started
+            stats.events += seen
+            last = stats.last_event
+            stats.last_event = at
+            if last is None:
+                stats.first_event = at
+            else:
+                self._gaps[bisect_left(SECONDS, at - last)] += 1
+            if seen > 1:
+                self._gaps[0] += seen - 1
 
     @property
     def at_boundary(self) -> bool:
@@ -210,6 +226,7 @@ class _BodyTap(Tap):
 
     def __init__(self, stats: StreamStats, started: float, meter: Meter) -> None:
         super().__init__(stats, started)
+        stats.gaps = None  # not an event stream: no events, no gaps
         self._feed = meter.body
 
     def feed(self, chunk: bytes) -> None:

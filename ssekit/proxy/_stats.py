@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ._histograms import Histograms
 from ._usage import Shape, UsageCounters, UsageSource
 
 __all__ = ("Metrics", "Outcome", "StreamStats")
@@ -78,6 +79,9 @@ class StreamStats:
     partial: bool = False  # the upstream stream did not end complete
     events_delivered: int | None = None  # --on-client-disconnect finish: what the client got
     request_id: str = ""
+    # -- the histograms and the status page (_histograms, _status) --
+    last_event: float | None = None  # seconds from the request, like first_event
+    gaps: list[int] | None = None  # an event stream's gap counts per bucket (the tap's)
 
     def as_log(self) -> dict[str, object]:
         return {
@@ -180,6 +184,7 @@ class Metrics:
     #: Tokens and exchanges by usage source (ssekit.proxy._usage); ``usage_log``: on.
     usage: UsageCounters = field(default_factory=UsageCounters)
     usage_log: bool = False
+    histograms: Histograms = field(default_factory=Histograms)
 
     def snapshot(self) -> dict[str, object]:
         """The counters as JSON-able data, for another worker process to add up."""
@@ -188,6 +193,7 @@ class Metrics:
             "outcomes": {k.value: v for k, v in self.outcomes.items()},
             **{name: getattr(self, name) for name in _SUMMED},
             "usage": self.usage.snapshot(),
+            "histograms": self.histograms.snapshot(),
         }
 
     @staticmethod
@@ -206,6 +212,7 @@ class Metrics:
             engine=self.engine,
             usage=self.usage.plus(snap.get("usage", {}) for snap in snapshots),
             usage_log=self.usage_log,
+            histograms=self.histograms.copy(),
         )
         for name in _SUMMED:
             setattr(total, name, getattr(self, name))
@@ -218,6 +225,7 @@ class Metrics:
                 total.outcomes[key] = total.outcomes.get(key, 0) + count
             for name in _SUMMED:
                 setattr(total, name, getattr(total, name) + snap[name])
+            total.histograms.add(snap.get("histograms", {}))
         return total
 
     def record(self, stats: StreamStats) -> None:
@@ -230,6 +238,8 @@ class Metrics:
             self.first_event_seconds_sum += stats.first_event
             self.first_event_count += 1
         self.usage.record(stats)
+        # One model label for both: the token counters' (their bound folds the rest to other).
+        self.histograms.record(stats, self.usage.model_label(stats.model) if stats.model else "")
 
     def render(self) -> bytes:
         lines = [
@@ -275,6 +285,7 @@ class Metrics:
             "# TYPE ssekit_http_engine gauge",
             f'ssekit_http_engine{{engine="{self.engine}"}} 1',
             *self.usage.render(self.usage_log),
+            *self.histograms.render(),
         ]
         if self.resume_on:
             lines += [
