@@ -17,6 +17,8 @@ With ``--resume``, also ssekit with ``--resume-store memory`` and (when Debian's
 redis-server is installed; one is started on a free port, no persistence)
 ``--resume-store redis://...``: added latency and CPU per event beside the store
 off, Redis commands per event, and memory per stored stream.
+With ``--status-page``, also ssekit with its status page open throughout (a reader
+on ``/_ssekit/events``, as a browser's EventSource), beside the same proxy unwatched.
 Everything runs on 127.0.0.1; every loop is bounded in count and time.
 """
 
@@ -65,7 +67,12 @@ UPSTREAM = textwrap.dedent(
         pad = b"x" * size
         try:
             for i in range(n):
-                payload = b"data: %d %s\\n\\n" % (time.time_ns(), pad)  # the wall clock
+                if path.endswith("/chat/completions"):  # --chat: OpenAI chunks, usage null
+                    payload = (b'data: {"ts":%d,"object":"chat.completion.chunk","choices":'
+                               b'[{"index":0,"delta":{"content":"%s"}}],"usage":null}\\n\\n'
+                               % (time.time_ns(), pad))
+                else:
+                    payload = b"data: %d %s\\n\\n" % (time.time_ns(), pad)  # the wall clock
                 writer.write(b"%x\\r\\n%s\\r\\n" % (len(payload), payload))
                 await writer.drain()
                 if gap:
@@ -175,11 +182,34 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
+#: ``--chat``: streams are asked for as ``POST /v1/chat/completions`` and come as OpenAI
+#: chunks (each with ``"usage": null``, as with include_usage), so the proxy reads usage.
+CHAT = False
+
+
+def request_head(target: str) -> bytes:
+    """The request for ``target`` (``/stream?...``: as a chat completion with ``--chat``)."""
+    if CHAT and target.startswith("/stream?"):
+        query = target.partition("?")[2]
+        return (
+            f"POST /v1/chat/completions?{query} HTTP/1.1\r\nHost: bench\r\n"
+            "Content-Length: 0\r\n\r\n".encode()
+        )
+    return f"GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+
+
+def sent_at(payload: bytes) -> int:
+    """The upstream's wall clock (ns) written into an event."""
+    if payload.startswith(b'data: {"ts":'):
+        return int(payload[12 : payload.index(b",")])
+    return int(payload.split(b" ", 2)[1])
+
+
 async def get(port: int, target: str) -> asyncio.StreamReader:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    writer.write(f"GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+    writer.write(request_head(target))
     await writer.drain()
     await reader.readuntil(b"\r\n\r\n")
     reader._bench_writer = writer  # type: ignore[attr-defined]
@@ -228,7 +258,7 @@ async def latencies(port: int, n: int, gap: float) -> list[float]:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         target = f"/stream?n={n}&size=100&gap={gap}"
-        await loop.sock_sendall(sock, f"GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        await loop.sock_sendall(sock, request_head(target))
         buffer = b""
         body = -1  # where the chunked body starts, once the head is in
         out: list[float] = []
@@ -247,7 +277,7 @@ async def latencies(port: int, n: int, gap: float) -> list[float]:
                 if size == 0 or len(buffer) < end + 2 + size + 2:
                     break
                 payload = buffer[end + 2 : end + 2 + size]
-                out.append((arrived - int(payload.split(b" ", 2)[1])) / 1e6)
+                out.append((arrived - sent_at(payload)) / 1e6)
                 buffer = buffer[end + 2 + size + 2 :]
         return out
     finally:
@@ -319,6 +349,8 @@ async def complete_streams(port: int, streams: int, n: int, size: int) -> int:
     """How many of ``streams`` concurrent streams arrive whole: ``n`` events of the
     right shape in their own chunks, then the terminating chunk."""
     tail = b" " + b"x" * size + b"\n\n\r\n"
+    if CHAT:
+        tail = b"x" * size + b'"}}],"usage":null}\n\n\r\n'
 
     async def one() -> bool:
         reader = await get(port, f"/stream?n={n}&size={size}&gap=0.01")
@@ -525,6 +557,24 @@ def start_ssekit(
     return proxy, port
 
 
+#: The status page's feed, read as a browser's EventSource would, until the proxy goes away
+#: (reconnecting after a drop, at most 100 times).
+FEED_READER = textwrap.dedent(
+    """
+    import socket, sys, time
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60) as sock:
+                sock.sendall(b"GET /_ssekit/events HTTP/1.1\\r\\nhost: bench\\r\\n\\r\\n")
+                while sock.recv(65536):
+                    pass
+        except OSError:
+            sys.exit()
+        time.sleep(0.5)
+    """
+)
+
+
 #: ``--http`` choices: the engines each choice runs, the first also for workers and resume.
 HTTP_CHOICES: dict[str, tuple[str, ...]] = {
     "both": ("ssekit", "h11"),
@@ -571,7 +621,20 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument(
         "--resume", action="store_true", help="also ssekit with the memory and Redis resume stores"
     )
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="streams as POST /v1/chat/completions of OpenAI chunks (the proxy reads their "
+        "usage and first token) instead of GET of plain events",
+    )
+    parser.add_argument(
+        "--status-page",
+        action="store_true",
+        help="also ssekit with its status page open throughout (a reader on /_ssekit/events)",
+    )
     args = parser.parse_args(argv)
+    global CHAT
+    CHAT = args.chat
     needs.require(parser.prog, needs.PROXY)
     procs: list[subprocess.Popen[bytes]] = []
     tmp = Path(tempfile.mkdtemp(prefix="ssekit-bench-"))
@@ -598,6 +661,14 @@ def main(argv: list[str] | None = None) -> list[str]:
             )
             procs.append(workers)
             paths[f"ssekit --workers {args.workers}"] = (workers_port, [workers.pid])
+
+        if args.status_page:
+            watched, watched_port = start_ssekit(up_port, tmp / "watched.log", *first)
+            procs.append(watched)
+            paths["ssekit, status page open"] = (watched_port, [watched.pid])
+            # In a process of its own, as a browser is: a thread here would share the
+            # measuring client's GIL and show up in its latencies.
+            procs.append(subprocess.Popen([sys.executable, "-c", FEED_READER, str(watched_port)]))
 
         resume_paths: dict[str, int | None] = {}  # name -> the Redis port (None: memory)
         if args.resume:

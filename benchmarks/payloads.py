@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import oracle  # tests/oracle.py: the spec's algorithm over the whole input
 
 SEED = 20261122
+#: The shipped recorded streams (python -m benchmarks.record_cassettes writes them).
+CASSETTES = Path(__file__).resolve().parent / "cassettes"
 EN = "The quick brown fox jumps over the lazy dog while streaming tokens one by one".split()
 ZH = list("流式输出让用户立刻看到回答的第一个字而不是等待整段文本生成完毕再显示出来")
 
@@ -116,6 +118,22 @@ def build(quick: bool = False) -> list[Workload]:
         Workload("id/event/heartbeats, block per read", blocks, expected_of(mixed)),
         w("id/event/heartbeats CRLF, random", mixed_crlf, lambda d: cut_random(d, rnd)),
     ]
+
+
+def from_cassettes(directory: str | Path) -> list[Workload]:
+    """One workload per cassette in ``directory`` (or the one file): its body chunks cut
+    where they really were, the events the oracle finds in them."""
+    from ssekit.cassette import load
+
+    path = Path(directory)
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    out = []
+    for file in files:
+        cassette = load(file)
+        chunks = [chunk.data for chunk in cassette.chunks()]
+        name = f"cassette {file.stem}, as recorded"
+        out.append(Workload(name, chunks, expected_of(b"".join(chunks))))
+    return out
 
 
 def scaling(sizes_kib: tuple[int, ...] = (16, 64, 256)) -> list[Workload]:

@@ -4,6 +4,7 @@
     pip install -e '.[bench]'           # once, from the repository root: ssekit and its peers
     python -m benchmarks.run            # full run (a few minutes)
     python -m benchmarks.run --quick    # about 30 s: a smoke run, its figures indicative only
+    python -m benchmarks.run --cassettes [DIR]   # the decoder on recorded streams
 
 The proxy has its own command: python -m benchmarks.bench_proxy [--quick].
 """
@@ -48,10 +49,23 @@ def main(argv: list[str] | None = None) -> None:
         help="smaller payloads, fewer repetitions: indicative figures, no PASS or FAIL",
     )
     parser.add_argument("--repeat", type=int, help="decoder repetitions (default 7, quick 3)")
+    parser.add_argument(
+        "--cassettes",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="only the decoder benchmark, on recorded streams (cassettes of ssekit proxy "
+        "--record), cut where they were really cut; default DIR: benchmarks/cassettes/",
+    )
     args = parser.parse_args(argv)
     needs.require(parser.prog, PACKAGES)
     print("\n".join(machine()))
     quick = ["--quick"] if args.quick else []
+    if args.cassettes is not None:
+        recorded = ["--cassettes", *([args.cassettes] if args.cassettes else [])]
+        repeat = ["--repeat", str(args.repeat)] if args.repeat else []
+        bench_decoder.main([*quick, *repeat, *recorded])
+        return
     bench_decoder.main([*quick, *(["--repeat", str(args.repeat)] if args.repeat else [])])
     bench_encoder.main(quick)
     bench_integrations.main(quick)

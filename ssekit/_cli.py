@@ -30,6 +30,7 @@ GROUP_HELP = {
     Group.LIMITS: "sizes and counts; each says what a client gets past it",
     Group.KEYS: "secrets come from environment variables, never the command line",
     Group.RESUME: "resumable streams: off unless --resume-store is set",
+    Group.USAGE: "token usage per key and model, read from the streams (see README)",
     Group.OPERATIONS: "processes, logs, metrics",
 }
 
@@ -48,6 +49,10 @@ examples:
       one process per core; an answer survives a dropped connection, resumed on any
       instance sharing that Redis at GET /_ssekit/streams/<id>
   ssekit mock-upstream --listen 127.0.0.1:9000 --tokens 100 --delay 0.02
+  ssekit proxy --upstream https://api.openai.com --api-key-env OPENAI_API_KEY --record cassettes/
+      write each exchange as a cassette (chunks and their timing; secrets redacted), then
+  ssekit mock-upstream --replay cassettes/ --rechunk 1
+      serve them again, at their pace, re-cut into 1-byte reads; ssekit cassette show FILE
 
 try it:
   curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\
@@ -60,7 +65,12 @@ An OpenAI-compatible upstream for demos, tests and offline work. Routes:
 
   POST /v1/chat/completions  {"stream": true}: chat.completion.chunk events (English and
                              Chinese, --tokens of them, --delay apart), then data: [DONE];
-                             otherwise one JSON chat.completion ("max_tokens" caps both)
+                             otherwise one JSON chat.completion ("max_tokens" caps both);
+                             usage in the last chunk with stream_options.include_usage
+  POST /v1/responses         the Responses API, streamed (response.completed has usage) or not
+  POST /v1/messages          Anthropic Messages, streamed (message_start, message_delta) or not
+                             (usage is exact: prompt 10 + words of the request, cached half
+                             of it; ?cut_after=K on a POST cuts a stream after K tokens)
   GET  /v1/models            the one mock model
   GET  /v1/events            numbered events with id: fields, resuming after Last-Event-ID:
                              ?count=N events (default 10), ?cut_after=K cuts the connection
@@ -97,7 +107,11 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
 
 
 #: ProxyConfig fields that take one of a few names, and those names.
-_CHOICES: dict[str, tuple[str, ...]] = {"log_format": ("text", "json"), "http": ENGINES}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log_format": ("text", "json"),
+    "http": ENGINES,
+    "on_client_disconnect": ("cancel", "finish"),
+}
 
 
 def group_of(option: Field[Any]) -> Group:
@@ -197,20 +211,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     groups[Group.KEYS].add_argument(
         "--api-key-env",
-        metavar="VAR",
+        metavar="[NAME=]VAR",
+        action="append",
         help="env var holding the upstream API key(s), comma-separated, rotated; "
-        "replaces the client's Authorization",
+        "replaces the client's Authorization; repeatable; NAME labels its keys in the "
+        "usage log and metrics (else key1, key2...)",
     )
     groups[Group.KEYS].add_argument(
         "--client-token-env",
-        metavar="VAR",
-        help="env var holding token(s) clients must send as 'Authorization: Bearer <token>'",
+        metavar="[NAME=]VAR",
+        action="append",
+        help="env var holding token(s) clients must send as 'Authorization: Bearer <token>'; "
+        "repeatable; NAME labels them in the usage log (else token1, token2...)",
     )
     groups[Group.KEYS].add_argument(
         "--admin-token-env",
         metavar="VAR",
         help="env var holding token(s) for GET PATH/metrics (default: the client tokens; "
         "metrics are open only when no token of either kind is set; health is always open)",
+    )
+    groups[Group.OPERATIONS].add_argument(
+        "--record-redact",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --record: also redact this header's value (repeatable); Authorization, "
+        "Proxy-Authorization, Cookie, Set-Cookie, x-api-key, api-key and the proxy's own "
+        "keys and tokens always are",
     )
 
     mock = sub.add_parser(
@@ -238,7 +265,93 @@ def _parser() -> argparse.ArgumentParser:
         default=_default("http"),
         help="HTTP/1.1 engine: ssekit's own (fast), or h11, the reference it is held to",
     )
+    _replay_options(mock)
+    _cassette_parser(sub, fmt)
     return parser  # fmt: skip
+
+
+def _replay_options(mock: argparse.ArgumentParser) -> None:
+    replay = mock.add_argument_group(
+        "replay", "serve recorded cassettes (ssekit proxy --record) instead of the mock's routes"
+    )
+    replay.add_argument(
+        "--replay",
+        metavar="DIR|FILE",
+        help="answer each request with the cassette matching it, at its recorded pace; "
+        "no match: 404 naming the closest cassettes",
+    )
+    replay.add_argument(
+        "--match",
+        type=_match,
+        default="method,path,body",
+        metavar="KEYS",
+        help="what must be equal for a cassette to answer, comma-separated among "
+        "method, path, query, body (JSON bodies compare as data)",
+    )
+    replay.add_argument(
+        "--speed",
+        type=_speed,
+        default="1",
+        metavar="N|max",
+        help="play N times as fast as recorded (0.5: half speed); max: no waiting",
+    )
+    replay.add_argument(
+        "--rechunk",
+        choices=("1", "random"),
+        help="re-cut the same bytes into 1-byte or random pieces (each at its chunk's time)",
+    )
+    replay.add_argument(
+        "--cut-after",
+        type=_non_negative_int,
+        metavar="N",
+        help="end the connection after N events, without the last chunk (a cut stream)",
+    )
+    replay.add_argument("--seed", type=int, default=0, metavar="N", help="seed of --rechunk random")
+
+
+def _match(value: str) -> tuple[str, ...]:
+    from .cassette import MATCH_KEYS
+
+    keys = tuple(k.strip() for k in value.split(",") if k.strip())
+    unknown = [k for k in keys if k not in MATCH_KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: match keys are comma-separated among {', '.join(MATCH_KEYS)}"
+        )
+    return keys
+
+
+def _speed(value: str) -> float | None:
+    if value == "max":
+        return None
+    try:
+        speed = float(value)
+    except ValueError:
+        speed = -1.0
+    if not 0 < speed < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a positive speed (2: twice as fast) or max"
+        )
+    return speed
+
+
+def _cassette_parser(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    cassette = sub.add_parser(
+        "cassette",
+        help="look at a recorded cassette",
+        description="Cassettes are written by ssekit proxy --record DIR (one JSON-lines file "
+        "per exchange) and served by ssekit mock-upstream --replay.",
+        formatter_class=fmt,
+    )
+    actions = cassette.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser(
+        "show",
+        help="the stream's timeline: time to first byte, each event with its offset and gap, "
+        "the chunk boundaries that cut an event or a UTF-8 character, the end",
+        formatter_class=fmt,
+    )
+    show.add_argument("file", metavar="FILE")
+    show.add_argument("--json", action="store_true", help="the timeline as one JSON object")
 
 
 def _workers(value: str) -> int:
@@ -266,6 +379,33 @@ def _event_loop(choice: str) -> tuple[str, dict[str, Any]]:
 
 def _default(name: str) -> Any:
     return next(f.default for f in fields(ProxyConfig) if f.name == name)
+
+
+def _labelled_keys(
+    specs: list[str] | None, option: str, prefix: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The values of each ``[NAME=]VAR`` of a repeated ``option``, and their labels
+    (a variable's NAME, ``NAME-2`` for its second value on; unnamed: ``<prefix><position>``)."""
+    from .proxy._usage import key_labels
+
+    names: list[str | None] = []
+    values: list[tuple[str, ...]] = []
+    for spec in specs or ():
+        name, sep, var = spec.rpartition("=")
+        if sep and not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(
+                f"{option} {spec}: the label {name!r} must be letters, digits, '-', '_' or '.'"
+            )
+        names.append(name if sep else None)
+        values.append(_keys(var, option))
+    labels = key_labels(names, [len(v) for v in values], prefix)
+    if len(set(labels)) < len(labels):  # two keys under one label could not be told apart
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        raise ConfigError(
+            f"{option}: the label {twice[0]!r} names more than one key; give each variable "
+            "its own NAME"
+        )
+    return tuple(k for v in values for k in v), labels
 
 
 def _keys(var: str | None, option: str) -> tuple[str, ...]:
@@ -302,6 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     try:
+        if args.command == "cassette":
+            return _run_cassette(args)
+        if args.command == "mock-upstream" and args.replay is not None:
+            return _run_replay(args)
         if args.command == "mock-upstream":
             return _run_mock(args)
         return _run_proxy(args)
@@ -341,6 +485,56 @@ def _run_mock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_cassette(args: argparse.Namespace) -> int:
+    from .cassette import CassetteError, load, render_timeline, timeline
+
+    try:
+        view = timeline(load(args.file))
+    except (CassetteError, OSError) as exc:
+        print(f"ssekit: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(view, ensure_ascii=False, indent=1))
+    else:
+        print(render_timeline(view))
+    return 0
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .cassette import CassetteError, Library, Pace
+    from .proxy._replay import ReplayConfig, serve_replay
+
+    host, port = args.listen
+    if not os.path.exists(args.replay):
+        raise ConfigError(f"--replay {args.replay}: no such file or directory")
+    pace = Pace(speed=args.speed, rechunk=args.rechunk, cut_after=args.cut_after, seed=args.seed)
+    config = ReplayConfig(
+        source=args.replay, listen_host=host, listen_port=port, match=args.match, pace=pace,
+        http=args.http,
+    )  # fmt: skip
+    try:
+        Library(config.source, config.match).cassettes  # noqa: B018 -- a bad cassette fails now
+    except CassetteError as exc:
+        raise ConfigError(str(exc)) from exc
+
+    async def run() -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as tg:
+                bound = await tg.start(serve_replay, config)
+                print(
+                    f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]}, "
+                    f"replaying {args.replay} (http: {config.http})",
+                    flush=True,
+                )
+                await _first_signal(signals)
+                tg.cancel_scope.cancel()
+
+    anyio.run(run)
+    return 0
+
+
 async def _first_signal(signals: AsyncIterator[int]) -> None:
     async for _ in signals:
         return
@@ -356,9 +550,14 @@ def _run_proxy(args: argparse.Namespace) -> int:
     settings.update(
         listen_host=host,
         listen_port=port,
-        api_keys=_keys(args.api_key_env, "--api-key-env"),
-        client_tokens=_keys(args.client_token_env, "--client-token-env"),
         admin_tokens=_keys(args.admin_token_env, "--admin-token-env"),
+        record_redact=tuple(args.record_redact),
+    )
+    settings["api_keys"], settings["api_key_labels"] = _labelled_keys(
+        args.api_key_env, "--api-key-env", "key"
+    )
+    settings["client_tokens"], settings["client_token_labels"] = _labelled_keys(
+        args.client_token_env, "--client-token-env", "token"
     )
     # Validate every option before starting anything (the mock included).
     ProxyConfig(upstream=args.upstream or "http://127.0.0.1", **settings)
@@ -438,6 +637,9 @@ async def _serve_until_signal(
                 finally:
                     finished.set()
 
+            usage_log = proxy.shared.usage_log
+            if usage_log is not None:  # SIGHUP reopens it (log rotation)
+                await tg.start(_reopen_on_hangup, usage_log)
             bound = await tg.start(run_proxy)  # the resume store was checked by then
             started(bound, "" if proxy.shared.resume is None else proxy.shared.resume.describe())
             await _first_signal(signals)
@@ -450,6 +652,18 @@ async def _serve_until_signal(
             shutdown.set()
             await finished.wait()
             tg.cancel_scope.cancel()
+
+
+async def _reopen_on_hangup(usage_log: Any, *, task_status: Any) -> None:
+    """Reopen ``--usage-log`` on each SIGHUP (a worker's come from its supervisor)."""
+    import signal as signals
+
+    import anyio
+
+    with anyio.open_signal_receiver(signals.SIGHUP) as hangups:
+        task_status.started()
+        async for _ in hangups:
+            usage_log.reopen()
 
 
 def _run_single(args: argparse.Namespace, settings: dict[str, Any], loop: tuple[str, Any]) -> int:
@@ -506,6 +720,7 @@ def _run_workers(args: argparse.Namespace, settings: dict[str, Any], loop: tuple
             settings["drain_timeout"],
             metrics_dir=metrics_dir,
             notice=_notifier(settings["log_format"]),
+            hangup_workers=settings["usage_log"] is not None,
         )
         upstream = args.upstream
         if upstream is None:

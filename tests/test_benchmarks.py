@@ -54,6 +54,7 @@ def test_run_help_is_its_own_usage_and_measures_nothing() -> None:
         ["benchmarks.bench_integrations", "--quick"],
         ["benchmarks.bench_proxy", "--quick"],
         ["benchmarks.bench_requests", "--rounds", "1"],
+        ["benchmarks.bench_tap", "--quick"],
     ],
     ids=lambda command: command[0],
 )
@@ -154,3 +155,12 @@ def test_the_benchmarks_readme_states_the_targets_the_commands_judge() -> None:
     assert f"target {targets.DECODER_VS_FASTEST:g}x" in text
     assert f"The {targets.ENCODER_VS_SSE_STARLETTE:g}x target" in text
     assert "indicative" in text  # and what a quick run's figures are
+
+
+def test_bench_tap_checks_each_meter_read_its_usage_then_times_it() -> None:
+    result = bench("benchmarks.bench_tap", "--quick")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| ")]
+    timed = {row[1].strip(): row[2].strip() for row in rows[1:]}
+    assert len(timed) == 8
+    assert all(value.replace(",", "").isdigit() for value in timed.values())

@@ -61,6 +61,9 @@ def test_top_level_help_lists_the_commands() -> None:
         ["proxy", "--listen", "nope"],
         ["proxy", "--idle-timeout", "-1"],
         ["proxy", "--api-key-env", "SSEKIT_TEST_UNSET_VAR"],
+        ["proxy", "--api-key-env", "x=PATH", "--api-key-env", "x=HOME"],  # one label, two keys
+        ["proxy", "--api-key-env", "key2=PATH", "--api-key-env", "HOME"],  # HOME's is key2 too
+        ["proxy", "--client-token-env", "t=PATH", "--client-token-env", "t=HOME"],
         ["proxy", "--upstream-proxy", "https://p:1"],
         ["proxy", "--admin-prefix", "metrics/"],
         ["proxy", "--resume-store", "disk"],

@@ -12,17 +12,20 @@ from ssekit import Event
 
 pytestmark = pytest.mark.anyio
 
-OPENAI_401 = json.dumps(
-    {
-        "error": {
-            "message": "Incorrect API key provided: sk-xx. You can find your API key at ...",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": "invalid_api_key",
-        }
-    },
-    indent=2,
-).encode() + b"\n"
+OPENAI_401 = (
+    json.dumps(
+        {
+            "error": {
+                "message": "Incorrect API key provided: sk-xx. You can find your API key at ...",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        },
+        indent=2,
+    ).encode()
+    + b"\n"
+)
 
 
 @pytest.mark.parametrize(("body", "kind"), [(b"data: x\n\n", "bytes"), ("data: x\n\n", "str")])

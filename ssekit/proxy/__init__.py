@@ -7,16 +7,19 @@ from .._http import Origin
 from ._config import ProxyConfig
 from ._listener import Proxy, serve
 from ._mock import MockConfig, mock_text, serve_mock
+from ._mock_apis import MockUsage, mock_usage
 from ._stats import Outcome, StreamStats
 
 __all__ = (
     "MockConfig",
+    "MockUsage",
     "Origin",
     "Outcome",
     "Proxy",
     "ProxyConfig",
     "StreamStats",
     "mock_text",
+    "mock_usage",
     "serve",
     "serve_mock",
 )

@@ -27,6 +27,7 @@ class Group(enum.Enum):
     LIMITS = "limits"
     KEYS = "keys and tokens"
     RESUME = "resume"
+    USAGE = "usage and cost"
     OPERATIONS = "operations"
 
 
@@ -112,8 +113,9 @@ class ProxyConfig:
     )
     admin_prefix: str = _option(
         "/_ssekit",
-        "path prefix of the proxy's own endpoints: GET PATH/metrics, PATH/health and, with "
-        "--resume-store, GET and DELETE PATH/streams/<id>",
+        "path prefix of the proxy's own endpoints: GET PATH/metrics, PATH/health, PATH/ (the "
+        "live status page) and PATH/events (its feed) and, with --resume-store, GET and "
+        "DELETE PATH/streams/<id>",
         "PATH",
         group=Group.OPERATIONS,
     )
@@ -209,6 +211,55 @@ class ProxyConfig:
         "BYTES",
         group=Group.RESUME,
     )
+    # -- usage and cost (ssekit.proxy._usage) --
+    include_usage: bool = _option(
+        False,
+        "add stream_options.include_usage to streamed Chat Completions requests that lack it, "
+        "so the provider reports usage (in a last chunk, and 'usage': null on each other)",
+        group=Group.USAGE,
+    )
+    on_client_disconnect: Literal["cancel", "finish"] = _option(
+        "cancel",
+        "when a client leaves mid-stream: cancel (close the upstream: the provider stops "
+        "generating) or finish (read the upstream to its end, writing nowhere, within "
+        "--finish-timeout, so its final usage is read and logged)",
+        group=Group.USAGE,
+    )
+    finish_timeout: float = _option(
+        60.0,
+        "with --on-client-disconnect finish: the longest an upstream is read on after its "
+        "client left (then closed: partial)",
+        "S",
+        group=Group.USAGE,
+    )
+    usage_log: str | None = _option(
+        None,
+        "append one JSON line per exchange (key, model, tokens, usage source, outcome...) "
+        "to FILE ('-': stdout); reopened on SIGHUP; a failed write is logged and counted",
+        "FILE",
+        group=Group.USAGE,
+    )
+    usage_max_models: int = _option(
+        50,
+        "distinct model labels in ssekit_tokens_total; models beyond are counted as 'other'",
+        "N",
+        group=Group.USAGE,
+    )
+    #: Labels of ``api_keys`` and ``client_tokens`` (same lengths, or empty: key1, key2...).
+    api_key_labels: tuple[str, ...] = ()
+    client_token_labels: tuple[str, ...] = ()
+
+    # -- recording (ssekit.proxy._record); off unless record is set --
+    record: str | None = _option(
+        None,
+        "write every exchange as a cassette file in DIR (request, response head, each body "
+        "chunk with its arrival time, how it ended) for ssekit mock-upstream --replay and "
+        "ssekit.replay; secrets redacted; a slow or full disk drops the recording, never "
+        "the stream",
+        "DIR",
+        group=Group.OPERATIONS,
+    )
+    record_redact: tuple[str, ...] = ()
 
     #: ``upstream`` parsed, once (a bad URL fails at construction, not per request).
     origin: Origin = field(init=False, repr=False, compare=False)
@@ -256,6 +307,7 @@ class ProxyConfig:
                     "surrounding spaces"
                 )
         self._check_resume()
+        self._check_usage()
         check_engine(self.http)
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log format {self.log_format!r} is not text or json")
@@ -273,9 +325,41 @@ class ProxyConfig:
                 "resume_max_bytes must be >= 1 and resume_memory_limit >= resume_max_bytes"
             )
 
+    def _check_usage(self) -> None:
+        if self.on_client_disconnect not in ("cancel", "finish"):
+            raise ConfigError(
+                f"on_client_disconnect {self.on_client_disconnect!r} is not cancel or finish"
+            )
+        if not self.finish_timeout > 0 or self.usage_max_models < 1:
+            raise ConfigError("finish_timeout must be positive and usage_max_models >= 1")
+        for labels, values, name in (
+            (self.api_key_labels, self.api_keys, "api_key_labels"),
+            (self.client_token_labels, self.client_tokens, "client_token_labels"),
+        ):
+            if labels and len(labels) != len(values):
+                raise ConfigError(f"{name} must give one label per value")
+
+    def key_label(self, index: int) -> str:
+        """The label of ``api_keys[index]``."""
+        return self.api_key_labels[index] if self.api_key_labels else f"key{index + 1}"
+
+    def client_label(self, index: int) -> str:
+        """The label of ``client_tokens[index]``."""
+        return self.client_token_labels[index] if self.client_token_labels else f"token{index + 1}"
+
     @property
     def proxy_origin(self) -> Origin | None:
         return None if self.upstream_proxy is None else Origin.from_url(self.upstream_proxy)
+
+
+def token_index(token: str, tokens: tuple[str, ...]) -> int | None:
+    """Which of ``tokens`` ``token`` is (compared in constant time, every one), or None."""
+    given = token.encode()
+    found = None
+    for i, candidate in enumerate(tokens):
+        if hmac.compare_digest(given, candidate.encode()) and found is None:
+            found = i
+    return found
 
 
 def token_matches(token: str, tokens: tuple[str, ...]) -> bool:

@@ -22,7 +22,7 @@ from typing import Final
 import anyio
 import anyio.abc
 
-from .._errors import UpstreamError
+from .._errors import ConfigError, UpstreamError
 from .._http import (
     BadRequest,
     ClientGone,
@@ -37,9 +37,12 @@ from .._http import (
     is_event_stream,
     make_ssl_context,
 )
-from ._config import ProxyConfig
+from ._config import ProxyConfig, token_index
+from ._finish import Finishing
 from ._headers import request_headers, response_headers, underscored
+from ._histograms import OPENMETRICS, openmetrics, wants_openmetrics
 from ._pump import pump
+from ._record import Recorder, Take
 from ._relay import (
     Admin,
     Forward,
@@ -48,12 +51,24 @@ from ._relay import (
     Refuse,
     Relay,
     admit,
+    bearer_token,
     retry_delay,
     retry_on_fresh_connection,
 )
 from ._resume import Recording, Resume, make_resume
 from ._resume._endpoint import serve_streams
 from ._stats import Metrics, Outcome, StreamStats
+from ._status import Board, serve_status
+from ._usage import (
+    Meter,
+    Shape,
+    UsageLog,
+    add_include_usage,
+    new_request_id,
+    request_model,
+    shape_of,
+    usage_record,
+)
 
 __all__ = ("Shared", "serve_exchange")
 
@@ -74,7 +89,14 @@ class Shared:
 
     def __init__(self, config: ProxyConfig, metrics_dir: str | None = None) -> None:
         self.config = config
-        self.metrics = Metrics(engine=config.http)
+        self.metrics = Metrics(engine=config.http, usage_log=config.usage_log is not None)
+        self.metrics.usage.max_models = config.usage_max_models
+        #: --usage-log: one JSON line per exchange (reopened on SIGHUP).
+        self.usage_log = (
+            None
+            if config.usage_log is None
+            else UsageLog(config.usage_log, self.metrics.usage, config.log_format)
+        )
         #: Where sibling worker processes leave their counters (None: one process).
         self.metrics_dir = None if metrics_dir is None else Path(metrics_dir)
         ssl_context = (
@@ -95,6 +117,22 @@ class Shared:
         self.resume: Resume | None = (
             None if config.resume_store is None else make_resume(config, self.metrics)
         )
+        # --record DIR: every exchange with a response head becomes a cassette.
+        self.recorder: Recorder | None = None
+        if config.record is not None:
+            try:
+                self.recorder = Recorder(
+                    config.record,
+                    redact=config.record_redact,
+                    secrets=(*config.api_keys, *config.client_tokens, *config.admin_tokens),
+                    as_json=config.log_format == "json",
+                )
+            except OSError as exc:  # the directory cannot be made
+                raise ConfigError(f"--record {config.record}: {exc.strerror or exc}") from exc
+        #: The open and recently finished exchanges, for the status page (_status).
+        self.board = Board(self.metrics, self.metrics_dir, config)
+        if self.resume is not None:
+            self.board.resume_health = self.resume.health
 
     def snapshot_path(self) -> Path | None:
         """This process's counters file among its siblings', when there are workers."""
@@ -107,18 +145,33 @@ class Shared:
             scratch = path.with_suffix(".tmp")
             scratch.write_text(json.dumps(self.metrics.snapshot()))
             scratch.replace(path)
+            self.board.write_share()  # only while a status page is open
 
     def render_metrics(self) -> bytes:
         """Prometheus text: this process's counters, plus every sibling worker's."""
         mine = self.snapshot_path()
         if self.metrics_dir is None or mine is None:
-            return self.metrics.render()
+            return self.metrics.render() + self._record_metrics()
         others = []
         for path in self.metrics_dir.glob("*.json"):
             if path != mine:
                 with contextlib.suppress(OSError, ValueError):
                     others.append(json.loads(path.read_text()))
-        return self.metrics.plus(others).render()
+        return self.metrics.plus(others).render() + self._record_metrics()
+
+    def _record_metrics(self) -> bytes:
+        """--record's counters (this process's), when recording."""
+        if self.recorder is None:
+            return b""
+        return (
+            "# HELP ssekit_record_cassettes_total Exchanges written as cassettes (--record).\n"
+            "# TYPE ssekit_record_cassettes_total counter\n"
+            f"ssekit_record_cassettes_total {self.recorder.recorded}\n"
+            "# HELP ssekit_record_dropped_total Recordings dropped (slow or full disk); "
+            "their streams went on.\n"
+            "# TYPE ssekit_record_dropped_total counter\n"
+            f"ssekit_record_dropped_total {self.recorder.dropped}\n"
+        ).encode()
 
     def next_api_key(self) -> str | None:
         keys = self.config.api_keys
@@ -127,11 +180,33 @@ class Shared:
         self._key = (self._key + 1) % len(keys)
         return keys[self._key]
 
+    def key_label(self) -> str:
+        """The label of the key :meth:`next_api_key` returned last ("" with no keys)."""
+        return self.config.key_label(self._key) if self.config.api_keys else ""
+
     def finish(self, stats: StreamStats, relay: Relay, started: float) -> None:
         """The one place an exchange ends: its outcome, one metrics count, one log line."""
         stats.outcome = relay.outcome
         stats.duration = time.monotonic() - started
+        if stats.shape is not None:
+            stats.partial = stats.outcome is not Outcome.COMPLETE
+            if stats.events_delivered is not None and stats.outcome is Outcome.COMPLETE:
+                # --on-client-disconnect finish: read to its end, but its client left.
+                stats.outcome = Outcome.CLIENT_DISCONNECT
         self.metrics.record(stats)
+        if self.usage_log is not None and stats.outcome is not Outcome.LOCAL:
+            stats.request_id = new_request_id()
+            self.usage_log.write(usage_record(stats))
+        if stats.usage.value == "invalid" and not self.metrics.usage.invalid_logged:
+            self.metrics.usage.invalid_logged = True  # once: the metrics count every one
+            log.warning(
+                "ssekit: %s %s: the upstream reported a usage object with a non-integer or "
+                "negative count; its usage is 'invalid' (ssekit_usage_exchanges_total counts "
+                "them; this is said once)",
+                stats.method,
+                stats.path,
+            )
+        self.board.ended(stats)
         if self.config.no_access_log and not stats.error and stats.outcome in _QUIET:
             return
         fields = stats.as_log()
@@ -210,9 +285,12 @@ async def serve_exchange(shared: Shared, client: Downstream, request: RequestHea
     target = request.target.decode("ascii", "replace")
     method = request.method.decode("ascii", "replace")
     stats = StreamStats(client=client.addr, method=method, path=target.split("?")[0])
+    stats.shape = shape_of(method, stats.path)
+    shared.board.opened(stats)
     keep = False
+    take = None if shared.recorder is None else shared.recorder.take(started)  # --record
     try:
-        keep = await _serve(shared, client, request, target, relay, stats, started)
+        keep = await _serve(shared, client, request, target, relay, stats, started, take)
     except ClientGone:
         if relay.open:
             relay.on(Input.CLIENT_GONE)
@@ -243,6 +321,8 @@ async def serve_exchange(shared: Shared, client: Downstream, request: RequestHea
                 f"the client took none of the response for {client.send_timeout:g}s "
                 "(--send-timeout): cut"
             )
+        if take is not None:  # --record: the cassette ends as the exchange did
+            take.end(relay.outcome.value)
         shared.finish(stats, relay, started)
     return keep
 
@@ -255,6 +335,7 @@ async def _serve(
     relay: Relay,
     stats: StreamStats,
     started: float,
+    take: Take | None = None,
 ) -> bool:
     cfg = shared.config
     decision = admit(stats.method, target, request.headers, cfg, request.http_version)
@@ -270,9 +351,14 @@ async def _serve(
         await discard_body(client, cfg.body_timeout)
         if decision.name == "streams" and shared.resume is not None:  # resume hook
             return await serve_streams(shared.resume, client, request, relay, stats)
+        if decision.name in ("status", "events"):  # the status page and its feed
+            return await serve_status(shared, client, request, relay, stats, decision.name)
         if decision.name == "metrics":
             body = shared.render_metrics()
-            await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
+            if wants_openmetrics(get_header(request.headers, b"accept")):
+                await client.answer(200, openmetrics(body), OPENMETRICS)
+            else:
+                await client.answer(200, body, b"text/plain; version=0.0.4; charset=utf-8")
         else:  # health: forwarding is up; with the resume store, its state beside it
             health = {} if shared.resume is None else shared.resume.health()
             body = json.dumps({"status": "ok", **health}, separators=(",", ":")).encode()
@@ -281,11 +367,13 @@ async def _serve(
         relay.on(Input.LOCAL)
         return True
     if shared.resume is None:
-        return await _forward(shared, client, request, decision, relay, stats, started)
+        return await _forward(shared, client, request, decision, relay, stats, started, take=take)
     # Resume hook: the stream id, claimed (a bad or taken ssekit-resume-key: 4xx, nothing sent).
     recording = await shared.resume.begin(request, stats)
     try:
-        return await _forward(shared, client, request, decision, relay, stats, started, recording)
+        return await _forward(
+            shared, client, request, decision, relay, stats, started, recording, take=take
+        )
     finally:
         await recording.close()
 
@@ -299,8 +387,13 @@ async def _forward(
     stats: StreamStats,
     started: float,
     recording: Recording | None = None,
+    *,
+    take: Take | None = None,
 ) -> bool:
     cfg = shared.config
+    if cfg.client_tokens:  # usage hook: whose token (admitted: it is one of them)
+        index = token_index(bearer_token(request.headers), cfg.client_tokens)
+        stats.client_label = "" if index is None else cfg.client_label(index)
     headers = request_headers(
         request.headers,
         origin=cfg.origin,
@@ -309,6 +402,7 @@ async def _forward(
         strip_authorization=bool(cfg.client_tokens),
         underscores=cfg.underscores_in_headers,
     )
+    stats.key_label = shared.key_label()
     if not cfg.underscores_in_headers:
         stats.dropped_headers = underscored(request.headers)
     if recording is not None:
@@ -326,9 +420,21 @@ async def _forward(
                 chunked = False
     else:
         await discard_body(client, cfg.body_timeout)  # an empty body ends at once
+    sent = body if isinstance(body, bytes) else b""  # as the client sent it, for --record
+    if stats.shape is not None and isinstance(body, bytes) and body:  # usage hook
+        stats.model = request_model(body)
+        if cfg.include_usage and stats.shape is Shape.CHAT:
+            rewritten = add_include_usage(body)
+            if rewritten is not None:
+                body = rewritten
+                headers = [h for h in headers if h[0].lower() != b"content-length"]
+                headers.append((b"content-length", b"%d" % len(body)))
+    meter = None if stats.shape is None else Meter(stats.shape, stats, started, time.monotonic)
     if chunked:
         # Transfer-Encoding is hop-by-hop: our own hop streams the body chunked too.
         headers.append((b"transfer-encoding", b"chunked"))
+    if take is not None:  # --record: a body streamed on (past --request-buffer) is not kept
+        take.request(method, decision.target, request.headers, sent)
 
     attempt = 0
     reuse = True
@@ -362,7 +468,7 @@ async def _forward(
                 failure = exc
             else:
                 failure, done = await _answer(
-                    shared, client, upstream, relay, stats, started, recording
+                    shared, client, upstream, relay, stats, started, recording, take, meter
                 )
                 if failure is None:
                     return done
@@ -391,6 +497,8 @@ async def _answer(
     stats: StreamStats,
     started: float,
     recording: Recording | None = None,
+    take: Take | None = None,
+    meter: Meter | None = None,
 ) -> tuple[UpstreamError | None, bool]:
     """Wait for the response head and forward the response, watching the client leave.
 
@@ -402,6 +510,8 @@ async def _answer(
     done = False
     if recording is not None:  # resume hook: the client may leave while the stream is kept
         client = recording.wrap(client)
+    elif meter is not None and cfg.on_client_disconnect == "finish":  # usage hook
+        client = Finishing(client, stats, cfg.finish_timeout)
     try:
         # From here the client is only read to notice it leaving.
         async with _watching(client, relay, cfg.max_header_size):
@@ -419,6 +529,8 @@ async def _answer(
                 headers = response_headers(response.headers, response.status_code)
                 if recording is not None:  # resume hook: keep a 200 event stream
                     await recording.arm(response.status_code, content_type, headers)
+                if take is not None:  # --record: the upstream's head, as it came
+                    take.head(response.status_code, response.reason, response.headers)
                 head = client.conn.send_response(response.status_code, headers, response.reason)
                 relay.on(Input.HEAD)  # written by pump, with the first body bytes if here
                 done = await pump(
@@ -433,6 +545,8 @@ async def _answer(
                     sized=get_header(headers, b"content-length") is not None,
                     head=head,
                     record=recording,
+                    cassette=take,
+                    meter=meter,
                 )
     except* ClientGone:
         if relay.open:
@@ -440,6 +554,8 @@ async def _answer(
     finally:
         if recording is not None:  # resume hook: the stored stream ends as this one did
             recording.end(relay.phase is Phase.DONE, shutdown=shared.cutting)
+        if meter is not None:
+            meter.close()  # a non-streamed answer's usage
     return failure, done
 
 

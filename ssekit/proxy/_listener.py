@@ -19,6 +19,7 @@ from typing import Final
 import anyio
 import anyio.abc
 import anyio.streams.stapled
+import anyio.to_thread
 
 from .._errors import ConfigError
 from .._http import (
@@ -159,6 +160,7 @@ class Proxy:
         self._connections = 0
         self._accept_failing = False
         self._turns = Turns(STARTS_PER_TURN)
+        self.shared.board.connections = lambda: self._connections
 
     @property
     def metrics(self) -> Metrics:
@@ -215,6 +217,7 @@ class Proxy:
                 # Drain: stop accepting, close idle keep-alive connections, let
                 # exchanges in flight finish until the deadline, then cut them.
                 self._draining = True
+                self.shared.board.closing = True  # status feeds end: they hold no stream
                 accepting.cancel()
                 await listener.aclose()
                 for scope in list(self._idle_scopes):
@@ -230,6 +233,8 @@ class Proxy:
                 await self.shared.pool.aclose()
                 if self.shared.resume is not None:
                     await self.shared.resume.store.aclose()
+                if self.shared.recorder is not None:  # --record: what is queued is written
+                    await anyio.to_thread.run_sync(self.shared.recorder.close)
 
     async def _share_metrics(self) -> None:
         """Leave this worker's counters for its siblings every METRICS_EVERY seconds."""

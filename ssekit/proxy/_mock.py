@@ -3,6 +3,8 @@
     POST /v1/chat/completions   {"stream": true} -> text/event-stream of chat.completion.chunk
                                 events (English and Chinese), then data: [DONE];
                                 otherwise one JSON chat.completion
+    POST /v1/responses          the Responses API, streamed or not (see _mock_apis)
+    POST /v1/messages           Anthropic Messages, streamed or not (see _mock_apis)
     GET  /v1/models             the one mock model
     GET  /v1/events             numbered events with id: fields, resuming after Last-Event-ID;
                                 ?count=N (default 10), ?cut_after=K cuts the connection
@@ -10,8 +12,13 @@
     GET  /demo                  a page with an EventSource and a fetch() stream reader
     anything else               an error in OpenAI's shape (404, 405, 400)
 
-Request JSON may set "max_tokens" to cap the answer's token count. Events are
-written through :class:`ssekit.EventWriter`, one HTTP chunk each, at once.
+Request JSON may set "max_tokens" (or "max_output_tokens") to cap the answer's token
+count, and "model" (answered as given). Every answer reports exact usage
+(:func:`mock_usage`); a streamed chat does when it sets
+``"stream_options": {"include_usage": true}``, as OpenAI does: each chunk then has
+``"usage": null`` and a last chunk with no choices carries it. ``?cut_after=K`` on a
+POST cuts a streamed answer after K tokens. Events are written through
+:class:`ssekit.EventWriter`, one HTTP chunk each, at once.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from .._http import (
 )
 from .._writer import EventWriter
 from ..openai import DONE
+from ._mock_apis import chat_usage, mock_usage, serve_messages, serve_responses
 
 __all__ = ("TOKENS", "MockConfig", "mock_text", "serve_mock")
 
@@ -182,6 +190,8 @@ async def _route(client: Downstream, request: RequestHead, body: bytes, config: 
     url = urlsplit(request.target.decode("ascii", "replace"))
     routes = {
         "/v1/chat/completions": "POST",
+        "/v1/responses": "POST",
+        "/v1/messages": "POST",
         "/v1/models": "GET",
         "/v1/events": "GET",
         "/demo": "GET",
@@ -201,17 +211,45 @@ async def _route(client: Downstream, request: RequestHead, body: bytes, config: 
         return True
     if url.path == "/v1/events":
         return await _numbered_events(client, request, parse_qs(url.query), config)
+    query = parse_qs(url.query)
     try:
         params = json.loads(body)
-        if not isinstance(params, dict) or not isinstance(params.get("messages"), list):
-            raise ValueError("expected a JSON object with a messages list")
-        max_tokens = params.get("max_tokens")
+        needs = "input" if url.path == "/v1/responses" else "messages"
+        if not isinstance(params, dict) or needs not in params:
+            raise ValueError(f"expected a JSON object with {needs}")
+        if needs == "messages" and not isinstance(params["messages"], list):
+            raise ValueError("messages must be a list")
+        max_tokens = params.get("max_tokens", params.get("max_output_tokens"))
         tokens = config.tokens if max_tokens is None else min(int(max_tokens), config.tokens)
+        cut_after = int(query["cut_after"][0]) if "cut_after" in query else None
     except (ValueError, TypeError) as exc:
         await client.answer(400, _error(400, f"invalid request body: {exc}"))
         return True
+    asked = params.get("model")
+    model = asked if isinstance(asked, str) else config.model
+    if url.path != "/v1/chat/completions":
+
+        async def open_stream() -> EventWriter:
+            await client.send_response(200, EVENT_STREAM_HEADERS)
+            return EventWriter(_ChunkSink(client))
+
+        async def answer(status: int, data: bytes) -> None:
+            await client.answer(status, data)
+
+        serve = serve_responses if url.path == "/v1/responses" else serve_messages
+        return await serve(
+            open_stream,
+            answer,
+            params,
+            model=model,
+            tokens=tokens,
+            token=lambda i: TOKENS[i % len(TOKENS)],
+            delay=config.delay,
+            cut_after=cut_after,
+        )
     created = int(time.time())
-    base = {"id": "chatcmpl-ssekit", "created": created, "model": config.model}
+    base = {"id": "chatcmpl-ssekit", "created": created, "model": model}
+    usage = mock_usage(params, tokens)
     if not params.get("stream"):
         completion = {
             **base,
@@ -223,15 +261,21 @@ async def _route(client: Downstream, request: RequestHead, body: bytes, config: 
                     "finish_reason": "stop",
                 }
             ],
+            "usage": chat_usage(usage),
         }
         await client.answer(200, json.dumps(completion, ensure_ascii=False).encode())
         return True
+
+    options = params.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    extra: dict[str, object] = {"usage": None} if include_usage else {}
 
     def chunk(delta: dict[str, str], finish: str | None = None) -> Event:
         obj = {
             **base,
             "object": "chat.completion.chunk",
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
         }
         return Event(data=json.dumps(obj, ensure_ascii=False))
 
@@ -239,9 +283,19 @@ async def _route(client: Downstream, request: RequestHead, body: bytes, config: 
     writer = EventWriter(_ChunkSink(client))
     await writer.send(chunk({"role": "assistant", "content": ""}))
     for i in range(tokens):
+        if cut_after is not None and i >= cut_after:
+            return False  # abrupt: no terminating chunk, the connection closes
         await anyio.sleep(config.delay)
         await writer.send(chunk({"content": TOKENS[i % len(TOKENS)]}))
     await writer.send(chunk({}, "stop"))
+    if include_usage:
+        last: dict[str, object] = {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": chat_usage(usage),
+        }
+        await writer.send(Event(data=json.dumps(last)))
     await writer.send(Event(data=DONE))
     await writer.aclose()
     return True

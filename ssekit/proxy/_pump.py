@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,11 +25,14 @@ from .._event import Comment, Event
 from .._http import ClientGone, Downstream, FastStream, OriginConnection, frame_chunks
 from ..openai import DONE
 from ._config import ProxyConfig
+from ._histograms import SECONDS, new_gaps
 from ._relay import Input, Relay, heartbeat_due
 from ._stats import StreamStats
 
 if TYPE_CHECKING:
+    from ._record import Take
     from ._resume import Recording
+    from ._usage import Meter
 
 __all__ = ("Tap", "pump")
 
@@ -41,13 +45,21 @@ class Tap:
     False from then on: nothing more may be inserted into that stream.
     """
 
-    __slots__ = ("_decoder", "_record", "_started", "_stats", "failed")
+    __slots__ = ("_decoder", "_gaps", "_meter", "_record", "_started", "_stats", "failed")
 
-    def __init__(self, stats: StreamStats, started: float, record: Recording | None = None) -> None:
+    def __init__(
+        self,
+        stats: StreamStats,
+        started: float,
+        record: Recording | None = None,
+        meter: Meter | None = None,
+    ) -> None:
         self._decoder: Decoder[Event | Comment] = Decoder(comments=True)
         self._stats = stats
         self._started = started
         self._record = record  # resume hook: the stream's events are kept (never waits)
+        self._meter = meter  # usage and first token (its ``see`` changes as it reads)
+        self._gaps = stats.gaps = new_gaps()  # the gap between events, per bucket
         self.failed = False
 
     def feed(self, chunk: bytes) -> None:
@@ -61,15 +73,30 @@ class Tap:
                 self._record.fail()
             return
         stats = self._stats
+        seen = 0
         for item in items:
             if isinstance(item, Event):
-                stats.events += 1
-                if stats.first_event is None:
-                    stats.first_event = time.monotonic() - self._started
+                seen += 1
                 if item.data == DONE:
                     stats.done_seen = True
                 if self._record is not None:
                     self._record.event(item)
+                if self._meter is not None:
+                    self._meter.see(item)
+        if seen:
+            # One clock read and at most one bisect per read, not per event: the events
+            # of one read arrived together (gap 0, the first bucket). The gaps' sum is
+            # last_event - first_event, taken when the stream ends.
+            at = time.monotonic() - self._started
+            stats.events += seen
+            last = stats.last_event
+            stats.last_event = at
+            if last is None:
+                stats.first_event = at
+            else:
+                self._gaps[bisect_left(SECONDS, at - last)] += 1
+            if seen > 1:
+                self._gaps[0] += seen - 1
 
     @property
     def at_boundary(self) -> bool:
@@ -90,6 +117,8 @@ async def pump(
     sized: bool,
     head: bytes,
     record: Recording | None = None,
+    cassette: Take | None = None,
+    meter: Meter | None = None,
 ) -> bool:
     """Write the response ``head``, forward the body and its end; True when
     it ended cleanly (the upstream may be reused).
@@ -102,15 +131,21 @@ async def pump(
     with a Content-Length (``sized``) gets nothing inserted: it would not fit.
     A response the client gets chunk-framed takes the callback path when it
     can (each read's chunks framed in one piece, one write). ``record``: the
-    events the tap decodes are also kept for resumption.
+    events the tap decodes are also kept for resumption. ``cassette``: every
+    chunk forwarded is also queued for ``--record`` (never waits). ``meter``: the
+    events (or a non-streamed body) are read for usage and the first token.
     """
-    tap = Tap(stats, started, record) if sse else None
-    heartbeat = None if sized else config.heartbeat
-    error_event = config.error_event and not sized
+    tap: Tap | None = None
+    if sse:
+        tap = Tap(stats, started, record, meter)
+    elif meter is not None:
+        tap = _BodyTap(stats, started, meter)
+    heartbeat = None if sized or not sse else config.heartbeat
+    error_event = config.error_event and not sized and sse
     if tap is None or heartbeat is None:
         return await _forward(
             client, upstream, relay, stats, config.idle_timeout, error_event, tap, None,
-            read_to_close, head,
+            read_to_close, head, cassette,
         )  # fmt: skip
     await client.send_raw(head)  # before any heartbeat
     lock = anyio.Lock()  # the heartbeat task writes too: one writer at a time
@@ -119,7 +154,7 @@ async def pump(
         tg.start_soon(_heartbeats, client, tap, lock, heartbeat, relay, tg.cancel_scope)
         done = await _forward(
             client, upstream, relay, stats, config.idle_timeout, error_event, tap, lock,
-            read_to_close, b"",
+            read_to_close, b"", cassette,
         )  # fmt: skip
         tg.cancel_scope.cancel()
     return done
@@ -136,12 +171,13 @@ async def _forward(
     lock: anyio.Lock | None,
     read_to_close: bool,
     head: bytes,
+    cassette: Take | None = None,
 ) -> bool:
     try:
         fast = isinstance(client.stream, FastStream)
         if client.conn.chunked and fast and upstream.spliceable and type(client) is Downstream:
             # The hot path: forwarded in the upstream's read callback, no task per read.
-            splice = _ToClient(client, relay, stats, tap, head)
+            splice = _ToClient(client, relay, stats, tap, head, cassette)
             try:
                 await upstream.splice_chunked(
                     splice.deliver, idle_timeout=idle_timeout, caught_up=splice.flush
@@ -153,6 +189,7 @@ async def _forward(
                 await _write(client, lock, head)
             async for batch in upstream.receive_body_batches(idle_timeout=idle_timeout):
                 # One socket write per upstream read, each chunk still its own HTTP chunk.
+                _to_cassette(cassette, batch)  # stamped as it arrived, before the write
                 await _write(client, lock, b"".join([client.conn.send_data(c) for c in batch]))
                 if not relay.open:
                     return False  # the client left while we wrote (the watcher saw it)
@@ -182,6 +219,24 @@ async def _forward(
     return True
 
 
+class _BodyTap(Tap):
+    """A non-streamed answer's chunks, to the meter (its usage is read at the end)."""
+
+    __slots__ = ("_feed",)
+
+    def __init__(self, stats: StreamStats, started: float, meter: Meter) -> None:
+        super().__init__(stats, started)
+        stats.gaps = None  # not an event stream: no events, no gaps
+        self._feed = meter.body
+
+    def feed(self, chunk: bytes) -> None:
+        self._feed(chunk)
+
+    @property
+    def at_boundary(self) -> bool:
+        return True
+
+
 class _ToClient:
     """One upstream read's chunks, in its read callback: one client write, then the books.
 
@@ -191,11 +246,18 @@ class _ToClient:
     drains (TCP pushes back on the upstream), as a waiting write does elsewhere.
     """
 
-    __slots__ = ("_client", "_head", "_relay", "_resume", "_stall", "_stats", "_tap")
+    __slots__ = ("_cassette", "_client", "_head", "_relay", "_resume", "_stall", "_stats", "_tap")
 
     def __init__(
-        self, client: Downstream, relay: Relay, stats: StreamStats, tap: Tap | None, head: bytes
+        self,
+        client: Downstream,
+        relay: Relay,
+        stats: StreamStats,
+        tap: Tap | None,
+        head: bytes,
+        cassette: Take | None = None,
     ) -> None:
+        self._cassette = cassette
         self._client = client
         self._relay = relay
         self._stats = stats
@@ -207,6 +269,7 @@ class _ToClient:
     def deliver(self, batch: list[bytes], resume: Callable[[], None], last: bool) -> bool:
         if not self._relay.open:
             raise ClientGone  # the watcher saw the client leave; the exchange is ending
+        _to_cassette(self._cassette, batch)
         data = frame_chunks(batch)
         if self._head:
             data, self._head = self._head + data, b""
@@ -242,6 +305,13 @@ class _ToClient:
         if self._head:
             head, self._head = self._head, b""
             self._client.write_now(head, self._drained)
+
+
+def _to_cassette(cassette: Take | None, batch: list[bytes]) -> None:
+    """``--record``: queue each chunk of one upstream read (never waits)."""
+    if cassette is not None:
+        for chunk in batch:
+            cassette.chunk(chunk)
 
 
 def _forwarded(relay: Relay, stats: StreamStats, tap: Tap | None, batch: list[bytes]) -> None:

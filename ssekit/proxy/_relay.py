@@ -131,7 +131,8 @@ class Refuse:
 
 @dataclass(frozen=True, slots=True)
 class Admin:
-    """One of the proxy's own endpoints: "metrics", "health" or "streams" (resumption)."""
+    """One of the proxy's own endpoints: "metrics", "health", "streams" (resumption),
+    "status" (the status page) or "events" (its feed)."""
 
     name: str
 
@@ -213,11 +214,13 @@ def _admin(
     name = path[len(config.admin_prefix) + 1 :]
     if config.resume_store is not None and name.startswith("streams/"):
         return Admin("streams")  # resumable streams: GET and DELETE, tokens checked there
+    if method == "GET" and name in ("", "events"):
+        return Admin("events" if name else "status")  # the status page: tokens checked there
     if method != "GET" or name not in ("metrics", "health"):
         return Refuse(
             404,
-            f"no endpoint {method} {path}; the proxy serves GET {config.admin_prefix}/metrics "
-            f"and GET {config.admin_prefix}/health",
+            f"no endpoint {method} {path}; the proxy serves GET {config.admin_prefix}/metrics, "
+            f"GET {config.admin_prefix}/health and the status page, GET {config.admin_prefix}/",
             Input.LOCAL,
         )
     tokens = config.admin_tokens or config.client_tokens

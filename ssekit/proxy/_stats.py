@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ._histograms import Histograms
+from ._usage import Shape, UsageCounters, UsageSource
+
 __all__ = ("Metrics", "Outcome", "StreamStats")
 
 
@@ -62,6 +65,23 @@ class StreamStats:
     cut: str = ""  # a resumable stream was cut: why (upstream_failure, grace_expired...)
     not_resumable: str = ""  # an event stream the resume store could not keep: why
     dropped_headers: int = 0  # request fields with "_" in their name, not forwarded
+    # -- usage and cost (ssekit.proxy._usage) --
+    shape: Shape | None = None  # the LLM API the path speaks; None: usage is not read
+    model: str = ""  # the answer's model when it names one, else the request's
+    key_label: str = ""  # the upstream API key's label (--api-key-env NAME=VAR, or key<N>)
+    client_label: str = ""  # the client token's label (--client-token-env), likewise
+    first_token: float | None = None  # the first event carrying content
+    usage: UsageSource = UsageSource.NONE
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    partial: bool = False  # the upstream stream did not end complete
+    events_delivered: int | None = None  # --on-client-disconnect finish: what the client got
+    request_id: str = ""
+    # -- the histograms and the status page (_histograms, _status) --
+    last_event: float | None = None  # seconds from the request, like first_event
+    gaps: list[int] | None = None  # an event stream's gap counts per bucket (the tap's)
 
     def as_log(self) -> dict[str, object]:
         return {
@@ -78,12 +98,32 @@ class StreamStats:
             "duration_ms": _ms(self.duration),
             "outcome": self.outcome.value,
             "attempts": self.attempts,
+            **(self._usage_log() if self.shape is not None else {}),
             **({"error": self.error} if self.error else {}),
             **({"stream_id": self.stream_id} if self.stream_id else {}),
             **({"detached": True} if self.detached else {}),
             **({"cut": self.cut} if self.cut else {}),
             **({"not_resumable": self.not_resumable} if self.not_resumable else {}),
             **({"dropped_headers": self.dropped_headers} if self.dropped_headers else {}),
+        }
+
+    def _usage_log(self) -> dict[str, object]:
+        return {
+            "model": self.model or None,
+            "key": self.key_label or None,
+            **({"client_token": self.client_label} if self.client_label else {}),
+            "ttft_ms": _ms(self.first_token),
+            "usage": self.usage.value,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            **({"partial": True} if self.partial else {}),
+            **(
+                {"events_delivered": self.events_delivered}
+                if self.events_delivered is not None
+                else {}
+            ),
         }
 
 
@@ -141,6 +181,10 @@ class Metrics:
     #: The HTTP/1.1 engine serving both sides (``--http``), shown as an info gauge.
     engine: str = "ssekit"
     resume_evicted: int = 0
+    #: Tokens and exchanges by usage source (ssekit.proxy._usage); ``usage_log``: on.
+    usage: UsageCounters = field(default_factory=UsageCounters)
+    usage_log: bool = False
+    histograms: Histograms = field(default_factory=Histograms)
 
     def snapshot(self) -> dict[str, object]:
         """The counters as JSON-able data, for another worker process to add up."""
@@ -148,6 +192,8 @@ class Metrics:
             "requests": {str(k): v for k, v in self.requests.items()},
             "outcomes": {k.value: v for k, v in self.outcomes.items()},
             **{name: getattr(self, name) for name in _SUMMED},
+            "usage": self.usage.snapshot(),
+            "histograms": self.histograms.snapshot(),
         }
 
     @staticmethod
@@ -158,11 +204,15 @@ class Metrics:
 
     def plus(self, snapshots: Iterable[dict[str, Any]]) -> Metrics:
         """A new Metrics: these counters plus other workers' ``snapshot()`` data."""
+        snapshots = list(snapshots)
         total = Metrics(
             requests=dict(self.requests),
             outcomes=dict(self.outcomes),
             resume_on=self.resume_on,
             engine=self.engine,
+            usage=self.usage.plus(snap.get("usage", {}) for snap in snapshots),
+            usage_log=self.usage_log,
+            histograms=self.histograms.copy(),
         )
         for name in _SUMMED:
             setattr(total, name, getattr(self, name))
@@ -175,6 +225,7 @@ class Metrics:
                 total.outcomes[key] = total.outcomes.get(key, 0) + count
             for name in _SUMMED:
                 setattr(total, name, getattr(total, name) + snap[name])
+            total.histograms.add(snap.get("histograms", {}))
         return total
 
     def record(self, stats: StreamStats) -> None:
@@ -186,6 +237,9 @@ class Metrics:
         if stats.first_event is not None:
             self.first_event_seconds_sum += stats.first_event
             self.first_event_count += 1
+        self.usage.record(stats)
+        # One model label for both: the token counters' (their bound folds the rest to other).
+        self.histograms.record(stats, self.usage.model_label(stats.model) if stats.model else "")
 
     def render(self) -> bytes:
         lines = [
@@ -230,6 +284,8 @@ class Metrics:
             "# HELP ssekit_http_engine The HTTP/1.1 engine serving both sides (--http).",
             "# TYPE ssekit_http_engine gauge",
             f'ssekit_http_engine{{engine="{self.engine}"}} 1',
+            *self.usage.render(self.usage_log),
+            *self.histograms.render(),
         ]
         if self.resume_on:
             lines += [

@@ -11,9 +11,11 @@ directory every second; ``/metrics`` on any worker shows the sum over all.
 Signals: SIGTERM and SIGINT drain every worker, then the supervisor exits.
 SIGHUP is ignored, by the supervisor and the workers (there is no reload: the
 options are fixed at start; a terminal hanging up does not stop the proxy
-either). A child (worker, or the built-in mock) that finds its supervisor gone,
-however it died, drains and exits: it watches a pipe (:class:`Lifeline`) only
-the supervisor holds open for writing, so no worker serves on unsupervised.
+either), except that with ``--usage-log`` the supervisor passes it on to the
+workers, which reopen the log (rotation). A child (worker, or the built-in
+mock) that finds its supervisor gone, however it died, drains and exits: it
+watches a pipe (:class:`Lifeline`) only the supervisor holds open for
+writing, so no worker serves on unsupervised.
 
 Processes are forked before any event loop or thread exists in the supervisor.
 """
@@ -144,8 +146,10 @@ class Supervisor:
         *,
         metrics_dir: Path | None = None,
         notice: Notice,
+        hangup_workers: bool = False,
     ) -> None:
         self._count = count
+        self._hangup_workers = hangup_workers  # --usage-log: SIGHUP reopens it in each
         self._drain_timeout = drain_timeout
         self._metrics_dir = metrics_dir
         self._notice = notice
@@ -190,6 +194,11 @@ class Supervisor:
     def run(self) -> int:
         """Supervise until SIGTERM/SIGINT, then drain every worker; the exit status."""
         while not self.stopping:
+            if self._hangups and self._hangup_workers:
+                self._hangups = 0
+                for worker in self._workers:
+                    _signal(worker, signal.SIGHUP)
+                self._notice("usage_log_reopened", "SIGHUP: the workers reopen the usage log")
             if self._hangups:
                 self._hangups = 0
                 self._notice(
