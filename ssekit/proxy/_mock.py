@@ -319,9 +319,9 @@ async def _numbered_events(
     writer = EventWriter(_ChunkSink(client))
     await writer.send(Event(data="hello", event="open", retry=retry, id=str(start - 1)))
     for n, number in enumerate(range(start, count + 1)):
+        await anyio.sleep(config.delay)  # a cut comes when the next event would have
         if cut_after is not None and n >= cut_after:
             return False  # abrupt: no terminating chunk, the connection closes
-        await anyio.sleep(config.delay)
         await writer.send(Event(data=f"event {number} 你好", id=str(number)))
     await writer.aclose()
     return True
