@@ -441,11 +441,13 @@ async def test_a_storm_without_a_floor_is_held_to_the_reconnections_per_window()
     policy = RetryPolicy(min_delay=0, max_reconnects=4, reconnect_window=0.5, max_retries=1)
     async with deadline(20) as tg:
         upstream, seen = await start_upstream(tg, storm(times))
-        await read_for(1.3, upstream, policy=policy)
-    # At most 4 reconnections in any 0.5 s (a window of 10 ms slack for the sleeps).
+        await read_for(2.0, upstream, policy=policy)
+    # At most 4 reconnections in any 0.5 s. The times are the server's, when each connection
+    # arrived: 100 ms of slack for a loaded machine's scheduling (a storm without the bound
+    # makes hundreds a second).
     reconnections = times[1:]
-    assert all(b - a >= 0.5 - 0.01 for a, b in zip(reconnections, reconnections[4:], strict=False))
-    assert 5 <= seen.connections <= 1 + 4 * 3  # the first, then three windows at most
+    assert all(b - a >= 0.5 - 0.1 for a, b in zip(reconnections, reconnections[4:], strict=False))
+    assert 5 <= seen.connections <= 1 + 4 * 5  # the first, then four full windows and a part
 
 
 CREDENTIALS = {
