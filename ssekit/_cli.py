@@ -10,8 +10,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import Field, fields
+from functools import partial
 from typing import Any
 
 from . import __version__
@@ -460,8 +461,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_mock(args: argparse.Namespace) -> int:
-    import anyio
-
     from .proxy import MockConfig, serve_mock
 
     host, port = args.listen
@@ -469,20 +468,7 @@ def _run_mock(args: argparse.Namespace) -> int:
         listen_host=host, listen_port=port, tokens=args.tokens, delay=args.delay, http=args.http
     )
 
-    async def run() -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with anyio.create_task_group() as tg:
-                bound = await tg.start(serve_mock, config)
-                print(
-                    f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]} "
-                    f"(http: {config.http})",
-                    flush=True,
-                )
-                await _first_signal(signals)
-                tg.cancel_scope.cancel()
-
-    anyio.run(run)
-    return 0
+    return _serve_until_stopped(partial(serve_mock, config), f" (http: {config.http})")
 
 
 def _run_cassette(args: argparse.Namespace) -> int:
@@ -501,8 +487,6 @@ def _run_cassette(args: argparse.Namespace) -> int:
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    import anyio
-
     from .cassette import CassetteError, Library, Pace
     from .proxy._replay import ReplayConfig, serve_replay
 
@@ -519,15 +503,21 @@ def _run_replay(args: argparse.Namespace) -> int:
     except CassetteError as exc:
         raise ConfigError(str(exc)) from exc
 
+    return _serve_until_stopped(
+        partial(serve_replay, config), f", replaying {args.replay} (http: {config.http})"
+    )
+
+
+def _serve_until_stopped(serve: Callable[..., Coroutine[Any, Any, None]], what: str) -> int:
+    """Run a mock upstream's ``serve`` (it reports its bound address) until SIGTERM or
+    SIGINT, after one line saying where it listens and ``what`` it serves."""
+    import anyio
+
     async def run() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as tg:
-                bound = await tg.start(serve_replay, config)
-                print(
-                    f"ssekit mock upstream listening on http://{bound[0]}:{bound[1]}, "
-                    f"replaying {args.replay} (http: {config.http})",
-                    flush=True,
-                )
+                host, port = await tg.start(serve)
+                print(f"ssekit mock upstream listening on http://{host}:{port}{what}", flush=True)
                 await _first_signal(signals)
                 tg.cancel_scope.cancel()
 
