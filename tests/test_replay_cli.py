@@ -162,3 +162,33 @@ def test_record_into_a_directory_that_cannot_be_made_is_a_configuration_error(
     assert result.returncode == 2
     assert result.stdout == ""  # no banner: it never started
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_record_counts_are_summed_over_workers(tmp_path: Path) -> None:
+    """Each worker records on its own; the metrics, from whichever worker answers, count
+    every worker's cassettes (they are left with the other counters every second)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from test_usage_cli import proxy, wait_for
+
+    def pids() -> set[str]:  # cassette names hold the recording worker's pid
+        return {path.name.split("-")[1] for path in tmp_path.glob("*.jsonl")}
+
+    with proxy("--workers", "2", "--record", str(tmp_path)) as (_, base):
+        with httpx.Client(timeout=20) as client:
+            sent = 0
+            while sent < 40 and (sent < 4 or len(pids()) < 2):  # until both workers recorded
+                with httpx.Client(timeout=20) as one:  # a new connection each time
+                    assert one.post(base + "/v1/chat/completions", json=CHAT).status_code == 200
+                sent += 1
+                assert wait_for(lambda n=sent: len(list(tmp_path.glob("*.jsonl"))) == n)
+            assert len(pids()) == 2
+            time.sleep(1.5)  # each worker leaves its counters every second
+            scrapes = [client.get(base + "/_ssekit/metrics").text for _ in range(4)]
+    for text in scrapes:
+        found = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("ssekit_record_")
+        }
+        assert found == {"ssekit_record_cassettes_total": sent, "ssekit_record_dropped_total": 0}

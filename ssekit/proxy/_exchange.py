@@ -130,6 +130,7 @@ class Shared:
             except OSError as exc:  # the directory cannot be made
                 raise ConfigError(f"--record {config.record}: {exc.strerror or exc}") from exc
         #: The open and recently finished exchanges, for the status page (_status).
+        self.metrics.record_on = self.recorder is not None
         self.board = Board(self.metrics, self.metrics_dir, config)
         if self.resume is not None:
             self.board.resume_health = self.resume.health
@@ -142,6 +143,7 @@ class Shared:
         """Leave this worker's counters for its siblings (atomically: write, then rename)."""
         path = self.snapshot_path()
         if path is not None:
+            self._copy_record_counts()
             scratch = path.with_suffix(".tmp")
             scratch.write_text(json.dumps(self.metrics.snapshot()))
             scratch.replace(path)
@@ -149,29 +151,23 @@ class Shared:
 
     def render_metrics(self) -> bytes:
         """Prometheus text: this process's counters, plus every sibling worker's."""
+        self._copy_record_counts()
         mine = self.snapshot_path()
         if self.metrics_dir is None or mine is None:
-            return self.metrics.render() + self._record_metrics()
+            return self.metrics.render()
         others = []
         for path in self.metrics_dir.glob("*.json"):
             if path != mine:
                 with contextlib.suppress(OSError, ValueError):
                     others.append(json.loads(path.read_text()))
-        return self.metrics.plus(others).render() + self._record_metrics()
+        return self.metrics.plus(others).render()
 
-    def _record_metrics(self) -> bytes:
-        """--record's counters (this process's), when recording."""
-        if self.recorder is None:
-            return b""
-        return (
-            "# HELP ssekit_record_cassettes_total Exchanges written as cassettes (--record).\n"
-            "# TYPE ssekit_record_cassettes_total counter\n"
-            f"ssekit_record_cassettes_total {self.recorder.recorded}\n"
-            "# HELP ssekit_record_dropped_total Recordings dropped (slow or full disk); "
-            "their streams went on.\n"
-            "# TYPE ssekit_record_dropped_total counter\n"
-            f"ssekit_record_dropped_total {self.recorder.dropped}\n"
-        ).encode()
+    def _copy_record_counts(self) -> None:
+        """--record's counts (its writer thread keeps them) into the metrics, to be shown
+        and summed over workers like the others."""
+        if self.recorder is not None:
+            self.metrics.record_cassettes = self.recorder.recorded
+            self.metrics.record_dropped = self.recorder.dropped
 
     def next_api_key(self) -> str | None:
         keys = self.config.api_keys

@@ -142,6 +142,8 @@ _SUMMED = (
     "resume_given_up",
     "resume_reads",
     "resume_store_errors",
+    "record_cassettes",
+    "record_dropped",
     "resume_evicted",
     "dropped_headers",
 )
@@ -185,6 +187,10 @@ class Metrics:
     usage: UsageCounters = field(default_factory=UsageCounters)
     usage_log: bool = False
     histograms: Histograms = field(default_factory=Histograms)
+    #: --record's counts (rendered only when recording): the recorder's, copied in.
+    record_on: bool = False
+    record_cassettes: int = 0
+    record_dropped: int = 0
 
     def snapshot(self) -> dict[str, object]:
         """The counters as JSON-able data, for another worker process to add up."""
@@ -213,6 +219,7 @@ class Metrics:
             usage=self.usage.plus(snap.get("usage", {}) for snap in snapshots),
             usage_log=self.usage_log,
             histograms=self.histograms.copy(),
+            record_on=self.record_on,
         )
         for name in _SUMMED:
             setattr(total, name, getattr(self, name))
@@ -306,5 +313,15 @@ class Metrics:
                 "keys the store dropped (an evicting Redis maxmemory-policy).",
                 "# TYPE ssekit_resume_evicted_total counter",
                 f"ssekit_resume_evicted_total {self.resume_evicted}",
+            ]
+        if self.record_on:
+            lines += [
+                "# HELP ssekit_record_cassettes_total Exchanges written as cassettes (--record).",
+                "# TYPE ssekit_record_cassettes_total counter",
+                f"ssekit_record_cassettes_total {self.record_cassettes}",
+                "# HELP ssekit_record_dropped_total Recordings dropped (slow or full disk); "
+                "their streams went on.",
+                "# TYPE ssekit_record_dropped_total counter",
+                f"ssekit_record_dropped_total {self.record_dropped}",
             ]
         return ("\n".join(lines) + "\n").encode()
