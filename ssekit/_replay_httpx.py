@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Literal
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import httpx
 
-from .cassette import DEFAULT_MATCH, Cassette, Playback
-from .replay import Source, _pace, replay_headers
+from .cassette import Playback
+from .replay import Replayer, replay_headers
 
 __all__ = ("ReplayTransport",)
 
@@ -19,7 +17,7 @@ __all__ = ("ReplayTransport",)
 CUT = "peer closed connection without sending complete message body (the recorded stream was cut)"
 
 
-class ReplayTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
+class ReplayTransport(Replayer, httpx.BaseTransport, httpx.AsyncBaseTransport):
     """An httpx transport, sync and async, answering from cassettes.
 
     ``source``: one loaded :class:`Cassette` (answers every request), a cassette
@@ -29,19 +27,6 @@ class ReplayTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     A recording that was cut raises ``httpx.RemoteProtocolError`` at its end, as a
     live cut does.
     """
-
-    def __init__(
-        self,
-        source: Cassette | str | os.PathLike[str],
-        *,
-        speed: float | None = 1.0,
-        rechunk: Literal["1", "random"] | None = None,
-        cut_after: int | None = None,
-        seed: int = 0,
-        match: Sequence[str] = DEFAULT_MATCH,
-    ) -> None:
-        self.source = Source(source, match)
-        self.pace = _pace(speed, rechunk, cut_after, seed)
 
     def _find(self, request: httpx.Request) -> tuple[Playback | None, httpx.Response | None]:
         method = request.method

@@ -91,20 +91,9 @@ def replay_headers(cassette: Cassette) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def _pace(
-    speed: float | None, rechunk: Literal["1", "random"] | None, cut_after: int | None, seed: int
-) -> Pace:
-    return Pace(speed=speed, rechunk=rechunk, cut_after=cut_after, seed=seed)
-
-
-class ReplayApp:
-    """An ASGI app answering every HTTP request from cassettes (``source``: a directory,
-    a file, or one loaded :class:`Cassette` answering every request).
-
-    Each body chunk is one ``http.response.body`` message, sent when due. Lifespan
-    messages are answered. Raises :class:`CassetteError` (a 500 from the server)
-    when a cassette is broken.
-    """
+class Replayer:
+    """What every replayer holds: the cassettes (``source``: a directory, a file, or one
+    loaded :class:`Cassette` answering every request, matched by ``match``) and the pace."""
 
     def __init__(
         self,
@@ -117,7 +106,17 @@ class ReplayApp:
         match: Sequence[str] = DEFAULT_MATCH,
     ) -> None:
         self.source = Source(source, match)
-        self.pace = _pace(speed, rechunk, cut_after, seed)
+        self.pace = Pace(speed=speed, rechunk=rechunk, cut_after=cut_after, seed=seed)
+
+
+class ReplayApp(Replayer):
+    """An ASGI app answering every HTTP request from cassettes (``source``: a directory,
+    a file, or one loaded :class:`Cassette` answering every request).
+
+    Each body chunk is one ``http.response.body`` message, sent when due. Lifespan
+    messages are answered. Raises :class:`CassetteError` (a 500 from the server)
+    when a cassette is broken.
+    """
 
     async def __call__(
         self,
